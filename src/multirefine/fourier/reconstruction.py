@@ -1,0 +1,184 @@
+"""Insertion of particle transforms into Fourier accumulators, and Wiener reconstruction.
+
+For each particle with pose ``A``, CTF ``c`` and centred image transform ``X``, the
+central slice of the map's transform is estimated by inserting ``c * X`` into a data
+accumulator and ``c^2`` into a weight accumulator (half volumes on a grid padded by
+``pad``, :mod:`multirefine.fourier.interpolate`). The reconstruction is the Wiener
+estimate::
+
+    F(k) = data(k) / (weight(k) + 1 / SSNR(|k|))
+
+with ``1 / SSNR`` given per shell (from a half-map FSC) or as a small constant, then an
+inverse FFT, the central ``D^3`` box and the gridding correction. Accumulators are plain
+sums, so batches, half-sets, devices and cluster shards combine by addition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multirefine.fourier.fft import frequency_grid_2d
+from multirefine.fourier.interpolate import (
+    gridding_correction,
+    hermitian_symmetrise_x0,
+    sample_half_volume,
+    splat_half_volume,
+)
+from multirefine.fourier.projection import slice_coordinates
+
+__all__ = [
+    "FourierAccumulator",
+    "insert_central_slices",
+    "symmetrise_half_volume",
+    "reconstruct_volume",
+    "radial_index_3d_half",
+]
+
+
+@dataclass
+class FourierAccumulator:
+    """Sums of CTF-weighted data and CTF^2 weights for one map, padded half volumes."""
+
+    box_size: int
+    pad: int
+    data: torch.Tensor  # (P, P, P//2+1) complex64
+    weight: torch.Tensor  # (P, P, P//2+1) float32
+
+    @classmethod
+    def zeros(cls, box_size: int, pad: int = 2, device: torch.device | str | None = None):
+        size = pad * box_size
+        shape = (size, size, size // 2 + 1)
+        return cls(
+            box_size,
+            pad,
+            torch.zeros(shape, dtype=torch.complex64, device=device),
+            torch.zeros(shape, dtype=torch.float32, device=device),
+        )
+
+    def __iadd__(self, other: FourierAccumulator) -> FourierAccumulator:
+        self.data += other.data.to(self.data.device)
+        self.weight += other.weight.to(self.weight.device)
+        return self
+
+    def insert(
+        self,
+        images_ft: torch.Tensor,
+        ctf: torch.Tensor | None,
+        rotations: torch.Tensor,
+        max_radius: float | None = None,
+    ) -> None:
+        """Insert centred image transforms ``(n, D, D//2+1)`` with CTFs and poses ``(n, 3, 3)``."""
+        insert_central_slices(self, images_ft, ctf, rotations, max_radius)
+
+    def reconstruct(
+        self, symmetry_operators: torch.Tensor | None = None, inverse_ssnr=1e-3
+    ) -> torch.Tensor:
+        """The Wiener-filtered map ``(D, D, D)``; see :func:`reconstruct_volume`."""
+        data, weight = hermitian_symmetrise_x0(self.data), hermitian_symmetrise_x0(self.weight)
+        if symmetry_operators is not None and len(symmetry_operators) > 1:
+            data = symmetrise_half_volume(data, symmetry_operators)
+            weight = symmetrise_half_volume(weight, symmetry_operators)
+        return reconstruct_volume(data, weight, self.box_size, self.pad, inverse_ssnr)
+
+
+def insert_central_slices(
+    acc: FourierAccumulator,
+    images_ft: torch.Tensor,
+    ctf: torch.Tensor | None,
+    rotations: torch.Tensor,
+    max_radius: float | None = None,
+) -> None:
+    """Add ``ctf * X`` and ``ctf^2`` along each particle's central slice, in place.
+
+    ``images_ft`` ``(n, D, D//2+1)`` (centred: already shifted by the particle origin),
+    ``ctf`` ``(n, D, D//2+1)`` or None (no CTF: weight 1), ``rotations`` ``(n, 3, 3)``.
+    Only the stored half plane of each image is inserted; its ``kx = 0`` column holds
+    both members of Friedel pairs and goes in with half weight.
+    """
+    box = acc.box_size
+    coords, mask = slice_coordinates(rotations.to(acc.data.device), box, acc.pad, max_radius)
+    images_ft = images_ft.to(acc.data.device)
+    if ctf is None:
+        ctf = torch.ones(images_ft.shape, dtype=torch.float32, device=acc.data.device)
+    ctf = ctf.to(acc.data.device)
+    kx, _ = frequency_grid_2d(box, device=acc.data.device)
+    column_weight = torch.where(kx == 0, 0.5, 1.0) * mask
+    values = images_ft * (ctf * column_weight)
+    weights = ctf**2 * column_weight
+    keep = mask.expand(coords.shape[:-1])
+    splat_half_volume(acc.data, acc.weight, coords[keep], values[keep], weights[keep])
+
+
+def symmetrise_half_volume(volume_ft: torch.Tensor, operators: torch.Tensor) -> torch.Tensor:
+    """Sum of a half volume over a point group: ``out(k) = sum_R in(R k)``.
+
+    ``volume_ft`` ``(P, P, P//2+1)`` (complex data or real weights, already completed by
+    :func:`hermitian_symmetrise_x0`), ``operators`` ``(n, 3, 3)`` rotations in map
+    coordinates. A map invariant under ``R`` has ``F(R k) = F(k)``, so the sum is the
+    transform of the symmetrised map (times ``n``), and the same for weights.
+    """
+    size = volume_ft.shape[-3]
+    half = volume_ft.shape[-1]
+    device = volume_ft.device
+    k = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    kx = torch.arange(half, device=device, dtype=torch.float32)
+    z, y, x = torch.meshgrid(k, k, kx, indexing="ij")
+    grid = torch.stack([x, y, z], -1)  # (P, P, Ph, 3)
+    out = torch.zeros_like(volume_ft)
+    for op in operators.to(device=device, dtype=torch.float32):
+        out += sample_half_volume(volume_ft, grid @ op.T)
+    return out
+
+
+def radial_index_3d_half(size: int, device=None) -> torch.Tensor:
+    """Shell index ``round(|k|)`` of every voxel of a centred half volume ``(P, P, P//2+1)``."""
+    k = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    kx = torch.arange(size // 2 + 1, device=device, dtype=torch.float32)
+    z, y, x = torch.meshgrid(k, k, kx, indexing="ij")
+    return torch.round(torch.sqrt(x**2 + y**2 + z**2)).long()
+
+
+def reconstruct_volume(
+    data: torch.Tensor,
+    weight: torch.Tensor,
+    box_size: int,
+    pad: int = 2,
+    inverse_ssnr: float | np.ndarray | torch.Tensor = 1e-3,
+) -> torch.Tensor:
+    """Wiener reconstruction from completed accumulators.
+
+    ``data``, ``weight`` ``(P, P, P//2+1)`` (after :func:`hermitian_symmetrise_x0`).
+    ``inverse_ssnr``: a float is taken *relative* to the mean weight of each shell
+    (``1e-3``: little more than a guard against division by zero); an array ``(D//2+1,)``
+    gives ``1/SSNR`` per shell of the unpadded box, in the units of ``weight``.
+    Returns the map ``(D, D, D)`` float32 with origin at ``D//2``; shells at or beyond
+    ``D/2`` are zero.
+    """
+    size = data.shape[-3]
+    device = data.device
+    shells = radial_index_3d_half(size, device=device)
+    shells_box = torch.div(shells, pad, rounding_mode="floor")  # shell of the unpadded box
+    n_shells = box_size // 2 + 1
+    inside = shells < pad * box_size // 2
+    if isinstance(inverse_ssnr, float):
+        sums = torch.zeros(n_shells, device=device).index_add_(
+            0, shells_box[inside], weight[inside]
+        )
+        counts = torch.zeros(n_shells, device=device).index_add_(
+            0, shells_box[inside], torch.ones_like(weight[inside])
+        )
+        per_shell = inverse_ssnr * sums / counts.clamp(min=1)
+    else:
+        per_shell = torch.as_tensor(np.asarray(inverse_ssnr), dtype=torch.float32, device=device)
+    reg = per_shell[shells_box.clamp(max=n_shells - 1)]
+    denominator = weight + reg
+    ft = torch.where(inside & (denominator > 0), data / denominator.clamp(min=1e-30), 0)
+    ft = torch.fft.ifftshift(ft, dim=(-3, -2))
+    vol = torch.fft.irfftn(ft, s=(size, size, size), dim=(-3, -2, -1))
+    vol = torch.fft.fftshift(vol, dim=(-3, -2, -1))
+    start = size // 2 - box_size // 2
+    vol = vol[start : start + box_size, start : start + box_size, start : start + box_size]
+    return vol / gridding_correction(box_size, size, device)
