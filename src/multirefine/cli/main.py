@@ -1,0 +1,69 @@
+"""multirefine: refine K cryo-EM maps at once from one heterogeneous particle stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import ModuleType
+
+from multirefine import __version__
+from multirefine.cli import demo, reconstruct, simulate
+from multirefine.errors import InputError
+
+__all__ = ["main", "e2refinemulti", "build_parser"]
+
+# Listed explicitly, in the order of the help text.
+SUBCOMMANDS: dict[str, ModuleType] = {
+    "simulate": simulate,
+    "reconstruct": reconstruct,
+    "demo": demo,
+}
+
+
+def _summary(module: ModuleType) -> str:
+    return (module.__doc__ or "").strip().splitlines()[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multirefine", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"multirefine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=_summary(module),
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+        module.add_args(p)
+        p.set_defaults(func=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    level = logging.WARNING - 10 * min(args.verbose, 2) + 10
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"multirefine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"multirefine {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def e2refinemulti(argv: list[str] | None = None) -> int:
+    """The ``e2refinemulti`` console alias: ``multirefine refine`` with EMAN2's options."""
+    return main(["refine", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The canonical per-particle table: RELION 3.1 column names, declared once.
+
+Every particle reader in :mod:`multirefine.io` returns a :class:`pandas.DataFrame` with one
+row per particle (index ``0..N-1``) whose columns use RELION 3.1 labels without the leading
+underscore. Units are RELION's:
+
+====================================  ====================================================
+column                                meaning
+====================================  ====================================================
+``rlnImageName``                      ``N@file``: image ``N`` (1-based) of an image file
+``rlnDefocusU``, ``rlnDefocusV``      defocus, Å, positive for underfocus
+``rlnDefocusAngle``                   azimuth of the U axis, degrees, from the x axis
+``rlnVoltage``                        acceleration voltage, kV
+``rlnSphericalAberration``            Cs, mm
+``rlnAmplitudeContrast``              Q, fraction (0.07, not 7 %)
+``rlnPhaseShift``                     phase-plate shift, degrees (default 0)
+``rlnCtfBfactor``                     CTF B-factor, Å² (default 0)
+``rlnImagePixelSize``                 pixel size of the particle image, Å (per particle)
+``rlnAngleRot/Tilt/Psi``              RELION ZYZ Euler angles, degrees (see geometry.euler)
+``rlnOriginXAngst/YAngst``            -(displacement of the particle from the box centre), Å
+``rlnClassNumber``                    model (class), 1-based
+``rlnOpticsGroup``                    optics group, 1-based
+====================================  ====================================================
+
+Optics-group values (voltage, Cs, Q, pixel size, box size, ...) are *resolved per particle*:
+readers merge them into the particle rows, and keep the original optics table apart so the
+STAR writer can write it back. Columns a reader does not know are carried through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multirefine.errors import InputError
+
+__all__ = [
+    "ANGLE_PSI",
+    "ANGLE_ROT",
+    "ANGLE_TILT",
+    "AMPLITUDE_CONTRAST",
+    "CLASS_NUMBER",
+    "CTF_BFACTOR",
+    "CTF_COLUMNS",
+    "CTF_DEFAULTS",
+    "CTF_REQUIRED_COLUMNS",
+    "DEFOCUS_ANGLE",
+    "DEFOCUS_U",
+    "DEFOCUS_V",
+    "DETECTOR_PIXEL_SIZE",
+    "FLOAT_COLUMNS",
+    "IMAGE_DIMENSIONALITY",
+    "IMAGE_NAME",
+    "IMAGE_PIXEL_SIZE",
+    "IMAGE_SIZE",
+    "INT_COLUMNS",
+    "LEGACY_ORIGIN_X",
+    "LEGACY_ORIGIN_Y",
+    "MAGNIFICATION",
+    "MAX_VALUE_PROB_DISTRIBUTION",
+    "OPTICS_COLUMNS",
+    "OPTICS_GROUP",
+    "OPTICS_GROUP_NAME",
+    "ORIGIN_X_ANGST",
+    "ORIGIN_Y_ANGST",
+    "PHASE_SHIFT",
+    "POSE_COLUMNS",
+    "RANDOM_SUBSET",
+    "REQUIRED_IMAGE_COLUMNS",
+    "SPHERICAL_ABERRATION",
+    "STRING_COLUMNS",
+    "VOLTAGE",
+    "canonicalize",
+    "has_ctf",
+    "require_columns",
+]
+
+# --- images -------------------------------------------------------------------------------
+IMAGE_NAME = "rlnImageName"
+REQUIRED_IMAGE_COLUMNS: tuple[str, ...] = (IMAGE_NAME,)
+
+# --- CTF ----------------------------------------------------------------------------------
+DEFOCUS_U = "rlnDefocusU"  # Å
+DEFOCUS_V = "rlnDefocusV"  # Å
+DEFOCUS_ANGLE = "rlnDefocusAngle"  # degrees
+VOLTAGE = "rlnVoltage"  # kV
+SPHERICAL_ABERRATION = "rlnSphericalAberration"  # mm
+AMPLITUDE_CONTRAST = "rlnAmplitudeContrast"  # fraction
+PHASE_SHIFT = "rlnPhaseShift"  # degrees
+CTF_BFACTOR = "rlnCtfBfactor"  # Å^2
+
+CTF_REQUIRED_COLUMNS: tuple[str, ...] = (
+    DEFOCUS_U,
+    DEFOCUS_V,
+    DEFOCUS_ANGLE,
+    VOLTAGE,
+    SPHERICAL_ABERRATION,
+    AMPLITUDE_CONTRAST,
+)
+CTF_DEFAULTS: dict[str, float] = {PHASE_SHIFT: 0.0, CTF_BFACTOR: 0.0}
+CTF_COLUMNS: tuple[str, ...] = CTF_REQUIRED_COLUMNS + tuple(CTF_DEFAULTS)
+
+# --- pixel size ---------------------------------------------------------------------------
+IMAGE_PIXEL_SIZE = "rlnImagePixelSize"  # Å, resolved per particle
+DETECTOR_PIXEL_SIZE = "rlnDetectorPixelSize"  # µm (RELION 3.0)
+MAGNIFICATION = "rlnMagnification"  # (RELION 3.0): pixel size Å = det µm * 1e4 / mag
+
+# --- pose ---------------------------------------------------------------------------------
+ANGLE_ROT = "rlnAngleRot"  # degrees
+ANGLE_TILT = "rlnAngleTilt"  # degrees
+ANGLE_PSI = "rlnAnglePsi"  # degrees
+ORIGIN_X_ANGST = "rlnOriginXAngst"  # Å
+ORIGIN_Y_ANGST = "rlnOriginYAngst"  # Å
+LEGACY_ORIGIN_X = "rlnOriginX"  # pixels (RELION 3.0); converted to Å on reading
+LEGACY_ORIGIN_Y = "rlnOriginY"
+POSE_COLUMNS: tuple[str, ...] = (ANGLE_ROT, ANGLE_TILT, ANGLE_PSI, ORIGIN_X_ANGST, ORIGIN_Y_ANGST)
+
+# --- assignment ---------------------------------------------------------------------------
+CLASS_NUMBER = "rlnClassNumber"  # 1-based
+MAX_VALUE_PROB_DISTRIBUTION = "rlnMaxValueProbDistribution"  # posterior of the chosen class/pose
+RANDOM_SUBSET = "rlnRandomSubset"  # half set, 1 or 2
+
+# --- optics -------------------------------------------------------------------------------
+OPTICS_GROUP = "rlnOpticsGroup"  # 1-based
+OPTICS_GROUP_NAME = "rlnOpticsGroupName"
+IMAGE_SIZE = "rlnImageSize"  # box size D, pixels
+IMAGE_DIMENSIONALITY = "rlnImageDimensionality"  # 2
+
+#: Columns that RELION 3.1+ keeps in ``data_optics`` (one value per optics group). The STAR
+#: writer moves these out of the particle rows.
+OPTICS_COLUMNS: tuple[str, ...] = (
+    OPTICS_GROUP_NAME,
+    AMPLITUDE_CONTRAST,
+    SPHERICAL_ABERRATION,
+    VOLTAGE,
+    IMAGE_PIXEL_SIZE,
+    "rlnMicrographOriginalPixelSize",
+    "rlnMicrographPixelSize",
+    IMAGE_SIZE,
+    IMAGE_DIMENSIONALITY,
+    "rlnCtfDataAreCtfPremultiplied",
+    "rlnBeamTiltX",
+    "rlnBeamTiltY",
+    "rlnOddZernike",
+    "rlnEvenZernike",
+    "rlnMagMat00",
+    "rlnMagMat01",
+    "rlnMagMat10",
+    "rlnMagMat11",
+    "rlnMtfFileName",
+)
+
+#: Columns parsed as text even when their values look numeric (``rlnMicrographName`` 0001).
+STRING_COLUMNS: tuple[str, ...] = (
+    IMAGE_NAME,
+    "rlnImageOriginalName",
+    "rlnMicrographName",
+    "rlnMicrographMovieName",
+    "rlnReconstructImageName",
+    "rlnCtfImage",
+    "rlnGroupName",
+    OPTICS_GROUP_NAME,
+    "rlnOddZernike",
+    "rlnEvenZernike",
+    "rlnMtfFileName",
+)
+
+FLOAT_COLUMNS: tuple[str, ...] = CTF_COLUMNS + (IMAGE_PIXEL_SIZE,) + POSE_COLUMNS
+INT_COLUMNS: tuple[str, ...] = (
+    CLASS_NUMBER,
+    OPTICS_GROUP,
+    IMAGE_SIZE,
+    IMAGE_DIMENSIONALITY,
+    RANDOM_SUBSET,
+)
+
+
+def require_columns(
+    table: pd.DataFrame, columns: Iterable[str], path: str | Path, block: str
+) -> None:
+    """Raise :class:`InputError` naming the file, the block and the first missing column."""
+    for column in columns:
+        if column not in table.columns:
+            raise InputError(f"{path}: no {column} column in {block}")
+
+
+def has_ctf(table: pd.DataFrame) -> bool:
+    """True when every particle has all of :data:`CTF_REQUIRED_COLUMNS` (finite values)."""
+    if len(table) == 0 or any(c not in table.columns for c in CTF_REQUIRED_COLUMNS):
+        return False
+    values = table[list(CTF_REQUIRED_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.isfinite(values).all())
+
+
+def canonicalize(table: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Return the table with index ``0..N-1``, declared dtypes, and CTF defaults filled in.
+
+    Float columns of :data:`FLOAT_COLUMNS` become float64 and :data:`INT_COLUMNS` int64;
+    a value that cannot be converted raises :class:`InputError` naming ``path`` and the
+    column. ``rlnPhaseShift`` and ``rlnCtfBfactor`` default to 0 when the CTF is present.
+    """
+    out = table.reset_index(drop=True).copy()
+    for column in FLOAT_COLUMNS:
+        if column in out.columns:
+            converted = pd.to_numeric(out[column], errors="coerce")
+            if converted.isna().any():
+                row = int(np.flatnonzero(converted.isna().to_numpy())[0])
+                raise InputError(
+                    f"{path}: {column} of particle {row} is {str(out[column].iloc[row])!r}; "
+                    "expected a number"
+                )
+            out[column] = converted.astype(np.float64)
+    for column in INT_COLUMNS:
+        if column in out.columns:
+            converted = pd.to_numeric(out[column], errors="coerce")
+            bad = converted.isna() | (converted != np.round(converted))
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputError(
+                    f"{path}: {column} of particle {row} is {str(out[column].iloc[row])!r}; "
+                    "expected an integer"
+                )
+            out[column] = converted.astype(np.int64)
+    if all(c in out.columns for c in CTF_REQUIRED_COLUMNS):
+        for column, default in CTF_DEFAULTS.items():
+            if column not in out.columns:
+                out[column] = default
+    return out

@@ -1,0 +1,197 @@
+"""ParticleStack: lazy indexed reads, subsets, batches, path resolution and bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from multirefine.errors import InputError
+from multirefine.io import open_particles, open_usefilt, write_particles_star, write_stack
+
+
+def test_indexing_kinds(make_star) -> None:  # type: ignore[no-untyped-def]
+    star, images = make_star(n=7)
+    stack = open_particles(star)
+    assert len(stack) == 7 and stack.box_size == 16
+    assert stack.pixel_size_angstrom == pytest.approx(2.5)
+    assert stack.has_ctf
+    np.testing.assert_array_equal(stack[3], images[3])
+    assert stack[3].shape == (16, 16)
+    np.testing.assert_array_equal(stack[-1], images[-1])
+    np.testing.assert_array_equal(stack[1:6:2], images[1:6:2])
+    np.testing.assert_array_equal(stack[[5, 0, 5]], images[[5, 0, 5]])
+    np.testing.assert_array_equal(stack[np.array([2, 1])], images[[2, 1]])
+    mask = np.zeros(7, bool)
+    mask[[0, 6]] = True
+    np.testing.assert_array_equal(stack[mask], images[mask])
+    assert stack[[]].shape == (0, 16, 16)
+    assert stack[:].dtype == np.float32
+    with pytest.raises(IndexError):
+        stack[7]
+
+
+def test_subset_and_batches(make_star) -> None:  # type: ignore[no-untyped-def]
+    star, images = make_star(n=9)
+    stack = open_particles(star)
+    sub = stack.subset([8, 2, 4])
+    assert len(sub) == 3
+    assert list(sub.metadata.index) == [0, 1, 2]
+    assert sub.metadata["rlnImageName"].tolist() == [
+        stack.metadata["rlnImageName"][i] for i in (8, 2, 4)
+    ]
+    np.testing.assert_array_equal(sub[:], images[[8, 2, 4]])
+    seen = []
+    for idx, batch in stack.batches(4):
+        assert batch.shape == (len(idx), 16, 16)
+        np.testing.assert_array_equal(batch, images[idx])
+        seen.extend(idx.tolist())
+    assert seen == list(range(9))
+    assert [len(i) for i, _ in sub.batches(2)] == [2, 1]
+
+
+def test_pickle_for_workers(make_star) -> None:  # type: ignore[no-untyped-def]
+    star, images = make_star(n=4)
+    stack = open_particles(star)
+    stack[0]
+    clone = pickle.loads(pickle.dumps(stack))
+    np.testing.assert_array_equal(clone[[1, 3]], images[[1, 3]])
+
+
+def test_several_files_and_cwd_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    project = tmp_path / "project"
+    (project / "Extract").mkdir(parents=True)
+    (project / "Select").mkdir()
+    a = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    b = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    write_stack(project / "Extract" / "a.mrcs", a, 1.0)
+    write_stack(project / "Extract" / "b.mrcs", b, 1.0)
+    names = ["2@Extract/b.mrcs", "1@Extract/a.mrcs", "3@Extract/a.mrcs", "1@Extract/b.mrcs"]
+    # Paths relative to the project folder (the CWD), STAR file in a subfolder: RELION style.
+    star = project / "Select" / "particles.star"
+    write_particles_star(
+        star, pd.DataFrame({"rlnImageName": names, "rlnImagePixelSize": 1.0}), box_size=8
+    )
+    monkeypatch.chdir(project)
+    stack = open_particles("Select/particles.star")
+    expected = np.stack([b[1], a[0], a[2], b[0]])
+    np.testing.assert_array_equal(stack[:], expected)
+    np.testing.assert_array_equal(stack[[3, 0]], expected[[3, 0]])
+    assert stack.resolved_image_names(project)[0] == "2@Extract/b.mrcs"
+    assert stack.resolved_image_names()[1] == f"1@{(project / 'Extract' / 'a.mrcs').resolve()}"
+
+
+def test_bare_mrcs(tmp_path: Path) -> None:
+    images = np.arange(3 * 10 * 10, dtype=np.float32).reshape(3, 10, 10)
+    write_stack(tmp_path / "s.mrcs", images, 1.7)
+    stack = open_particles(tmp_path / "s.mrcs")
+    assert stack.pixel_size_angstrom == pytest.approx(1.7)
+    assert not stack.has_ctf
+    np.testing.assert_array_equal(stack[:], images)
+    assert open_particles(tmp_path / "s.mrcs", apix=0.9).pixel_size_angstrom == 0.9
+
+
+def test_usefilt(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, images = make_star(n=5)
+    stack = open_particles(star)
+    write_stack(tmp_path / "filtered.mrcs", images * 2, 2.5)
+    filt = open_usefilt(stack, tmp_path / "filtered.mrcs")
+    np.testing.assert_array_equal(filt[[1, 4]], images[[1, 4]] * 2)
+    assert filt.metadata.equals(stack.metadata)
+    write_stack(tmp_path / "short.mrcs", images[:4], 2.5)
+    with pytest.raises(InputError, match=r"short\.mrcs: holds 4 particles"):
+        open_usefilt(stack, tmp_path / "short.mrcs")
+
+
+def test_check_passes(make_star) -> None:  # type: ignore[no-untyped-def]
+    star, _ = make_star(n=5)
+    stack = open_particles(star)
+    stack.check()
+    stack.check(sample=2)
+
+
+# --- bad input ------------------------------------------------------------------------------
+def test_missing_particle_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"absent\.star: file not found"):
+        open_particles(tmp_path / "absent.star")
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    path = tmp_path / "p.xyz"
+    path.write_text("x")
+    with pytest.raises(InputError, match=r"p\.xyz: unknown particle file type"):
+        open_particles(path)
+
+
+def test_missing_image_file(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, _ = make_star()
+    os.remove(tmp_path / "stacks" / "images.mrcs")
+    with pytest.raises(InputError, match=r"particles\.star: image file stacks/images\.mrcs not"):
+        open_particles(star)
+    lazy = open_particles(star, check_files=False)
+    with pytest.raises(InputError, match=r"particles\.star: image file stacks/images\.mrcs"):
+        lazy[0]
+
+
+def test_index_past_end(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, _ = make_star(n=4)
+    text = star.read_text().replace("000004@stacks/images.mrcs", "000009@stacks/images.mrcs")
+    bad = tmp_path / "past.star"
+    bad.write_text(text)
+    stack = open_particles(bad)
+    stack[:3]  # the good ones still read
+    pattern = r"past\.star: particle 3 refers to image 9 of .*images\.mrcs, which holds 4 images"
+    with pytest.raises(InputError, match=pattern):
+        stack[3]
+    with pytest.raises(InputError, match=pattern):
+        stack.check(sample=0)
+
+
+def test_box_mismatch(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, _ = make_star(n=3)
+    write_stack(tmp_path / "stacks" / "big.mrcs", np.zeros((1, 20, 20), np.float32), 2.5)
+    text = star.read_text().replace("000003@stacks/images.mrcs", "000001@stacks/big.mrcs")
+    bad = tmp_path / "mixed.star"
+    bad.write_text(text)
+    stack = open_particles(bad)
+    with pytest.raises(InputError, match=r"big\.mrcs: images are 20x20 pixels but the box size"):
+        stack[:]
+
+
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
+def test_nan_image(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, images = make_star(n=4)
+    images[2, 3, 3] = np.nan
+    write_stack(tmp_path / "stacks" / "images.mrcs", images, 2.5)
+    stack = open_particles(star)
+    stack[[0, 1, 3]]
+    pattern = r"particles\.star: particle 2 \(3@.*images\.mrcs\) contains NaN"
+    with pytest.raises(InputError, match=pattern):
+        stack[1:3]
+    with pytest.raises(InputError, match=r"particle 2"):
+        stack.check()
+
+
+def test_mrcs_without_pixel_size(tmp_path: Path) -> None:
+    path = tmp_path / "nopix.mrcs"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros((2, 8, 8), np.float32))
+        mrc.voxel_size = 0.0
+    with pytest.raises(InputError, match=r"nopix\.mrcs: pixel size unknown.*--apix"):
+        open_particles(path)
+    assert open_particles(path, apix=1.2).pixel_size_angstrom == 1.2
+
+
+def test_truncated_mrcs(make_star, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    star, _ = make_star(n=4)
+    stack_file = tmp_path / "stacks" / "images.mrcs"
+    data = stack_file.read_bytes()
+    stack_file.write_bytes(data[:-100])
+    with pytest.raises(InputError, match=r"images\.mrcs"):
+        open_particles(star)[0]
