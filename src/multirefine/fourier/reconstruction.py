@@ -35,6 +35,7 @@ __all__ = [
     "symmetrise_half_volume",
     "reconstruct_volume",
     "radial_index_3d_half",
+    "inverse_ssnr_from_fsc",
 ]
 
 
@@ -74,7 +75,7 @@ class FourierAccumulator:
         insert_central_slices(self, images_ft, ctf, rotations, max_radius)
 
     def reconstruct(
-        self, symmetry_operators: torch.Tensor | None = None, inverse_ssnr=1e-3
+        self, symmetry_operators: torch.Tensor | None = None, inverse_ssnr: float | np.ndarray = 1e-3
     ) -> torch.Tensor:
         """The Wiener-filtered map ``(D, D, D)``; see :func:`reconstruct_volume`."""
         data, weight = hermitian_symmetrise_x0(self.data), hermitian_symmetrise_x0(self.weight)
@@ -133,6 +134,20 @@ def symmetrise_half_volume(volume_ft: torch.Tensor, operators: torch.Tensor) -> 
     return out
 
 
+def inverse_ssnr_from_fsc(fsc_halves: np.ndarray, floor: float = 1e-3, ceiling: float = 1e6) -> np.ndarray:
+    """``1 / SSNR`` per shell of the full map from the FSC of two half maps.
+
+    ``SSNR_half = FSC / (1 - FSC)`` and the full map has twice the SSNR of a half map.
+    Shells with FSC <= 0 get ``ceiling`` (nothing of them is trusted); ``floor`` keeps
+    the division finite where the FSC reaches 1.
+    """
+    fsc = np.clip(np.asarray(fsc_halves, dtype=np.float64), 0.0, 0.999)
+    ssnr_full = 2 * fsc / (1 - fsc)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(ssnr_full > 0, 1 / ssnr_full, ceiling)
+    return np.clip(inverse, floor, ceiling)
+
+
 def radial_index_3d_half(size: int, device=None) -> torch.Tensor:
     """Shell index ``round(|k|)`` of every voxel of a centred half volume ``(P, P, P//2+1)``."""
     k = torch.arange(size, device=device, dtype=torch.float32) - size // 2
@@ -151,9 +166,10 @@ def reconstruct_volume(
     """Wiener reconstruction from completed accumulators.
 
     ``data``, ``weight`` ``(P, P, P//2+1)`` (after :func:`hermitian_symmetrise_x0`).
-    ``inverse_ssnr``: a float is taken *relative* to the mean weight of each shell
-    (``1e-3``: little more than a guard against division by zero); an array ``(D//2+1,)``
-    gives ``1/SSNR`` per shell of the unpadded box, in the units of ``weight``.
+    ``inverse_ssnr``: ``1 / SSNR`` per shell of the unpadded box (``(D//2+1,)``) or one
+    value for all, in units of the mean weight of each shell (RELION's ``1 / tau^2``
+    convention); the default ``1e-3`` is little more than a guard against division by
+    zero. :func:`inverse_ssnr_from_fsc` turns a half-map FSC into this array.
     Returns the map ``(D, D, D)`` float32 with origin at ``D//2``; shells at or beyond
     ``D/2`` are zero.
     """
@@ -163,16 +179,12 @@ def reconstruct_volume(
     shells_box = torch.div(shells, pad, rounding_mode="floor")  # shell of the unpadded box
     n_shells = box_size // 2 + 1
     inside = shells < pad * box_size // 2
-    if isinstance(inverse_ssnr, float):
-        sums = torch.zeros(n_shells, device=device).index_add_(
-            0, shells_box[inside], weight[inside]
-        )
-        counts = torch.zeros(n_shells, device=device).index_add_(
-            0, shells_box[inside], torch.ones_like(weight[inside])
-        )
-        per_shell = inverse_ssnr * sums / counts.clamp(min=1)
-    else:
-        per_shell = torch.as_tensor(np.asarray(inverse_ssnr), dtype=torch.float32, device=device)
+    sums = torch.zeros(n_shells, device=device).index_add_(0, shells_box[inside], weight[inside])
+    counts = torch.zeros(n_shells, device=device).index_add_(
+        0, shells_box[inside], torch.ones_like(weight[inside])
+    )
+    relative = torch.as_tensor(np.asarray(inverse_ssnr), dtype=torch.float32, device=device)
+    per_shell = relative * sums / counts.clamp(min=1)
     reg = per_shell[shells_box.clamp(max=n_shells - 1)]
     denominator = weight + reg
     ft = torch.where(inside & (denominator > 0), data / denominator.clamp(min=1e-30), 0)
