@@ -10,13 +10,13 @@ import pytest
 from multirefine.errors import InputError
 from multirefine.geometry.euler import euler_to_matrix
 from multirefine.io import open_particles, write_stack
-from multirefine.io.cryosparc import (
-    cs_pose_to_euler,
-    euler_to_cs_pose,
-    matrix_to_rotvec,
-    read_cs,
-    rotvec_to_matrix,
+from multirefine.geometry.conversions import (
+    axis_angle_to_matrix,
+    csparc_pose_to_relion,
+    matrix_to_axis_angle,
+    relion_to_csparc_pose,
 )
+from multirefine.io.cryosparc import read_cs
 
 
 def _random_rotvecs(n: int, seed: int = 0) -> np.ndarray:
@@ -31,19 +31,19 @@ def test_rodrigues_matches_scipy() -> None:
     v = _random_rotvecs(500)
     v[0] = 0.0
     v[1] = [np.pi, 0, 0]
-    np.testing.assert_allclose(rotvec_to_matrix(v), rotation.from_rotvec(v).as_matrix(), atol=1e-12)
-    back = matrix_to_rotvec(rotvec_to_matrix(v[2:]))
+    np.testing.assert_allclose(axis_angle_to_matrix(v), rotation.from_rotvec(v).as_matrix(), atol=1e-12)
+    back = matrix_to_axis_angle(axis_angle_to_matrix(v[2:]))
     np.testing.assert_allclose(back, v[2:], atol=1e-9)
-    assert rotvec_to_matrix(np.zeros(3)).shape == (3, 3)
-    np.testing.assert_allclose(matrix_to_rotvec(np.eye(3)), 0.0)
+    assert axis_angle_to_matrix(np.zeros(3)).shape == (3, 3)
+    np.testing.assert_allclose(matrix_to_axis_angle(np.eye(3)), 0.0)
 
 
 def test_pose_convention_is_transpose() -> None:
     """RELION A = Rodrigues(pose).T; the same as pyem's expmap (K with flipped signs)."""
     v = _random_rotvecs(50, seed=1)
-    rot, tilt, psi = cs_pose_to_euler(v)
+    rot, tilt, psi = csparc_pose_to_relion(v)
     relion = euler_to_matrix(rot, tilt, psi)
-    np.testing.assert_allclose(relion, np.swapaxes(rotvec_to_matrix(v), 1, 2), atol=1e-10)
+    np.testing.assert_allclose(relion, np.swapaxes(axis_angle_to_matrix(v), 1, 2), atol=1e-10)
     # pyem's expmap: k = [[0, w2, -w1], [-w2, 0, w0], [w1, -w0, 0]], R = I + s k + (1-c) k k
     for vec, a in zip(v, relion):
         theta = np.linalg.norm(vec)
@@ -52,7 +52,7 @@ def test_pose_convention_is_transpose() -> None:
         pyem = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
         np.testing.assert_allclose(a, pyem, atol=1e-10)
     np.testing.assert_allclose(
-        rotvec_to_matrix(euler_to_cs_pose(rot, tilt, psi)), rotvec_to_matrix(v), atol=1e-10
+        axis_angle_to_matrix(relion_to_csparc_pose(rot, tilt, psi)), axis_angle_to_matrix(v), atol=1e-10
     )
 
 
@@ -137,7 +137,7 @@ def test_generated_cs(tmp_path: Path) -> None:
     relion = euler_to_matrix(meta["rlnAngleRot"].to_numpy(), meta["rlnAngleTilt"].to_numpy(),
                              meta["rlnAnglePsi"].to_numpy())
     np.testing.assert_allclose(
-        relion, np.swapaxes(rotvec_to_matrix(cs["alignments3D/pose"]), 1, 2), atol=1e-6
+        relion, np.swapaxes(axis_angle_to_matrix(cs["alignments3D/pose"]), 1, 2), atol=1e-6
     )
     np.testing.assert_array_equal(stack[:], np.stack([a[1], b[0], a[1]]))
 
@@ -181,10 +181,10 @@ def test_real_refinement_cs(testdata: Path) -> None:
                                relion.shape), atol=1e-9)
     np.testing.assert_allclose(np.linalg.det(relion), 1.0, atol=1e-9)
     pose = raw["alignments3D/pose"].astype(np.float64)
-    np.testing.assert_allclose(relion, np.swapaxes(rotvec_to_matrix(pose), 1, 2), atol=1e-9)
+    np.testing.assert_allclose(relion, np.swapaxes(axis_angle_to_matrix(pose), 1, 2), atol=1e-9)
     # Euler -> pose -> Euler round trip (compare rotations: angles have equivalent forms)
-    back = euler_to_cs_pose(meta["rlnAngleRot"], meta["rlnAngleTilt"], meta["rlnAnglePsi"])
-    np.testing.assert_allclose(rotvec_to_matrix(back), rotvec_to_matrix(pose), atol=1e-9)
+    back = relion_to_csparc_pose(meta["rlnAngleRot"], meta["rlnAngleTilt"], meta["rlnAnglePsi"])
+    np.testing.assert_allclose(axis_angle_to_matrix(back), axis_angle_to_matrix(pose), atol=1e-9)
     assert (meta["rlnAngleTilt"] >= 0).all() and (meta["rlnAngleTilt"] <= 180).all()
     np.testing.assert_allclose(meta["rlnOriginXAngst"], raw["alignments3D/shift"][:, 0] * 2.95,
                                rtol=1e-6)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from multirefine.errors import InputError
-from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler
+from multirefine.geometry.conversions import csparc_pose_to_relion
 from multirefine.io.columns import (
     AMPLITUDE_CONTRAST,
     ANGLE_PSI,
@@ -62,99 +62,7 @@ from multirefine.io.columns import (
     canonicalize,
 )
 
-__all__ = [
-    "cs_pose_to_euler",
-    "euler_to_cs_pose",
-    "matrix_to_rotvec",
-    "read_cs",
-    "rotvec_to_matrix",
-]
-
-
-def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle vectors ``(..., 3)`` (radians) -> rotation matrices ``(..., 3, 3)``.
-
-    ``R = I + sin(t) K + (1 - cos(t)) K @ K`` with ``t = |v|`` and ``K`` the cross-product
-    matrix of ``v / t`` (``K @ x = (v/t) x x``): an active rotation by ``t`` about ``v``.
-    """
-    v = np.asarray(rotvec, dtype=np.float64)
-    theta = np.linalg.norm(v, axis=-1)
-    safe = np.where(theta > 0, theta, 1.0)
-    k = v / safe[..., None]
-    kx, ky, kz = k[..., 0], k[..., 1], k[..., 2]
-    zero = np.zeros_like(kx)
-    cross = np.stack(
-        [
-            np.stack([zero, -kz, ky], -1),
-            np.stack([kz, zero, -kx], -1),
-            np.stack([-ky, kx, zero], -1),
-        ],
-        -2,
-    )
-    s = np.sin(theta)[..., None, None]
-    c = (1.0 - np.cos(theta))[..., None, None]
-    return np.eye(3) + s * cross + c * (cross @ cross)
-
-
-def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rotvec_to_matrix`: ``(..., 3, 3)`` -> ``(..., 3)``, angle in [0, pi].
-
-    Goes through the unit quaternion (Shepperd's method), stable at every angle.
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    lead = matrix.shape[:-2]
-    m = matrix.reshape(-1, 3, 3)
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    diag = np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1)
-    choice = np.argmax(np.concatenate([tr[:, None], diag], -1), axis=-1)
-    q = np.empty((len(m), 4))  # (w, x, y, z)
-    # Case trace largest.
-    t = choice == 0
-    s = np.sqrt(np.maximum(1.0 + tr[t], 0.0)) * 2
-    q[t] = np.stack(
-        [
-            s / 4,
-            (m[t][:, 2, 1] - m[t][:, 1, 2]) / s,
-            (m[t][:, 0, 2] - m[t][:, 2, 0]) / s,
-            (m[t][:, 1, 0] - m[t][:, 0, 1]) / s,
-        ],
-        -1,
-    )
-    for axis in range(3):
-        sel = choice == axis + 1
-        if not sel.any():
-            continue
-        i, j, k = axis, (axis + 1) % 3, (axis + 2) % 3
-        mm = m[sel]
-        s = np.sqrt(np.maximum(1.0 + mm[:, i, i] - mm[:, j, j] - mm[:, k, k], 0.0)) * 2
-        qq = np.empty((len(mm), 4))
-        qq[:, 0] = (mm[:, k, j] - mm[:, j, k]) / s
-        qq[:, 1 + i] = s / 4
-        qq[:, 1 + j] = (mm[:, j, i] + mm[:, i, j]) / s
-        qq[:, 1 + k] = (mm[:, k, i] + mm[:, i, k]) / s
-        q[sel] = qq
-    q = np.where(q[:, :1] < 0, -q, q)
-    vec = q[:, 1:]
-    norm = np.linalg.norm(vec, axis=-1)
-    angle = 2.0 * np.arctan2(norm, q[:, 0])
-    scale = np.where(norm > 1e-12, angle / np.where(norm > 1e-12, norm, 1.0), 2.0)
-    return (vec * scale[:, None]).reshape(lead + (3,))
-
-
-def cs_pose_to_euler(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cryoSPARC ``alignments3D/pose`` ``(N, 3)`` -> RELION ``(rot, tilt, psi)`` degrees, ``(N,)``.
-
-    RELION's matrix is the transpose of the Rodrigues matrix of the pose (module docstring).
-    """
-    relion_matrix = np.swapaxes(rotvec_to_matrix(pose), -1, -2)
-    rot, tilt, psi = matrix_to_euler(relion_matrix)
-    return np.asarray(rot), np.asarray(tilt), np.asarray(psi)
-
-
-def euler_to_cs_pose(rot: Any, tilt: Any, psi: Any) -> np.ndarray:
-    """RELION ``(rot, tilt, psi)`` degrees ``(N,)`` -> cryoSPARC axis-angle pose ``(N, 3)``."""
-    relion_matrix = np.asarray(euler_to_matrix(rot, tilt, psi))
-    return matrix_to_rotvec(np.swapaxes(relion_matrix, -1, -2))
+__all__ = ["read_cs"]
 
 
 def _text(values: np.ndarray) -> list[str]:
@@ -219,7 +127,7 @@ def read_cs(path: str | Path) -> tuple[pd.DataFrame, int | None]:
     if "ctf/exp_group_id" in names:
         table[OPTICS_GROUP] = cs["ctf/exp_group_id"].astype(np.int64) + 1
     if "alignments3D/pose" in names:
-        rot, tilt, psi = cs_pose_to_euler(np.asarray(cs["alignments3D/pose"]).reshape(n, 3))
+        rot, tilt, psi = csparc_pose_to_relion(np.asarray(cs["alignments3D/pose"], dtype=np.float64).reshape(n, 3))
         table[ANGLE_ROT], table[ANGLE_TILT], table[ANGLE_PSI] = rot, tilt, psi
     if "alignments3D/shift" in names:
         shift = np.asarray(cs["alignments3D/shift"], dtype=np.float64).reshape(n, 2)
