@@ -26,7 +26,7 @@ def _column(rows: pd.DataFrame, name: str, default: float | None = None) -> torc
         if default is None:
             raise KeyError(name)
         return torch.full((len(rows),), float(default), dtype=torch.float64)
-    return torch.as_tensor(rows[name].to_numpy(dtype=np.float64))
+    return torch.tensor(rows[name].to_numpy(dtype=np.float64))
 
 
 def ctf_for_rows(rows: pd.DataFrame, box_size: int, device=None) -> torch.Tensor:
