@@ -52,7 +52,7 @@ class AtomicModel:
 def read_atomic_model(spec: str) -> AtomicModel:
     """Read ``path[:CHAINS]`` (PDB or mmCIF via gemmi); ``CHAINS`` like ``AB`` or ``A,B``.
 
-    Hydrogens are left out (cryo-EM maps hardly show them). Elements of standard residues
+    Hydrogens and waters are left out (cryo-EM maps hardly show them). Elements of standard residues
     are taken from the atom name, since many PDB files (CHARMM's among them) leave the
     element column blank or wrong.
     """
@@ -77,6 +77,8 @@ def read_atomic_model(spec: str) -> AtomicModel:
         if wanted is not None and chain.name not in wanted:
             continue
         for residue in chain:
+            if residue.is_water():
+                continue
             info = gemmi.find_tabulated_residue(residue.name)
             standard = info is not None and (info.is_amino_acid() or info.is_nucleic_acid())
             for atom in residue:
