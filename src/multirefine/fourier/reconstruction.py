@@ -9,8 +9,17 @@ estimate::
     F(k) = data(k) / (weight(k) + 1 / SSNR(|k|))
 
 with ``1 / SSNR`` given per shell (from a half-map FSC) or as a small constant, then an
-inverse FFT, the central ``D^3`` box and the gridding correction. Accumulators are plain
-sums, so batches, half-sets, devices and cluster shards combine by addition.
+inverse FFT, the central ``D^3`` box, the gridding correction and a soft mask outside the
+sphere inscribed in the box (:func:`soft_mask_outside_sphere`, RELION's
+``softMaskOutsideMap``). Accumulators are plain sums, so batches, half-sets, devices and
+cluster shards combine by addition.
+
+Why the mask: noise in the reconstruction is white, so it fills the whole ``D^3`` box with
+the same variance, corners included, while the particle lies inside the inscribed sphere
+(diameter ``D``, about 52% of the box). Unmasked, the ~48% of the box outside the sphere
+carries ~48% of the noise power of every Fourier shell and none of the signal; replacing
+it by its mean (as ``relion_reconstruct`` does) cuts the noise power per shell ~2x and
+leaves the map inside the sphere, and its noise, untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ __all__ = [
     "reconstruct_volume",
     "radial_index_3d_half",
     "inverse_ssnr_from_fsc",
+    "soft_mask_outside_sphere",
 ]
 
 
@@ -156,12 +166,34 @@ def radial_index_3d_half(size: int, device=None) -> torch.Tensor:
     return torch.round(torch.sqrt(x**2 + y**2 + z**2)).long()
 
 
+def soft_mask_outside_sphere(
+    volume: torch.Tensor, radius: float | None = None, edge_width: float = 3.0
+) -> torch.Tensor:
+    """Replace a cubic map ``(D, D, D)`` outside a sphere by its mean there (RELION's ``softMaskOutsideMap``).
+
+    Inside ``radius`` (default ``D/2``, about the box centre ``D//2``) the map is unchanged;
+    beyond ``radius + edge_width`` it is the (edge-weighted) mean of the map outside
+    ``radius``; in between a raised cosine blends the two.
+    """
+    size = volume.shape[-1]
+    radius = size / 2 if radius is None else radius
+    c = torch.arange(size, device=volume.device, dtype=volume.dtype) - size // 2
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    edge = torch.clamp((r - radius) / edge_width, 0.0, 1.0)
+    outside = 0.5 - 0.5 * torch.cos(torch.pi * edge)  # 0 inside radius, 1 beyond radius + width
+    if float(outside.sum()) == 0:
+        return volume
+    background = (outside * volume).sum(dim=(-3, -2, -1), keepdim=True) / outside.sum()
+    return volume + outside * (background - volume)
+
+
 def reconstruct_volume(
     data: torch.Tensor,
     weight: torch.Tensor,
     box_size: int,
     pad: int = 2,
     inverse_ssnr: float | np.ndarray | torch.Tensor = 1e-3,
+    mask_radius: float | None = None,
 ) -> torch.Tensor:
     """Wiener reconstruction from completed accumulators.
 
@@ -171,7 +203,8 @@ def reconstruct_volume(
     convention); the default ``1e-3`` is little more than a guard against division by
     zero. :func:`inverse_ssnr_from_fsc` turns a half-map FSC into this array.
     Returns the map ``(D, D, D)`` float32 with origin at ``D//2``; shells at or beyond
-    ``D/2`` are zero.
+    ``D/2`` are zero. Outside ``mask_radius`` (default ``D/2``; ``float('inf')``: no mask)
+    the map is replaced by its mean there, see :func:`soft_mask_outside_sphere`.
     """
     size = data.shape[-3]
     device = data.device
@@ -193,4 +226,5 @@ def reconstruct_volume(
     vol = torch.fft.fftshift(vol, dim=(-3, -2, -1))
     start = size // 2 - box_size // 2
     vol = vol[start : start + box_size, start : start + box_size, start : start + box_size]
-    return vol / gridding_correction(box_size, size, device)
+    vol = vol / gridding_correction(box_size, size, device)
+    return soft_mask_outside_sphere(vol, mask_radius)
