@@ -8,13 +8,14 @@ import sys
 from types import ModuleType
 
 from multirefine import __version__
-from multirefine.cli import demo, reconstruct, simulate
+from multirefine.cli import demo, reconstruct, refine, simulate
 from multirefine.errors import InputError
 
 __all__ = ["main", "e2refinemulti", "build_parser"]
 
 # Listed explicitly, in the order of the help text.
 SUBCOMMANDS: dict[str, ModuleType] = {
+    "refine": refine,
     "simulate": simulate,
     "reconstruct": reconstruct,
     "demo": demo,
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more output (debug detail)")
         module.add_args(p)
         p.set_defaults(func=module.main)
     return parser
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    level = logging.WARNING - 10 * min(args.verbose, 2) + 10
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(message)s")
+    level = logging.INFO if args.verbose == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s")
+    for noisy in ("matplotlib", "PIL", "h5py", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

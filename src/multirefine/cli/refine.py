@@ -1,0 +1,193 @@
+"""Refine K maps at once from one particle stack (EMAN2's e2refinemulti options).
+
+Every iteration assigns each particle to the model and orientation it matches best,
+reconstructs each model from its particles (CTF-corrected, gold-standard half-sets,
+symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
+threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
+0_refine_parms.json and, at the end, particles_model_MM.star per model.
+
+examples:
+  multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
+  multirefine refine --input particles.star --model consensus.mrc --nmodels 2 --randphase
+  e2refinemulti --input sets/all.lst --models m1.hdf,m2.hdf --sym c1,c2 --mass 200,250 --apix 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from multirefine.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--input", required=True, help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs")
+    p.add_argument("--models", help="starting maps, comma-separated, or one file holding K maps")
+    p.add_argument("--model", help="one starting map, varied into --nmodels seeds")
+    p.add_argument("--nmodels", type=int, default=2, help="number of models made from --model (default 2)")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--randphase", action="store_true", help="seed: phases randomised beyond a low resolution")
+    seed.add_argument("--mapfragment", action="store_true", help="seed: a random part of the map removed")
+    seed.add_argument("--randclassify", action="store_true", help="seed: particles split at random after alignment")
+    p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
+    p.add_argument("--iter", type=int, default=5, help="iterations (default 5)")
+    p.add_argument("--path", help="run folder (default: the next free multi_NN)")
+    p.add_argument("--mass", help="molecular mass in kDa, one or one per model: threshold 1 encloses it")
+    p.add_argument("--apix", type=float, help="pixel size in Å (overrides the particle file)")
+    p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")
+    p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
+    p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
+    p.add_argument("--sep", type=int, default=1, help="best orientations kept per particle (default 1)")
+    p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
+    p.add_argument("--classiter", type=int, default=0, help="accepted for EMAN2 compatibility (class averages are not iterated)")
+    p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
+    p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
+    p.add_argument("--nosingle", action="store_true", help="accepted for EMAN2 compatibility")
+    p.add_argument("--lowmem", action="store_true", help="smaller batches")
+    p.add_argument("--parallel", default="thread:1", help="thread:N (CPU threads); default thread:1")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
+    p.add_argument("--max-shift", type=float, default=5.0, help="largest particle shift searched, px (default 5)")
+    p.add_argument("--score", choices=("cc", "ls"), default="cc",
+                   help="similarity: normalised cross-correlation (cc) or least squares (ls)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _resolve(args: argparse.Namespace):
+    """Open and check everything; return (stack, search stack, maps, options, seeding)."""
+    import torch
+
+    from multirefine.geometry.symmetry import parse_symmetry
+    from multirefine.io.maps import read_map, read_maps
+    from multirefine.io.particles import open_particles, open_usefilt
+    from multirefine.refine import runfolder
+    from multirefine.refine.driver import RefineOptions
+    from multirefine.refine.seeding import fit_to_box
+
+    if args.models and args.model:
+        raise InputError("give --models (K maps) or --model with --nmodels, not both")
+    if not args.models and not args.model:
+        raise InputError("no starting maps: give --models a.mrc,b.mrc or --model m.mrc --nmodels K")
+    if args.model and args.nmodels < 2:
+        raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
+    if args.iter < 1:
+        raise InputError(f"--iter {args.iter}: expected 1 or more")
+    for name in ("m3dkeep", "classkeep"):
+        value = getattr(args, name)
+        if not 0 < value <= 1:
+            raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
+    stack = open_particles(args.input, apix=args.apix)
+    search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
+    apix, box = stack.pixel_size_angstrom, stack.box_size
+    if args.models:
+        paths = _split(args.models)
+        if len(paths) == 1:
+            volumes, voxel = read_maps(paths[0])
+            raw = [(v, voxel, f"{paths[0]}[{i}]") for i, v in enumerate(volumes)]
+        else:
+            raw = [(*read_map(p), p) for p in paths]
+        seeding = "models"
+    else:
+        volume, voxel = read_map(args.model)
+        raw = [(volume, voxel, args.model)]
+        seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify" if args.randclassify else "randphase"
+    maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
+    k = len(maps) if args.models else args.nmodels
+    if k < 1:
+        raise InputError("no starting maps")
+    symmetries = [parse_symmetry(s) for s in _split(args.sym)]
+    if len(symmetries) == 1:
+        symmetries *= k
+    elif len(symmetries) != k:
+        raise InputError(f"--sym {args.sym}: {len(symmetries)} symmetries for {k} models (give one, or one per model)")
+    mass = None
+    if args.mass:
+        try:
+            mass = [float(m) for m in _split(args.mass)]
+        except ValueError:
+            raise InputError(f"--mass {args.mass}: expected numbers in kDa") from None
+        if len(mass) == 1:
+            mass *= k
+        elif len(mass) != k:
+            raise InputError(f"--mass {args.mass}: {len(mass)} masses for {k} models")
+        if not stack.pixel_size_angstrom:
+            raise InputError("--mass needs a pixel size: none in the particle file; give --apix")
+    threads = 1
+    if args.parallel.startswith("thread:"):
+        try:
+            threads = int(args.parallel.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--parallel {args.parallel}: expected thread:N") from None
+    else:
+        raise InputError(f"--parallel {args.parallel}: only thread:N is supported so far")
+    torch.set_num_threads(max(1, threads))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device here")
+    path = Path(args.path) if args.path else runfolder.next_free_path(".")
+    opts = RefineOptions(
+        input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
+        usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep,
+        m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
+        shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score,
+        start_maps=[name for _, _, name in raw], seeding=seeding,
+    )
+    return stack, search_stack, maps, opts, k
+
+
+def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.ndarray]:
+    from multirefine.refine.seeding import power_limit_angstrom, randomize_phases, remove_fragment
+
+    if opts.seeding == "models":
+        return maps
+    base = maps[0]
+    if opts.seeding == "randphase":
+        beyond = 1.4 * power_limit_angstrom(base, apix)
+        log.info("seeding %d models: phases randomised beyond %.1f Å", k, beyond)
+        return [randomize_phases(base, apix, beyond, opts.seed + i) for i in range(k)]
+    if opts.seeding == "mapfragment":
+        return [remove_fragment(base, opts.seed + i) for i in range(k)]
+    return [base] * k  # randclassify: the split happens after the first search
+
+
+def main(args: argparse.Namespace) -> int:
+    from multirefine.refine import runfolder
+    from multirefine.refine.driver import run_refinement
+
+    stack, search_stack, maps, opts, k = _resolve(args)
+    print(
+        f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
+        f"{k} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
+    )
+    if args.check:
+        print("check: files, sizes, symmetries and options are consistent; nothing was run")
+        return 0
+    path = Path(opts.path)
+    path.mkdir(parents=True, exist_ok=True)
+    maps = _seed_maps(maps, opts, k, stack.pixel_size_angstrom)
+    initial = None
+    if opts.seeding == "randclassify":
+        initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
+    runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+    stats = run_refinement(opts, stack, search_stack, np.stack(maps), initial_assignment=initial)
+    last = stats[-1]
+    print(
+        f"done: {len(stats)} iterations in {sum(s.seconds for s in stats):.0f} s; particles per model "
+        f"{last.particles_per_model}; resolution (FSC 0.143, half maps) "
+        + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
+        + f"; results in {path}/"
+    )
+    return 0

@@ -1,0 +1,320 @@
+"""The multi-model refinement loop (DESIGN.md, "The iteration").
+
+Each iteration:
+
+1. references: every model projected over a global orientation grid covering its own
+   symmetry's asymmetric unit, at the pixels of the search band;
+2. search (:mod:`multirefine.refine.search`): every particle of the search stack
+   (``--usefilt`` or ``--input``) against model x orientation x in-plane angle x shift,
+   coarse then local, CTF on the particle side;
+3. reconstruction: per model and half-set, the raw particles (``--input``) at their new
+   poses, the best ``--m3dkeep`` of each model only, symmetry imposed; gold-standard
+   half-map FSC and the full map Wiener-filtered by it;
+4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
+   normalisation by ``--mass`` (starting maps from different files are first aligned to
+   map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
+5. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, ``fsc_II.json`` and
+   ``convergence.json`` (:mod:`multirefine.refine.runfolder`).
+
+The search band follows the resolution: ``--targetres`` fixes it; otherwise it starts at
+the resolution the starting maps hold and follows the gold-standard FSC (0.143) of the
+worst model, as RELION's auto-refine does. Steps in angle follow from the band and the
+particle radius (``--speed`` scales them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from multirefine.errors import InputError
+from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
+from multirefine.fourier.projection import prepare_volume_ft
+from multirefine.geometry.euler import matrix_to_euler
+from multirefine.geometry.grids import local_rotations, orientation_grid
+from multirefine.geometry.symmetry import symmetry_operators
+from multirefine.geometry.euler import euler_to_matrix
+from multirefine.io.maps import write_map
+from multirefine.io.star import write_particles_star
+from multirefine.refine import runfolder
+from multirefine.refine.batch import load_batch
+from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
+from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
+from multirefine.refine.search import make_references, refine_assignments, shift_grid
+from multirefine.refine.seeding import particle_radius_px
+
+__all__ = ["RefineOptions", "IterationStats", "run_refinement", "soft_sphere_mask"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefineOptions:
+    """Every resolved option of a run (written to ``0_refine_parms.json``)."""
+
+    input: str
+    path: str
+    symmetries: list[str]
+    iterations: int = 5
+    usefilt: str | None = None
+    targetres: float | None = None
+    speed: int = 5
+    sep: int = 1
+    m3dkeep: float = 0.9
+    classkeep: float = 0.85
+    mass_kda: list[float] | None = None
+    max_shift_px: float = 5.0
+    shrink: int = 1
+    batch_size: int = 500
+    device: str = "cpu"
+    align_maps: bool = True
+    seed: int = 0
+    score: str = "cc"
+    start_maps: list[str] = field(default_factory=list)
+    seeding: str = "models"
+
+
+@dataclass
+class IterationStats:
+    iteration: int
+    seconds: float
+    band_resolution_angstrom: float
+    coarse_step_deg: float
+    fine_step_deg: float
+    particles_per_model: list[int]
+    fraction_changed_model: float | None
+    resolution_0143_angstrom: list[float]
+    fsc_to_previous_0143_angstrom: list[float] | None
+    mean_score: float
+
+
+def soft_sphere_mask(box: int, radius_px: float, edge_px: float = 3.0) -> torch.Tensor:
+    """1 inside ``radius_px`` of the centre, a cosine fall to 0 over ``edge_px``."""
+    idx = torch.arange(box, dtype=torch.float32) - box // 2
+    z, y, x = torch.meshgrid(idx, idx, idx, indexing="ij")
+    r = torch.sqrt(x**2 + y**2 + z**2)
+    t = ((r - radius_px) / edge_px).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
+
+
+def _angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -> tuple[float, float]:
+    """(coarse, fine) angular steps in degrees for a band and particle radius.
+
+    The fine step moves the particle's edge by a third of the band's resolution;
+    ``--speed`` 5 is that, larger is coarser. The coarse (global) step is 2.5 x fine,
+    between 7.5 and 30 degrees.
+    """
+    fine = math.degrees(band_resolution / (3 * radius_angstrom)) * speed / 5
+    fine = float(np.clip(fine, 0.5, 12.0))
+    coarse = float(np.clip(2.5 * fine, 7.5, 30.0))
+    return coarse, fine
+
+
+def _half_sets(metadata: pd.DataFrame, seed: int) -> np.ndarray:
+    if "rlnRandomSubset" in metadata.columns:
+        return metadata["rlnRandomSubset"].to_numpy(dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    halves = np.ones(len(metadata), dtype=np.int64)
+    halves[rng.permutation(len(metadata))[: len(metadata) // 2]] = 2
+    return halves
+
+
+def _assignment_table(
+    metadata: pd.DataFrame, model: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
+    score: np.ndarray, posterior: np.ndarray, halves: np.ndarray, pixel_size: float,
+) -> pd.DataFrame:
+    """The input table with this iteration's assignment in RELION's columns."""
+    rot, tilt, psi = matrix_to_euler(rotations)
+    table = metadata.copy()
+    table["rlnClassNumber"] = model + 1
+    table["rlnAngleRot"] = rot
+    table["rlnAngleTilt"] = tilt
+    table["rlnAnglePsi"] = psi
+    table["rlnOriginXAngst"] = shifts_px[:, 0] * pixel_size
+    table["rlnOriginYAngst"] = shifts_px[:, 1] * pixel_size
+    table["rlnMaxValueProbDistribution"] = posterior
+    table["rlnLogLikeliContribution"] = score
+    table["rlnRandomSubset"] = halves
+    return table
+
+
+def _posteriors(model_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Soft assignment per model from the best score of each: softmax at ``temperature``."""
+    z = (model_scores - model_scores.max(1, keepdims=True)) / max(temperature, 1e-12)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+def run_refinement(
+    opts: RefineOptions,
+    stack,
+    search_stack,
+    start_maps: np.ndarray,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    initial_assignment: np.ndarray | None = None,
+) -> list[IterationStats]:
+    """Run ``opts.iterations`` iterations from ``start_maps`` ``(K, D, D, D)``; return stats.
+
+    ``stack`` holds the raw particles (reconstruction), ``search_stack`` the ones searched
+    (the same stack, or the ``--usefilt`` one). ``initial_assignment`` (``(N,)`` model
+    indices) is ``--randclassify``: the first reconstruction uses it instead of the search's
+    model choice.
+    """
+    out = Path(opts.path)
+    device = torch.device(opts.device)
+    box, apix = stack.box_size, stack.pixel_size_angstrom
+    maps = [np.asarray(m, dtype=np.float32) for m in start_maps]
+    k = len(maps)
+    operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
+    halves = _half_sets(stack.metadata, opts.seed)
+    n = len(stack)
+    radius_px = max(particle_radius_px(m) for m in maps)
+    mask = soft_sphere_mask(box, min(radius_px + 3, box / 2 - 2), 3.0)
+    if opts.targetres is not None:
+        band_res = opts.targetres
+    else:
+        from multirefine.refine.seeding import power_limit_angstrom
+
+        band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
+    if opts.align_maps and opts.seeding == "models" and k > 1:
+        for m_index in range(1, k):
+            aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
+            if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
+                angle = math.degrees(math.acos(np.clip((np.trace(alignment.matrix) - 1) / 2, -1, 1)))
+                log.info(
+                    "starting map %d aligned to map 1: rotated %.0f°%s (correlation %.2f -> %.2f)",
+                    m_index + 1, angle, ", hand flipped" if alignment.flipped else "",
+                    alignment.identity_score, alignment.score,
+                )
+                maps[m_index] = aligned
+    for m_index, volume in enumerate(maps, start=1):
+        write_map(out / runfolder.map_name(0, m_index), volume, apix)
+    stats: list[IterationStats] = []
+    previous_model: np.ndarray | None = None
+    previous_maps: list[np.ndarray] | None = None
+    for iteration in range(1, opts.iterations + 1):
+        started = time.perf_counter()
+        nyquist_limit = 2 * apix * max(opts.shrink, 1)
+        band_res = max(band_res, nyquist_limit * 1.05)
+        band_radius = min(box * apix / band_res, box / 2 - 1)
+        coarse, fine = _angular_steps(band_res, radius_px * apix, opts.speed)
+        log.info(
+            "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
+            iteration, band_res, band_radius, coarse, fine,
+        )
+        volumes = torch.stack([torch.from_numpy(m) for m in maps]).to(device)
+        poses = []
+        for sym in opts.symmetries:
+            rot, tilt, psi = orientation_grid(coarse, sym)
+            poses.append(torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32, device=device))
+        references = make_references(volumes, poses, band_radius)
+        volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
+        coarse_step_px = max(1.0, band_res / apix / 4)
+        coarse_shifts = shift_grid(opts.max_shift_px, coarse_step_px, device=device)
+        fine_offsets = shift_grid(coarse_step_px, coarse_step_px / 2, device=device)
+        model = np.zeros(n, dtype=np.int64)
+        rotations = np.zeros((n, 3, 3), dtype=np.float64)
+        shifts = np.zeros((n, 2), dtype=np.float64)
+        score = np.zeros(n)
+        model_scores = np.zeros((n, k))
+        advance = progress(f"iteration {iteration}: search", n) if progress else (lambda _: None)
+        for start in range(0, n, opts.batch_size):
+            rows = np.arange(start, min(n, start + opts.batch_size))
+            batch = load_batch(search_stack, rows, device=device, center=False)
+            result = refine_assignments(
+                batch.images_ft, batch.ctf, references, volumes_ft,
+                coarse_shifts_px=coarse_shifts,
+                local_range_deg=[coarse, 2 * fine], local_step_deg=[coarse / 3, fine],
+                fine_shift_offsets_px=[fine_offsets, fine_offsets / 2],
+                candidates=2, score=opts.score,
+            )
+            model[rows] = result.model[:, 0].cpu().numpy()
+            rotations[rows] = result.rotations[:, 0].cpu().double().numpy()
+            shifts[rows] = result.shift_px[:, 0].cpu().double().numpy()
+            score[rows] = result.score[:, 0].cpu().numpy()
+            model_scores[rows] = result.model_scores.cpu().numpy()
+            advance(len(rows))
+        if initial_assignment is not None and iteration == 1:
+            model = np.asarray(initial_assignment, dtype=np.int64)
+        spread = np.std(score) if n > 1 else 1.0
+        posterior = _posteriors(model_scores, spread / 10)[np.arange(n), model]
+        table = _assignment_table(stack.metadata, model, rotations, shifts, score, posterior, halves, apix)
+        # Reconstruction: the best m3dkeep of each model, per half-set.
+        keep = np.zeros(n, dtype=bool)
+        for m_index in range(k):
+            members = np.nonzero(model == m_index)[0]
+            if len(members) == 0:
+                continue
+            cutoff = np.quantile(score[members], 1 - opts.m3dkeep) if opts.m3dkeep < 1 else -np.inf
+            keep[members[score[members] >= cutoff]] = True
+        assigned = stack.with_metadata(table)
+        groups = [np.nonzero(keep & (model == m) & (halves == h))[0] for m in range(k) for h in (1, 2)]
+        advance = progress(f"iteration {iteration}: reconstruct", int(sum(len(g) for g in groups))) if progress else None
+        accumulators = accumulate(assigned, groups, 256, device, progress=advance)
+        new_maps, fsc_curves, resolutions = [], [], []
+        for m_index in range(k):
+            acc1, acc2 = accumulators[2 * m_index], accumulators[2 * m_index + 1]
+            if len(groups[2 * m_index]) + len(groups[2 * m_index + 1]) < 10:
+                log.warning("model %d has %d particles; its map is kept as it was", m_index + 1,
+                            len(groups[2 * m_index]) + len(groups[2 * m_index + 1]))
+                new_maps.append(maps[m_index])
+                fsc_curves.append(np.zeros(box // 2 + 1))
+                resolutions.append(float("inf"))
+                continue
+            result = gold_standard_reconstruction(acc1, acc2, operators[m_index])
+            volume = (torch.from_numpy(result.full_map) * mask).numpy()
+            new_maps.append(volume)
+            fsc_curves.append(result.fsc)
+            resolutions.append(resolution_at_threshold(result.fsc, apix, 0.143))
+        if opts.mass_kda:
+            new_maps = [normalize_by_mass(v, mass, apix) for v, mass in zip(new_maps, opts.mass_kda)]
+        counts = np.bincount(model, minlength=k).tolist()
+        changed = None if previous_model is None else float(np.mean(previous_model != model))
+        to_previous = None
+        if previous_maps is not None:
+            to_previous = [
+                resolution_at_threshold(
+                    fourier_shell_correlation(torch.from_numpy(a), torch.from_numpy(b)).numpy(), apix, 0.143
+                )
+                for a, b in zip(new_maps, previous_maps)
+            ]
+        for m_index, volume in enumerate(new_maps, start=1):
+            write_map(out / runfolder.map_name(iteration, m_index), volume, apix)
+        write_particles_star(out / runfolder.particles_name(iteration), table, stack.optics)
+        runfolder.write_json(
+            out / runfolder.fsc_name(iteration),
+            {
+                "pixel_size_angstrom": apix,
+                "shell_frequency_per_angstrom": (np.arange(box // 2 + 1) / (box * apix)).tolist(),
+                "half_map_fsc": [c.tolist() for c in fsc_curves],
+                "mutual_fsc": mutual_fsc(new_maps).tolist(),
+            },
+        )
+        stat = IterationStats(
+            iteration, time.perf_counter() - started, band_res, coarse, fine, counts, changed,
+            resolutions, to_previous, float(np.mean(score)),
+        )
+        stats.append(stat)
+        runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
+        log.info(
+            "iteration %d done in %.0f s: particles per model %s, changed model %s, resolution %s",
+            iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",
+            ", ".join(f"{r:.1f} Å" for r in resolutions),
+        )
+        previous_model, previous_maps, maps = model, maps, new_maps
+        if opts.targetres is None:
+            finite = [r for r in resolutions if np.isfinite(r)]
+            if finite:
+                band_res = max(finite)
+    for m_index in range(k):
+        rows = table["rlnClassNumber"].to_numpy() == m_index + 1
+        write_particles_star(out / runfolder.model_particles_name(m_index + 1), table[rows], stack.optics)
+    return stats

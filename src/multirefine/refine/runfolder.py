@@ -1,0 +1,81 @@
+"""The run folder: its file names (a contract, documented in the README) and writers.
+
+``threed_00_MM.mrc`` are the starting maps, ``threed_II_MM.mrc`` the maps after
+iteration ``II`` (``MM`` = model = ``rlnClassNumber``, from 01), ``particles_II.star``
+every input particle with its assignment, ``fsc_II.json`` the FSC curves,
+``convergence.json`` the per-iteration statistics, ``0_refine_parms.json`` every resolved
+option, ``particles_model_MM.star`` the final particle set of each model.
+Every file is written under a temporary name and renamed, so an interrupted run leaves
+only complete files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from multirefine.io.atomic import atomic_path
+
+__all__ = [
+    "next_free_path",
+    "map_name",
+    "particles_name",
+    "fsc_name",
+    "classes_name",
+    "model_particles_name",
+    "PARAMETERS",
+    "CONVERGENCE",
+    "write_json",
+]
+
+PARAMETERS = "0_refine_parms.json"
+CONVERGENCE = "convergence.json"
+
+
+def next_free_path(parent: str | Path = ".", prefix: str = "multi") -> Path:
+    """The first ``multi_NN`` (NN from 01) that does not exist in ``parent``, as EMAN2 does."""
+    parent = Path(parent)
+    used = {
+        int(m.group(1))
+        for p in parent.glob(f"{prefix}_*")
+        if (m := re.fullmatch(rf"{prefix}_(\d+)", p.name))
+    }
+    n = 1
+    while n in used:
+        n += 1
+    return parent / f"{prefix}_{n:02d}"
+
+
+def map_name(iteration: int, model: int) -> str:
+    return f"threed_{iteration:02d}_{model:02d}.mrc"
+
+
+def particles_name(iteration: int) -> str:
+    return f"particles_{iteration:02d}.star"
+
+
+def fsc_name(iteration: int) -> str:
+    return f"fsc_{iteration:02d}.json"
+
+
+def classes_name(iteration: int) -> str:
+    return f"classes_{iteration:02d}.mrcs"
+
+
+def model_particles_name(model: int) -> str:
+    return f"particles_model_{model:02d}.star"
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -1,0 +1,109 @@
+"""Starting models: K given maps, or K variants of one map.
+
+* Given maps whose box or pixel size differ from the particles' are resampled to the
+  particles' pixel size (Fourier cropping or padding) and clipped or padded to their box,
+  as EMAN2 does.
+* ``randphase``: the phases of one map are randomised beyond a low resolution, a
+  different draw for each model (EMAN2's ``--randphase``). The resolution is where the
+  map still has power (its shell power falls to 1 % of the peak), times 1.4, so that a
+  map that was low-passed (a consensus map at 30 Å) still gets distinct seeds.
+* ``mapfragment``: a different random part of one map is removed for each model (a soft
+  sphere of a third of the particle radius centred on the density).
+* ``randclassify`` is done by the driver: particles are aligned to the one map, then split
+  at random into K sets that are reconstructed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from multirefine.fourier.crop import resample_volume
+from multirefine.fourier.fft import frequency_grid_3d, irfftn3_centered, rfftn3_centered
+from multirefine.fourier.fsc import shell_index_3d
+
+__all__ = ["fit_to_box", "power_limit_angstrom", "randomize_phases", "remove_fragment", "particle_radius_px"]
+
+log = logging.getLogger(__name__)
+
+
+def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
+    """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred)."""
+    out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    size = out.shape[-1]
+    if voxel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
+        new = max(2, int(round(size * voxel_size / pixel_size)))
+        log.info("%s: resampled from %.4g to %.4g Å/px (%d -> %d px)", name, voxel_size, pixel_size, size, new)
+        out = resample_volume(out, new)
+        size = new
+    if size != box_size:
+        log.info("%s: %s from %d to %d px", name, "clipped" if size > box_size else "padded", size, box_size)
+        result = torch.zeros((box_size,) * 3)
+        src0 = max(0, size // 2 - box_size // 2)
+        dst0 = max(0, box_size // 2 - size // 2)
+        n = min(size, box_size)
+        result[dst0 : dst0 + n, dst0 : dst0 + n, dst0 : dst0 + n] = out[src0 : src0 + n, src0 : src0 + n, src0 : src0 + n]
+        out = result
+    return out.numpy()
+
+
+def power_limit_angstrom(volume: np.ndarray, pixel_size: float, fraction: float = 0.01) -> float:
+    """Resolution (Å) beyond which the map's shell power stays below ``fraction`` of its peak."""
+    box = volume.shape[-1]
+    ft = rfftn3_centered(torch.from_numpy(volume).double())
+    shells, mult = shell_index_3d(box)
+    inside = shells <= box // 2
+    power = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(
+        0, shells[inside], (ft.abs() ** 2 * mult)[inside]
+    )
+    counts = torch.zeros(box // 2 + 1, dtype=torch.float64).index_add_(0, shells[inside], mult.double()[inside])
+    mean = (power / counts.clamp(min=1)).numpy()
+    peak = mean[1:].max()
+    above = np.nonzero(mean[1:] >= fraction * peak)[0]
+    last = int(above[-1]) + 1 if len(above) else 1
+    return box * pixel_size / max(last, 1)
+
+
+def randomize_phases(volume: np.ndarray, pixel_size: float, beyond_angstrom: float, seed: int) -> np.ndarray:
+    """Random phases at frequencies beyond ``beyond_angstrom``; amplitudes kept."""
+    box = volume.shape[-1]
+    ft = rfftn3_centered(torch.from_numpy(volume).double())
+    kx, ky, kz = frequency_grid_3d(box, dtype=torch.float64)
+    beyond = torch.sqrt(kx**2 + ky**2 + kz**2) > box * pixel_size / beyond_angstrom
+    gen = torch.Generator().manual_seed(seed)
+    phase = torch.rand(ft.shape, generator=gen, dtype=torch.float64) * 2 * math.pi
+    ft = torch.where(beyond, torch.polar(ft.abs(), phase), ft)
+    # Random phases break Friedel symmetry on the kx = 0 plane; irfftn keeps the map real.
+    return irfftn3_centered(ft, box).numpy().astype(np.float32)
+
+
+def particle_radius_px(volume: np.ndarray, fraction: float = 0.97) -> float:
+    """Radius (px, about the box centre) holding ``fraction`` of the map's positive density."""
+    box = volume.shape[-1]
+    idx = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(idx, idx, idx, indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2).ravel()
+    density = np.clip(volume.ravel(), 0, None)
+    if density.sum() <= 0:
+        return box / 2 - 1
+    order = np.argsort(r)
+    cumulative = np.cumsum(density[order]) / density.sum()
+    return float(min(r[order][np.searchsorted(cumulative, fraction)], box / 2 - 1))
+
+
+def remove_fragment(volume: np.ndarray, seed: int) -> np.ndarray:
+    """Zero a soft sphere (a third of the particle radius) at a random dense spot."""
+    rng = np.random.default_rng(seed)
+    box = volume.shape[-1]
+    radius = particle_radius_px(volume)
+    dense = np.argwhere(volume > np.quantile(volume, 0.99))
+    center = dense[rng.integers(len(dense))]
+    idx = np.arange(box)
+    z, y, x = np.meshgrid(idx, idx, idx, indexing="ij")
+    d = np.sqrt((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2)
+    hole = radius / 3
+    keep = np.clip((d - hole) / 2.0, 0, 1)  # 2 px soft edge
+    return (volume * keep).astype(np.float32)
