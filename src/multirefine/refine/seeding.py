@@ -5,7 +5,7 @@
   as EMAN2 does.
 * ``randphase``: the phases of one map are randomised beyond a low resolution, a
   different draw for each model (EMAN2's ``--randphase``). The resolution is where the
-  map still has power (its shell power falls to 1 % of the peak), times 1.4, so that a
+  map still has power (its shell power falls to 0.1 % of the peak), times 1.4, so that a
   map that was low-passed (a consensus map at 30 Å) still gets distinct seeds.
 * ``mapfragment``: a different random part of one map is removed for each model (a soft
   sphere of a third of the particle radius centred on the density).
@@ -50,7 +50,7 @@ def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, 
     return out.numpy()
 
 
-def power_limit_angstrom(volume: np.ndarray, pixel_size: float, fraction: float = 0.01) -> float:
+def power_limit_angstrom(volume: np.ndarray, pixel_size: float, fraction: float = 1e-3) -> float:
     """Resolution (Å) beyond which the map's shell power stays below ``fraction`` of its peak."""
     box = volume.shape[-1]
     ft = rfftn3_centered(torch.from_numpy(volume).double())

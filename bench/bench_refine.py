@@ -1,0 +1,140 @@
+"""Benchmark: multirefine refine against RELION 3.1 3-D classification on the simulated sets.
+
+For each set made by ``bench/datasets.py`` (``bench/work/SET``), runs
+
+    multirefine refine --input particles.star --model consensus_lp30.mrc --nmodels K
+                       --randphase --iter N --path multirefine --parallel thread:2
+
+under ``/usr/bin/time -v`` (wall time, peak memory), reads RELION's run from
+``bench/work/SET/relion`` (``bench/run_relion.sh``; whatever iterations exist) and prints,
+side by side: classification accuracy (Hungarian matching against ``truth.star``),
+FSC-0.143 resolution of every output map against its matched true map, wall time per
+iteration and per run, and peak memory. Results go to ``bench/results/SET.json``.
+
+    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--skip-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
+from multirefine.io.maps import read_map
+from multirefine.io.star import read_particles_star
+
+ROOT = Path(__file__).resolve().parent
+K_OF = {"compositional": 2, "conformational": 2, "three_state": 3}
+
+
+def gnu_time(path: Path) -> dict:
+    """Wall seconds and peak RSS (MiB) from a ``/usr/bin/time -v`` report."""
+    text = path.read_text() if path.exists() else ""
+    out = {}
+    if m := re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", text):
+        h, mnt, s = m.groups()
+        out["wall_s"] = (int(h) if h else 0) * 3600 + int(mnt) * 60 + float(s)
+    if m := re.search(r"Maximum resident set size \(kbytes\): (\d+)", text):
+        out["peak_mib"] = int(m.group(1)) / 1024
+    return out
+
+
+def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: float) -> dict:
+    """Accuracy (Hungarian) and FSC-0.143 resolution of each matched map against the truth."""
+    truth = read_particles_star(set_dir / "truth.star").metadata["rlnClassNumber"].to_numpy()
+    k = len(maps)
+    confusion = np.zeros((k, k), int)
+    np.add.at(confusion, (truth - 1, classes - 1), 1)
+    best = max(permutations(range(k)), key=lambda p: sum(confusion[i, p[i]] for i in range(k)))
+    accuracy = sum(confusion[i, best[i]] for i in range(k)) / len(truth)
+    resolutions = []
+    for i in range(k):
+        gt = torch.from_numpy(read_map(set_dir / f"gt_{i + 1:02d}.mrc")[0])
+        fsc = fourier_shell_correlation(torch.from_numpy(maps[best[i]]), gt).numpy()
+        resolutions.append(resolution_at_threshold(fsc, apix, 0.143))
+    return {"accuracy": accuracy, "resolution_0143_angstrom": resolutions, "confusion": confusion.tolist()}
+
+
+def relion_result(set_dir: Path) -> dict | None:
+    run = set_dir / "relion"
+    data = sorted(run.glob("run_it*_data.star"))
+    if not data:
+        return None
+    last = data[-1]
+    iteration = int(re.search(r"it(\d+)", last.name).group(1))
+    meta = read_particles_star(last).metadata
+    maps = []
+    for i in range(1, K_OF[set_dir.name] + 1):
+        maps.append(read_map(run / f"run_it{iteration:03d}_class{i:03d}.mrc")[0])
+    apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
+    out = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
+    # Time per iteration from the files' modification times (iteration 0 is the start).
+    stamps = [p.stat().st_mtime for p in sorted(run.glob("run_it*_optimiser.star"))]
+    per_iteration = np.diff(stamps).tolist() if len(stamps) > 1 else []
+    out.update(iterations=iteration, seconds_per_iteration=per_iteration)
+    out.update(gnu_time(run / "time.txt"))
+    return out
+
+
+def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
+    out_dir = set_dir / "multirefine"
+    k = K_OF[set_dir.name]
+    if not skip:
+        cmd = ["/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
+               "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
+               "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), "--randphase",
+               "--iter", str(iterations), "--path", str(out_dir), "--parallel", "thread:2"]
+        subprocess.run(cmd, check=True)
+    convergence = json.loads((out_dir / "convergence.json").read_text())
+    last = convergence[-1]["iteration"]
+    meta = read_particles_star(out_dir / f"particles_{last:02d}.star").metadata
+    maps = [read_map(out_dir / f"threed_{last:02d}_{i:02d}.mrc")[0] for i in range(1, k + 1)]
+    apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
+    result = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
+    result.update(iterations=last, seconds_per_iteration=[c["seconds"] for c in convergence])
+    result.update(gnu_time(set_dir / "multirefine_time.txt"))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(ROOT / "work"))
+    parser.add_argument("--sets", default="compositional,conformational,three_state")
+    parser.add_argument("--iter", type=int, default=10)
+    parser.add_argument("--skip-run", action="store_true", help="only read existing results")
+    args = parser.parse_args()
+    results_dir = ROOT / "results"
+    results_dir.mkdir(exist_ok=True)
+    rows = []
+    for name in args.sets.split(","):
+        set_dir = Path(args.work) / name
+        ours = run_multirefine(set_dir, args.iter, args.skip_run)
+        theirs = relion_result(set_dir)
+        record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
+        (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        rows.append(record)
+    print("| set | program | iterations | accuracy | FSC-0.143 vs truth (Å) | s / iteration | wall (s) | peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for prog in ("multirefine", "relion"):
+            x = r[prog]
+            if x is None:
+                print(f"| {r['set']} | {prog} | not run | | | | | |")
+                continue
+            per = np.mean(x["seconds_per_iteration"]) if x["seconds_per_iteration"] else float("nan")
+            res = ", ".join(f"{v:.1f}" for v in x["resolution_0143_angstrom"])
+            print(f"| {r['set']} | {prog} | {x['iterations']} | {100 * x['accuracy']:.1f} % | {res} | {per:.0f} | "
+                  f"{x.get('wall_s', float('nan')):.0f} | {x.get('peak_mib', float('nan')):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
