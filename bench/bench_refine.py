@@ -31,6 +31,7 @@ import torch
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
 from multirefine.io.maps import read_map
 from multirefine.io.star import read_particles_star
+from multirefine.refine.postprocess import align_translation
 
 ROOT = Path(__file__).resolve().parent
 K_OF = {"compositional": 2, "conformational": 2, "three_state": 3}
@@ -59,7 +60,10 @@ def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: floa
     resolutions = []
     for i in range(k):
         gt = torch.from_numpy(read_map(set_dir / f"gt_{i + 1:02d}.mrc")[0])
-        fsc = fourier_shell_correlation(torch.from_numpy(maps[best[i]]), gt).numpy()
+        # Maps may drift by a voxel or so (a shift of the map is absorbed by the particles'
+        # origins): align by translation before comparing, the same for both programs.
+        moved, _ = align_translation(maps[best[i]], gt.numpy())
+        fsc = fourier_shell_correlation(torch.from_numpy(moved), gt).numpy()
         resolutions.append(resolution_at_threshold(fsc, apix, 0.143))
     return {"accuracy": accuracy, "resolution_0143_angstrom": resolutions, "confusion": confusion.tolist()}
 

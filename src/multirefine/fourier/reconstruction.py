@@ -80,9 +80,10 @@ class FourierAccumulator:
         ctf: torch.Tensor | None,
         rotations: torch.Tensor,
         max_radius: float | None = None,
+        particle_weights: torch.Tensor | None = None,
     ) -> None:
         """Insert centred image transforms ``(n, D, D//2+1)`` with CTFs and poses ``(n, 3, 3)``."""
-        insert_central_slices(self, images_ft, ctf, rotations, max_radius)
+        insert_central_slices(self, images_ft, ctf, rotations, max_radius, particle_weights)
 
     def reconstruct(
         self, symmetry_operators: torch.Tensor | None = None, inverse_ssnr: float | np.ndarray = 1e-3
@@ -101,11 +102,13 @@ def insert_central_slices(
     ctf: torch.Tensor | None,
     rotations: torch.Tensor,
     max_radius: float | None = None,
+    particle_weights: torch.Tensor | None = None,
 ) -> None:
-    """Add ``ctf * X`` and ``ctf^2`` along each particle's central slice, in place.
+    """Add ``p * ctf * X`` and ``p * ctf^2`` along each particle's central slice, in place.
 
     ``images_ft`` ``(n, D, D//2+1)`` (centred: already shifted by the particle origin),
-    ``ctf`` ``(n, D, D//2+1)`` or None (no CTF: weight 1), ``rotations`` ``(n, 3, 3)``.
+    ``ctf`` ``(n, D, D//2+1)`` or None (no CTF: weight 1), ``rotations`` ``(n, 3, 3)``,
+    ``particle_weights`` ``p`` ``(n,)`` (default 1: e.g. the posterior of the model).
     Only the stored half plane of each image is inserted; its ``kx = 0`` column holds
     both members of Friedel pairs and goes in with half weight.
     """
@@ -117,8 +120,11 @@ def insert_central_slices(
     ctf = ctf.to(acc.data.device)
     kx, _ = frequency_grid_2d(box, device=acc.data.device)
     column_weight = torch.where(kx == 0, 0.5, 1.0) * mask
-    values = images_ft * (ctf * column_weight)
-    weights = ctf**2 * column_weight
+    per_pixel = column_weight.expand(ctf.shape)
+    if particle_weights is not None:
+        per_pixel = per_pixel * particle_weights.to(ctf.device, torch.float32)[:, None, None]
+    values = images_ft * (ctf * per_pixel)
+    weights = ctf**2 * per_pixel
     keep = mask.expand(coords.shape[:-1])
     splat_half_volume(acc.data, acc.weight, coords[keep], values[keep], weights[keep])
 

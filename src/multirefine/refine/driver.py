@@ -8,7 +8,8 @@ Each iteration:
    (``--usefilt`` or ``--input``) against model x orientation x in-plane angle x shift,
    coarse then local, CTF on the particle side;
 3. reconstruction: per model and half-set, the raw particles (``--input``) at their new
-   poses, the best ``--m3dkeep`` of each model only, symmetry imposed; gold-standard
+   poses, each particle weighted by its posterior for the model (``--hard``: its best
+   model only), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
    half-map FSC and the full map Wiener-filtered by it;
 4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
    normalisation by ``--mass`` (starting maps from different files are first aligned to
@@ -77,7 +78,8 @@ class RefineOptions:
     device: str = "cpu"
     align_maps: bool = True
     seed: int = 0
-    score: str = "cc"
+    score: str = "ls"
+    soft: bool = True
     start_maps: list[str] = field(default_factory=list)
     seeding: str = "models"
 
@@ -146,9 +148,20 @@ def _assignment_table(
     return table
 
 
-def _posteriors(model_scores: np.ndarray, temperature: float) -> np.ndarray:
-    """Soft assignment per model from the best score of each: softmax at ``temperature``."""
-    z = (model_scores - model_scores.max(1, keepdims=True)) / max(temperature, 1e-12)
+def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: float, score: str) -> np.ndarray:
+    """Posterior of each model per particle ``(n, K)`` from its best score for each model.
+
+    White Gaussian noise of variance ``sigma^2`` per Fourier pixel, estimated per particle
+    as its mean power in the band (at low SNR nearly all of it is noise). Then
+    ``log p(X | model) = 2 ls / sigma^2`` for the least-squares score, and, with the best
+    amplitude for each model, ``n_pixels * cc * |cc|`` for the normalised correlation.
+    """
+    if score == "ls":
+        sigma2 = np.maximum(image_power / n_pixels, 1e-30)[:, None]
+        log_likelihood = 2 * model_scores / sigma2
+    else:
+        log_likelihood = n_pixels * model_scores * np.abs(model_scores)
+    z = log_likelihood - log_likelihood.max(1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(1, keepdims=True)
 
@@ -220,11 +233,11 @@ def run_refinement(
         coarse_step_px = max(1.0, band_res / apix / 4)
         coarse_shifts = shift_grid(opts.max_shift_px, coarse_step_px, device=device)
         fine_offsets = shift_grid(coarse_step_px, coarse_step_px / 2, device=device)
-        model = np.zeros(n, dtype=np.int64)
-        rotations = np.zeros((n, 3, 3), dtype=np.float64)
-        shifts = np.zeros((n, 2), dtype=np.float64)
-        score = np.zeros(n)
         model_scores = np.zeros((n, k))
+        model_rotations = np.zeros((n, k, 3, 3))
+        model_shifts = np.zeros((n, k, 2))
+        image_power = np.zeros(n)
+        band = references.band
         advance = progress(f"iteration {iteration}: search", n) if progress else (lambda _: None)
         for start in range(0, n, opts.batch_size):
             rows = np.arange(start, min(n, start + opts.batch_size))
@@ -236,35 +249,51 @@ def run_refinement(
                 fine_shift_offsets_px=[fine_offsets, fine_offsets / 2],
                 candidates=2, score=opts.score,
             )
-            model[rows] = result.model[:, 0].cpu().numpy()
-            rotations[rows] = result.rotations[:, 0].cpu().double().numpy()
-            shifts[rows] = result.shift_px[:, 0].cpu().double().numpy()
-            score[rows] = result.score[:, 0].cpu().numpy()
             model_scores[rows] = result.model_scores.cpu().numpy()
+            model_rotations[rows] = result.model_rotations.cpu().double().numpy()
+            model_shifts[rows] = result.model_shift_px.cpu().double().numpy()
+            x = band.gather(batch.images_ft)
+            image_power[rows] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
             advance(len(rows))
+        posteriors = _posteriors(model_scores, image_power, float(band.weight.sum()), opts.score)
+        model = np.argmax(model_scores, axis=1)
         if initial_assignment is not None and iteration == 1:
             model = np.asarray(initial_assignment, dtype=np.int64)
-        spread = np.std(score) if n > 1 else 1.0
-        posterior = _posteriors(model_scores, spread / 10)[np.arange(n), model]
-        table = _assignment_table(stack.metadata, model, rotations, shifts, score, posterior, halves, apix)
-        # Reconstruction: the best m3dkeep of each model, per half-set.
-        keep = np.zeros(n, dtype=bool)
+            posteriors = np.eye(k)[model]
+        if not opts.soft:
+            posteriors = np.eye(k)[model]
+        rows_n = np.arange(n)
+        score = model_scores[rows_n, model]
+        table = _assignment_table(
+            stack.metadata, model, model_rotations[rows_n, model], model_shifts[rows_n, model], score,
+            posteriors[rows_n, model], halves, apix,
+        )
+        # Reconstruction: every particle into every model it belongs to with its posterior
+        # (at that model's pose), leaving out each model's worst (1 - m3dkeep).
+        groups, weights, stacks = [], [], []
         for m_index in range(k):
-            members = np.nonzero(model == m_index)[0]
-            if len(members) == 0:
-                continue
-            cutoff = np.quantile(score[members], 1 - opts.m3dkeep) if opts.m3dkeep < 1 else -np.inf
-            keep[members[score[members] >= cutoff]] = True
-        assigned = stack.with_metadata(table)
-        groups = [np.nonzero(keep & (model == m) & (halves == h))[0] for m in range(k) for h in (1, 2)]
+            members = np.nonzero(posteriors[:, m_index] >= 0.01)[0]
+            if len(members) and opts.m3dkeep < 1:
+                own = model_scores[members, m_index]
+                members = members[own >= np.quantile(own, 1 - opts.m3dkeep)]
+            table_m = _assignment_table(
+                stack.metadata, np.full(n, m_index), model_rotations[:, m_index], model_shifts[:, m_index],
+                model_scores[:, m_index], posteriors[:, m_index], halves, apix,
+            )
+            assigned = stack.with_metadata(table_m)
+            for h in (1, 2):
+                rows = members[halves[members] == h]
+                groups.append(rows)
+                weights.append(posteriors[rows, m_index])
+                stacks.append(assigned)
         advance = progress(f"iteration {iteration}: reconstruct", int(sum(len(g) for g in groups))) if progress else None
-        accumulators = accumulate(assigned, groups, 256, device, progress=advance)
+        accumulators = accumulate(stack, groups, 256, device, progress=advance, weights=weights, stacks=stacks)
         new_maps, fsc_curves, resolutions = [], [], []
         for m_index in range(k):
             acc1, acc2 = accumulators[2 * m_index], accumulators[2 * m_index + 1]
-            if len(groups[2 * m_index]) + len(groups[2 * m_index + 1]) < 10:
-                log.warning("model %d has %d particles; its map is kept as it was", m_index + 1,
-                            len(groups[2 * m_index]) + len(groups[2 * m_index + 1]))
+            effective = float(weights[2 * m_index].sum() + weights[2 * m_index + 1].sum())
+            if effective < 10:
+                log.warning("model %d holds %.0f particles; its map is kept as it was", m_index + 1, effective)
                 new_maps.append(maps[m_index])
                 fsc_curves.append(np.zeros(box // 2 + 1))
                 resolutions.append(float("inf"))

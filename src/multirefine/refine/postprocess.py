@@ -35,6 +35,7 @@ __all__ = [
     "Alignment",
     "align_volume",
     "mutual_fsc",
+    "align_translation",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,35 @@ def align_volume(
         torch.from_numpy(mov_np).float(), torch.from_numpy(best.matrix)[None], torch.from_numpy(best.shift_px)[None]
     )[0].numpy()
     return aligned, best
+
+
+def align_translation(moving: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translate ``moving`` onto ``reference`` (both ``(D, D, D)``): cross-correlation peak,
+    refined to a fraction of a voxel by a parabola on each axis, applied as a Fourier phase
+    shift (no interpolation blur). Returns the moved map and the shift ``(x, y, z)`` in voxels.
+    """
+    box = reference.shape[-1]
+    mov = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float64))
+    ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64))
+    mov_ft = torch.fft.rfftn(mov)
+    corr = torch.fft.irfftn(torch.fft.rfftn(ref) * mov_ft.conj(), s=(box,) * 3)
+    peak = np.unravel_index(int(corr.argmax()), corr.shape)  # (z, y, x)
+    shift = []
+    for axis, index in enumerate(peak):
+        around = [list(peak) for _ in range(3)]
+        for j, d in enumerate((-1, 0, 1)):
+            around[j][axis] = (index + d) % box
+        c_m, c_0, c_p = (float(corr[tuple(a)]) for a in around)
+        denominator = c_m - 2 * c_0 + c_p
+        frac = 0.5 * (c_m - c_p) / denominator if denominator < 0 else 0.0
+        value = index + float(np.clip(frac, -0.5, 0.5))
+        shift.append(value - box if value > box / 2 else value)
+    dz, dy, dx = shift
+    k = torch.fft.fftfreq(box, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(box, dtype=torch.float64)
+    phase = -2 * np.pi * (k[:, None, None] * dz + k[None, :, None] * dy + kx[None, None, :] * dx)
+    moved = torch.fft.irfftn(mov_ft * torch.polar(torch.ones_like(phase), phase), s=(box,) * 3)
+    return moved.numpy().astype(np.float32), np.array([dx, dy, dz])
 
 
 def mutual_fsc(maps: list[np.ndarray]) -> np.ndarray:

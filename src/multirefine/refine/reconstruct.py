@@ -35,13 +35,22 @@ def accumulate(
     device: torch.device | str | None = None,
     max_radius: float | None = None,
     progress: Callable[[int], None] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    stacks: Sequence | None = None,
 ) -> list[FourierAccumulator]:
-    """One accumulator per group of stack rows, filled with the rows' images at their poses."""
+    """One accumulator per group of stack rows, filled with the rows' images at their poses.
+
+    ``weights`` (one ``(len(rows),)`` array per group) weight each particle (a posterior);
+    ``stacks`` (one per group) give groups their own poses (the same images with another
+    metadata table, e.g. each model's best poses).
+    """
     accumulators = [FourierAccumulator.zeros(stack.box_size, device=device) for _ in groups]
-    for acc, rows in zip(accumulators, groups):
+    for g, (acc, rows) in enumerate(zip(accumulators, groups)):
+        source = stack if stacks is None else stacks[g]
         for start in range(0, len(rows), batch_size):
-            batch = load_batch(stack, rows[start : start + batch_size], device=device)
-            acc.insert(batch.images_ft, batch.ctf, batch.rotations, max_radius)
+            batch = load_batch(source, rows[start : start + batch_size], device=device)
+            w = None if weights is None else torch.as_tensor(weights[g][start : start + batch_size], device=device)
+            acc.insert(batch.images_ft, batch.ctf, batch.rotations, max_radius, w)
             if progress is not None:
                 progress(len(batch.indices))
     return accumulators
