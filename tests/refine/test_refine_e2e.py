@@ -64,7 +64,8 @@ def test_from_low_passed_true_maps(adk, capsys):
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
     assert accuracy >= 0.95, accuracy
     # The run folder's contract.
-    for name in ("threed_00_01.mrc", "threed_03_02.mrc", "particles_01.star", "fsc_03.json",
+    for name in ("threed_00_01.mrc", "threed_03_02.mrc", "particles_01.star", "fsc_03.json", "fsc_03.png",
+                 "classes_03.mrcs", "classes_03.star", "convergence.png",
                  "convergence.json", "0_refine_parms.json", "particles_model_01.star", "particles_model_02.star"):
         assert (run / name).exists(), name
     convergence = json.loads((run / "convergence.json").read_text())

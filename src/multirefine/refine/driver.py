@@ -14,8 +14,9 @@ Each iteration:
 4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
    normalisation by ``--mass`` (starting maps from different files are first aligned to
    map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
-5. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, ``fsc_II.json`` and
-   ``convergence.json`` (:mod:`multirefine.refine.runfolder`).
+5. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, class averages
+   (``classes_II.mrcs``), FSC curves and figures, and the convergence statistics
+   (:mod:`multirefine.refine.runfolder`).
 
 The search band follows the resolution: ``--targetres`` fixes it; otherwise it starts at
 the resolution the starting maps hold and follows the gold-standard FSC (0.143) of the
@@ -25,6 +26,7 @@ particle radius (``--speed`` scales them).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -34,23 +36,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import starfile
 import torch
 
 from multirefine.errors import InputError
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import matrix_to_euler
-from multirefine.geometry.grids import local_rotations, orientation_grid
+from multirefine.geometry.grids import orientation_grid, projection_directions
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.geometry.euler import euler_to_matrix
-from multirefine.io.maps import write_map
+from multirefine.io.atomic import atomic_path
+from multirefine.io.maps import write_map, write_stack
 from multirefine.io.star import write_particles_star
 from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
+from multirefine.refine.classes import class_averages
 from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
 from multirefine.refine.search import make_references, refine_assignments, shift_grid
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.report.plots import plot_convergence, plot_fsc
 
 __all__ = ["RefineOptions", "IterationStats", "run_refinement", "soft_sphere_mask"]
 
@@ -318,6 +324,13 @@ def run_refinement(
         for m_index, volume in enumerate(new_maps, start=1):
             write_map(out / runfolder.map_name(iteration, m_index), volume, apix)
         write_particles_star(out / runfolder.particles_name(iteration), table, stack.optics)
+        directions = [projection_directions(coarse, sym) for sym in opts.symmetries]
+        averages, class_table = class_averages(
+            stack, table, [d[0] for d in directions], [d[1] for d in directions], opts.classkeep
+        )
+        write_stack(out / runfolder.classes_name(iteration), averages, apix)
+        with atomic_path(out / runfolder.classes_table_name(iteration)) as tmp:
+            starfile.write({"classes": class_table}, tmp, overwrite=True)
         runfolder.write_json(
             out / runfolder.fsc_name(iteration),
             {
@@ -333,6 +346,9 @@ def run_refinement(
         )
         stats.append(stat)
         runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
+        plot_convergence([asdict(s) for s in stats], out / runfolder.CONVERGENCE_FIGURE)
+        plot_fsc(json.loads((out / runfolder.fsc_name(iteration)).read_text()), out / runfolder.fsc_figure_name(iteration),
+                 f"iteration {iteration}")
         log.info(
             "iteration %d done in %.0f s: particles per model %s, changed model %s, resolution %s",
             iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",

@@ -2,8 +2,10 @@
 
 ``threed_00_MM.mrc`` are the starting maps, ``threed_II_MM.mrc`` the maps after
 iteration ``II`` (``MM`` = model = ``rlnClassNumber``, from 01), ``particles_II.star``
-every input particle with its assignment, ``fsc_II.json`` the FSC curves,
-``convergence.json`` the per-iteration statistics, ``0_refine_parms.json`` every resolved
+every input particle with its assignment, ``classes_II.mrcs`` the class averages
+(``classes_II.star``: model, direction and size of each), ``fsc_II.json`` and
+``fsc_II.png`` the FSC curves, ``convergence.json`` and ``convergence.png`` the
+per-iteration statistics, ``0_refine_parms.json`` every resolved
 option, ``particles_model_MM.star`` the final particle set of each model.
 Every file is written under a temporary name and renamed, so an interrupted run leaves
 only complete files.
@@ -24,6 +26,9 @@ __all__ = [
     "particles_name",
     "fsc_name",
     "classes_name",
+    "classes_table_name",
+    "fsc_figure_name",
+    "CONVERGENCE_FIGURE",
     "model_particles_name",
     "PARAMETERS",
     "CONVERGENCE",
@@ -32,6 +37,7 @@ __all__ = [
 
 PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
+CONVERGENCE_FIGURE = "convergence.png"
 
 
 def next_free_path(parent: str | Path = ".", prefix: str = "multi") -> Path:
@@ -62,6 +68,14 @@ def fsc_name(iteration: int) -> str:
 
 def classes_name(iteration: int) -> str:
     return f"classes_{iteration:02d}.mrcs"
+
+
+def classes_table_name(iteration: int) -> str:
+    return f"classes_{iteration:02d}.star"
+
+
+def fsc_figure_name(iteration: int) -> str:
+    return f"fsc_{iteration:02d}.png"
 
 
 def model_particles_name(model: int) -> str:
