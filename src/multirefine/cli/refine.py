@@ -92,6 +92,9 @@ def _resolve(args: argparse.Namespace):
             raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
+    stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
+    if search_stack is not stack:
+        search_stack.check(sample=min(len(stack), 200))
     apix, box = stack.pixel_size_angstrom, stack.box_size
     if args.models:
         paths = _split(args.models)
