@@ -22,16 +22,13 @@ import re
 import subprocess
 import sys
 import time
-from itertools import permutations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
+from multirefine.evaluate import classification_accuracy, map_resolution_against
 from multirefine.io.maps import read_map
 from multirefine.io.star import read_particles_star
-from multirefine.refine.postprocess import align_translation
 
 ROOT = Path(__file__).resolve().parent
 K_OF = {"compositional": 2, "conformational": 2, "three_state": 3}
@@ -52,20 +49,12 @@ def gnu_time(path: Path) -> dict:
 def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: float) -> dict:
     """Accuracy (Hungarian) and FSC-0.143 resolution of each matched map against the truth."""
     truth = read_particles_star(set_dir / "truth.star").metadata["rlnClassNumber"].to_numpy()
-    k = len(maps)
-    confusion = np.zeros((k, k), int)
-    np.add.at(confusion, (truth - 1, classes - 1), 1)
-    best = max(permutations(range(k)), key=lambda p: sum(confusion[i, p[i]] for i in range(k)))
-    accuracy = sum(confusion[i, best[i]] for i in range(k)) / len(truth)
-    resolutions = []
-    for i in range(k):
-        gt = torch.from_numpy(read_map(set_dir / f"gt_{i + 1:02d}.mrc")[0])
-        # Maps may drift by a voxel or so (a shift of the map is absorbed by the particles'
-        # origins): align by translation before comparing, the same for both programs.
-        moved, _ = align_translation(maps[best[i]], gt.numpy())
-        fsc = fourier_shell_correlation(torch.from_numpy(moved), gt).numpy()
-        resolutions.append(resolution_at_threshold(fsc, apix, 0.143))
-    return {"accuracy": accuracy, "resolution_0143_angstrom": resolutions, "confusion": confusion.tolist()}
+    scored = classification_accuracy(truth, classes)
+    resolutions = [
+        map_resolution_against(maps[scored.matching[i]], read_map(set_dir / f"gt_{i + 1:02d}.mrc")[0], apix)[1]
+        for i in range(len(maps))
+    ]
+    return {"accuracy": scored.accuracy, "resolution_0143_angstrom": resolutions, "confusion": scored.confusion.tolist()}
 
 
 def relion_result(set_dir: Path) -> dict | None:

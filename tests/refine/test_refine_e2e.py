@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from multirefine.cli.main import main
+from multirefine.evaluate import classification_accuracy
 from multirefine.fourier.filters import lowpass_volume
 from multirefine.io.maps import read_map, write_map
 from multirefine.io.star import read_particles_star
@@ -21,14 +22,7 @@ APIX, BOX = 2.4, 40
 
 
 def hungarian_accuracy(truth: np.ndarray, assigned: np.ndarray) -> float:
-    """Fraction right after matching output classes to true classes (Hungarian method)."""
-    from itertools import permutations
-
-    k = int(max(truth.max(), assigned.max()))
-    confusion = np.zeros((k, k), int)
-    np.add.at(confusion, (truth - 1, assigned - 1), 1)
-    best = max(sum(confusion[i, p[i]] for i in range(k)) for p in permutations(range(k)))
-    return best / len(truth)
+    return classification_accuracy(truth, assigned).accuracy
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from itertools import permutations
 from pathlib import Path
 
 from multirefine.errors import InputError
@@ -37,17 +36,15 @@ def adenylate_kinase_models() -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from multirefine.cli.main import main as multirefine
     from multirefine.fourier.filters import lowpass_volume
-    from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
+    from multirefine.evaluate import classification_accuracy, map_resolution_against
     from multirefine.io.maps import read_map, write_map
     from multirefine.io.particles import open_particles
     from multirefine.io.star import read_particles_star
     from multirefine.progress import progress_bar
-    from multirefine.refine.postprocess import align_translation
     from multirefine.refine.reconstruct import reconstruct_from_stack
     from multirefine.simulate import SimulationParameters, map_from_atoms, read_atomic_model, simulate_dataset
 
@@ -77,18 +74,12 @@ def main(args: argparse.Namespace) -> int:
         return code
     truth = read_particles_star(data / "truth.star").metadata["rlnClassNumber"].to_numpy()
     result = read_particles_star(run / f"particles_{args.iter:02d}.star").metadata["rlnClassNumber"].to_numpy()
-    confusion = np.zeros((2, 2), int)
-    np.add.at(confusion, (truth - 1, result - 1), 1)
-    match = max(permutations(range(2)), key=lambda p: confusion[0, p[0]] + confusion[1, p[1]])
-    accuracy = (confusion[0, match[0]] + confusion[1, match[1]]) / len(truth)
-    print(f"4. against the truth: {100 * accuracy:.1f} % of particles in the right model; each map,")
+    scored = classification_accuracy(truth, result)
+    print(f"4. against the truth: {100 * scored.accuracy:.1f} % of particles in the right model; each map,")
     print("   moved onto its true map by translation (a map may drift by a voxel), compared by FSC:")
     for k, name in ((0, "open"), (1, "closed")):
-        ours, _ = align_translation(read_map(run / f"threed_{args.iter:02d}_{match[k] + 1:02d}.mrc")[0], maps[k])
-        fsc = fourier_shell_correlation(torch.from_numpy(ours), torch.from_numpy(maps[k])).numpy()
-        print(
-            f"   {name}: model {match[k] + 1}, FSC against the true map {resolution_at_threshold(fsc, apix, 0.5):.1f} Å "
-            f"at 0.5, {resolution_at_threshold(fsc, apix, 0.143):.1f} Å at 0.143"
-        )
+        model = scored.matching[k] + 1
+        at_05, at_0143 = map_resolution_against(read_map(run / f"threed_{args.iter:02d}_{model:02d}.mrc")[0], maps[k], apix)
+        print(f"   {name}: model {model}, FSC against the true map {at_05:.1f} Å at 0.5, {at_0143:.1f} Å at 0.143")
     print(f"   maps, particle sets and FSC curves: {run}/")
     return 0
