@@ -81,7 +81,7 @@ def test_from_low_passed_true_maps(adk, capsys):
 def test_randphase_from_one_consensus_map(adk):
     """From one consensus map (20 Å) seeded by --randphase the two states separate.
 
-    Bound: at least 75 % right after 5 iterations (measured 85.3 % with the default soft
+    Bound: at least 75 % right after 5 iterations (measured 79.9 % with the default hard
     assignment and least-squares score; 50 % is chance).
     """
     run = adk / "run_rp"

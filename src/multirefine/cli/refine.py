@@ -57,8 +57,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--score", choices=("cc", "ls"), default="ls",
                    help="similarity: least squares (ls, default: classified best in bench/) or normalised "
                    "cross-correlation (cc)")
-    p.add_argument("--hard", action="store_true",
-                   help="each particle in its best model only (EMAN2's way); default: by posterior")
+    p.add_argument("--soft", action="store_true",
+                   help="each particle in every model by its posterior (default: its best model only, as "
+                   "EMAN2; hard assignment classified better in bench/)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
 
@@ -148,7 +149,7 @@ def _resolve(args: argparse.Namespace):
         input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
-        shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score, soft=not args.hard,
+        shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score, soft=args.soft,
         start_maps=[name for _, _, name in raw], seeding=seeding,
     )
     return stack, search_stack, maps, opts, k

@@ -8,8 +8,8 @@ Each iteration:
    (``--usefilt`` or ``--input``) against model x orientation x in-plane angle x shift,
    coarse then local, CTF on the particle side;
 3. reconstruction: per model and half-set, the raw particles (``--input``) at their new
-   poses, each particle weighted by its posterior for the model (``--hard``: its best
-   model only), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
+   poses, each particle in its best model (``--soft``: in every model, weighted by its
+   posterior), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
    half-map FSC and the full map Wiener-filtered by it;
 4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
    normalisation by ``--mass`` (starting maps from different files are first aligned to
@@ -85,7 +85,7 @@ class RefineOptions:
     align_maps: bool = True
     seed: int = 0
     score: str = "ls"
-    soft: bool = True
+    soft: bool = False
     start_maps: list[str] = field(default_factory=list)
     seeding: str = "models"
 
