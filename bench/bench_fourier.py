@@ -256,7 +256,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     box, pad, n, batch = args.box, args.pad, args.n, min(args.batch, args.n)
-    half = box // 2 + 1
     rng = np.random.default_rng(args.seed)
     volume = test_volume(box, rng)
     rotations = random_rotations(n, rng)

@@ -39,13 +39,11 @@ import pandas as pd
 import starfile
 import torch
 
-from multirefine.errors import InputError
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
 from multirefine.fourier.projection import prepare_volume_ft
-from multirefine.geometry.euler import matrix_to_euler
+from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler
 from multirefine.geometry.grids import orientation_grid, projection_directions
 from multirefine.geometry.symmetry import symmetry_operators
-from multirefine.geometry.euler import euler_to_matrix
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import write_map, write_stack
 from multirefine.io.star import write_particles_star
@@ -53,7 +51,7 @@ from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
 from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
-from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
+from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction, half_set_of_rows
 from multirefine.refine.search import make_references, refine_assignments, shift_grid
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.report.plots import plot_convergence, plot_fsc
@@ -126,15 +124,6 @@ def _angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -
     return coarse, fine
 
 
-def _half_sets(metadata: pd.DataFrame, seed: int) -> np.ndarray:
-    if "rlnRandomSubset" in metadata.columns:
-        return metadata["rlnRandomSubset"].to_numpy(dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    halves = np.ones(len(metadata), dtype=np.int64)
-    halves[rng.permutation(len(metadata))[: len(metadata) // 2]] = 2
-    return halves
-
-
 def _assignment_table(
     metadata: pd.DataFrame, model: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
     score: np.ndarray, posterior: np.ndarray, halves: np.ndarray, pixel_size: float,
@@ -193,7 +182,7 @@ def run_refinement(
     maps = [np.asarray(m, dtype=np.float32) for m in start_maps]
     k = len(maps)
     operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
-    halves = _half_sets(stack.metadata, opts.seed)
+    halves = half_set_of_rows(stack.metadata, opts.seed)
     n = len(stack)
     radius_px = max(particle_radius_px(m) for m in maps)
     mask = soft_sphere_mask(box, min(radius_px + 3, box / 2 - 2), 3.0)

@@ -123,13 +123,8 @@ def align_volume(
         mov_np = moving[::-1].copy() if flipped else moving
         mov = resample_volume(torch.from_numpy(mov_np).float(), small)
         mov = (mov - mov.mean()) / mov.std()
-        scores, shifts, mats = [], [], []
-        for chunk in torch.split(grid, 256):
-            s, t = _best_translation(ref_ft, rotate_volume(mov, chunk))
-            scores.append(s), shifts.append(t), mats.append(chunk)
-        scores_t, shifts_t, mats_t = torch.cat(scores), torch.cat(shifts), torch.cat(mats)
-        i = int(scores_t.argmax())
-        matrix = mats_t[i]
+        scores = torch.cat([_best_translation(ref_ft, rotate_volume(mov, chunk))[0] for chunk in torch.split(grid, 256)])
+        matrix = grid[int(scores.argmax())]
         # Local refinement around the best grid rotation.
         local = torch.as_tensor(local_rotations(step_deg, step_deg / 4), dtype=torch.float32) @ matrix
         s, t = _best_translation(ref_ft, rotate_volume(mov, local))

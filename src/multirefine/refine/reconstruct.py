@@ -21,11 +21,16 @@ from multirefine.refine.batch import load_batch
 __all__ = ["accumulate", "reconstruct_from_stack", "half_set_of_rows", "gold_standard_reconstruction", "HalfMapResult"]
 
 
-def half_set_of_rows(metadata) -> np.ndarray:
-    """Half-set (1 or 2) per particle: ``rlnRandomSubset`` where present, else alternating."""
+def half_set_of_rows(metadata, seed: int | None = None) -> np.ndarray:
+    """Half-set (1 or 2) per particle: ``rlnRandomSubset`` where present; else a random
+    half each (``seed``), or alternating particles when no seed is given."""
     if "rlnRandomSubset" in metadata.columns:
         return metadata["rlnRandomSubset"].to_numpy(dtype=np.int64)
-    return (np.arange(len(metadata)) % 2) + 1
+    if seed is None:
+        return (np.arange(len(metadata)) % 2) + 1
+    halves = np.ones(len(metadata), dtype=np.int64)
+    halves[np.random.default_rng(seed).permutation(len(metadata))[: len(metadata) // 2]] = 2
+    return halves
 
 
 def accumulate(
