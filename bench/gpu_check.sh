@@ -24,7 +24,8 @@ m = reconstruct_from_stack(s, device='cuda').full_map
 write_map('/tmp/gpuwork/consensus_lp30.mrc', lowpass_volume(torch.from_numpy(m), 30.0, s.pixel_size_angstrom).numpy(), s.pixel_size_angstrom)
 PY
 /usr/bin/time -v -o $work/time.txt python3 -m multirefine.cli.main refine --input $work/sim/particles.star \
-  --model $work/consensus_lp30.mrc --nmodels 2 --randphase --iter 8 --path $work/run --device cuda
+  --model $work/consensus_lp30.mrc --nmodels 2 --randphase --iter 20 --path $work/run --device cuda
 grep -E "Elapsed|Maximum resident" $work/time.txt
 python3 bench/score_run.py $work/sim $work/run 8
+python3 bench/score_run.py $work/sim $work/run 20
 cp $work/run/convergence.json $OUT/gpu_convergence.json
