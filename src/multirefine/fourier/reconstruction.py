@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from multirefine.fourier.fft import frequency_grid_2d
+from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.interpolate import (
     gridding_correction,
     hermitian_symmetrise_x0,
@@ -183,10 +184,8 @@ def soft_mask_outside_sphere(
     """
     size = volume.shape[-1]
     radius = size / 2 if radius is None else radius
-    c = torch.arange(size, device=volume.device, dtype=volume.dtype) - size // 2
-    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    edge = torch.clamp((r - radius) / edge_width, 0.0, 1.0)
-    outside = 0.5 - 0.5 * torch.cos(torch.pi * edge)  # 0 inside radius, 1 beyond radius + width
+    # 0 inside radius, 1 beyond radius + width
+    outside = 1 - soft_sphere_mask(size, radius, edge_width, volume.device, volume.dtype)
     if float(outside.sum()) == 0:
         return volume
     background = (outside * volume).sum(dim=(-3, -2, -1), keepdim=True) / outside.sum()

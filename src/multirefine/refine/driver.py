@@ -40,6 +40,7 @@ import starfile
 import torch
 
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
+from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler
 from multirefine.geometry.grids import orientation_grid, projection_directions
@@ -56,7 +57,7 @@ from multirefine.refine.search import make_references, refine_assignments, shift
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.report.plots import plot_convergence, plot_fsc
 
-__all__ = ["RefineOptions", "IterationStats", "run_refinement", "soft_sphere_mask"]
+__all__ = ["RefineOptions", "IterationStats", "run_refinement"]
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,6 @@ class IterationStats:
     resolution_0143_angstrom: list[float]
     fsc_to_previous_0143_angstrom: list[float] | None
     mean_score: float
-
-
-def soft_sphere_mask(box: int, radius_px: float, edge_px: float = 3.0) -> torch.Tensor:
-    """1 inside ``radius_px`` of the centre, a cosine fall to 0 over ``edge_px``."""
-    idx = torch.arange(box, dtype=torch.float32) - box // 2
-    z, y, x = torch.meshgrid(idx, idx, idx, indexing="ij")
-    r = torch.sqrt(x**2 + y**2 + z**2)
-    t = ((r - radius_px) / edge_px).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(math.pi * t))
 
 
 def _angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -> tuple[float, float]:
