@@ -171,6 +171,7 @@ def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.nda
 
 
 def main(args: argparse.Namespace) -> int:
+    from multirefine.progress import StageProgress
     from multirefine.refine import runfolder
     from multirefine.refine.driver import run_refinement
 
@@ -189,7 +190,11 @@ def main(args: argparse.Namespace) -> int:
     if opts.seeding == "randclassify":
         initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
     runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
-    stats = run_refinement(opts, stack, search_stack, np.stack(maps), initial_assignment=initial)
+    progress = StageProgress()
+    try:
+        stats = run_refinement(opts, stack, search_stack, np.stack(maps), progress, initial_assignment=initial)
+    finally:
+        progress.close()
     last = stats[-1]
     print(
         f"done: {len(stats)} iterations in {sum(s.seconds for s in stats):.0f} s; particles per model "
