@@ -44,7 +44,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")
     p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
     p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
-    p.add_argument("--sep", type=int, default=1, help="best orientations kept per particle (default 1)")
+    p.add_argument("--sep", type=int, default=1, help="accepted for EMAN2 compatibility: each particle goes to its best orientation only (1)")
     p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
     p.add_argument("--classiter", type=int, default=0, help="accepted for EMAN2 compatibility (class averages are not iterated)")
     p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
@@ -91,6 +91,8 @@ def _resolve(args: argparse.Namespace):
         value = getattr(args, name)
         if not 0 < value <= 1:
             raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
+    if args.sep != 1 or args.classiter or args.nosingle:
+        log.warning("--sep, --classiter and --nosingle are accepted for EMAN2 compatibility and have no effect yet")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
