@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     out_dir = set_dir / "multirefine"
     k = K_OF[set_dir.name]
     if not skip:
+        if (out_dir / "0_refine_parms.json").exists():  # the benchmark's own earlier run
+            shutil.rmtree(out_dir)
         cmd = ["/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
                "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
                "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), "--randphase",

@@ -109,6 +109,7 @@ def test_check_reports_without_running(adk, capsys):
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--sym", "c1,c2,c3"], "3 symmetries for 2 models"),
         (["--models", "{a}/lp_1.mrc,{a}/missing.mrc"], "missing.mrc"),
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--mass", "100,200,300"], "3 masses for 2 models"),
+        (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--path", "{a}/sim"], "not empty"),
     ],
 )
 def test_bad_options_give_one_line_errors(adk, capsys, extra, expected):

@@ -12,6 +12,7 @@ folder is OUT/refine.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
     consensus = reconstruct_from_stack(open_particles(data / "truth.star")).full_map
     write_map(out / "consensus_lp20.mrc", lowpass_volume(torch.from_numpy(consensus), 20.0, apix).numpy(), apix)
     run = out / "refine"
+    if (run / "0_refine_parms.json").exists():  # the demo's own earlier run: start afresh
+        shutil.rmtree(run)
     argv = ["refine", "--input", str(data / "particles.star"), "--model", str(out / "consensus_lp20.mrc"),
             "--nmodels", "2", "--randphase", "--iter", str(args.iter), "--path", str(run), "--parallel", "thread:2"]
     print("3. multirefine " + " ".join(argv))

@@ -147,6 +147,8 @@ def _resolve(args: argparse.Namespace):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here")
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
+    if path.exists() and any(path.iterdir()):
+        raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
         input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep,
