@@ -21,7 +21,7 @@ from multirefine.fourier.filters import lowpass_volume
 from multirefine.io.maps import write_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.reconstruct import reconstruct_from_stack
-from multirefine.simulate import AtomicModel, SimulationParameters, map_from_atoms, read_atomic_model, simulate_dataset
+from multirefine.simulate import AtomicModel, SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
 
 
 def _data(name: str) -> str:
@@ -62,10 +62,7 @@ DATASETS = {
 
 def make(root: Path, ds: DataSet, n: int, snr: float, seed: int = 0) -> Path:
     out = root / ds.name
-    models = ds.models()
-    first = models[0]
-    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
-    maps = [map_from_atoms(m, ds.box, ds.apix, 2 * ds.apix, center) for m in models]
+    maps = maps_from_models(ds.models(), ds.box, ds.apix, 2 * ds.apix)
     params = SimulationParameters(n_particles=n, snr=snr, fractions=ds.fractions, pixel_size_angstrom=ds.apix, seed=seed)
     simulate_dataset(out, maps, params)
     stack = open_particles(out / "truth.star")

@@ -32,6 +32,7 @@ __all__ = [
     "AtomicModel",
     "read_atomic_model",
     "map_from_atoms",
+    "maps_from_models",
     "SimulationParameters",
     "simulate_dataset",
 ]
@@ -132,6 +133,16 @@ def map_from_atoms(
     k2 = (kx**2 + ky**2 + kz**2) / box_size**2
     ft = rfftn3_centered(torch.from_numpy(grid)) * torch.exp(-2 * math.pi**2 * sigma_px**2 * k2)
     return irfftn3_centered(ft, box_size).numpy().astype(np.float32)
+
+
+def maps_from_models(
+    models: list[AtomicModel], box_size: int, pixel_size_angstrom: float, resolution_angstrom: float
+) -> list[np.ndarray]:
+    """One map per model, all in the frame of the first model's centre of mass, so that
+    states of one complex stay superposed as they are in the files."""
+    first = models[0]
+    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
+    return [map_from_atoms(m, box_size, pixel_size_angstrom, resolution_angstrom, center) for m in models]
 
 
 @dataclass

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import random_atoms_map
 from multirefine.fourier.fft import irfft2_centered
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.geometry.euler import euler_to_matrix

@@ -29,13 +29,10 @@ def hungarian_accuracy(truth: np.ndarray, assigned: np.ndarray) -> float:
 def adk(tmp_path_factory):
     from multirefine.cli.demo import adenylate_kinase_models
     from multirefine.io.particles import open_particles
-    from multirefine.simulate import SimulationParameters, map_from_atoms, read_atomic_model, simulate_dataset
+    from multirefine.simulate import SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
 
     root = tmp_path_factory.mktemp("adk")
-    models = [read_atomic_model(p) for p in adenylate_kinase_models()]
-    first = models[0]
-    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
-    maps = [map_from_atoms(m, BOX, APIX, 2 * APIX, center) for m in models]
+    maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], BOX, APIX, 2 * APIX)
     params = SimulationParameters(n_particles=1000, snr=0.1, fractions=[0.5, 0.5], pixel_size_angstrom=APIX, seed=1)
     simulate_dataset(root / "sim", maps, params)
     for k, volume in enumerate(maps, 1):

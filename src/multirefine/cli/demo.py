@@ -47,15 +47,12 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.io.star import read_particles_star
     from multirefine.progress import progress_bar
     from multirefine.refine.reconstruct import reconstruct_from_stack
-    from multirefine.simulate import SimulationParameters, map_from_atoms, read_atomic_model, simulate_dataset
+    from multirefine.simulate import SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
 
     out = Path(args.out)
     data = out / "data"
     box, apix = 48, 2.0
-    models = [read_atomic_model(p) for p in adenylate_kinase_models()]
-    first = models[0]
-    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
-    maps = [map_from_atoms(m, box, apix, 2 * apix, center) for m in models]
+    maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], box, apix, 2 * apix)
     params = SimulationParameters(
         n_particles=args.n, snr=args.snr, fractions=[0.5, 0.5], pixel_size_angstrom=apix, seed=args.seed
     )

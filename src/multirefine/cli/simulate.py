@@ -49,14 +49,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _maps_from_pdb(specs: list[str], box: int, apix: float, res: float) -> list[np.ndarray]:
-    from multirefine.simulate import map_from_atoms, read_atomic_model
+    from multirefine.simulate import maps_from_models, read_atomic_model
 
-    models = [read_atomic_model(s) for s in specs]
-    first = models[0]
-    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
-    # One frame for all classes (the first model's centre of mass), so that states of one
-    # complex stay superposed as they are in the files.
-    return [map_from_atoms(m, box, apix, res, center) for m in models]
+    return maps_from_models([read_atomic_model(s) for s in specs], box, apix, res)
 
 
 def _maps_from_files(paths: list[str], apix: float | None) -> tuple[list[np.ndarray], float]:
