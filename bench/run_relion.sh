@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # RELION 3.1 3-D classification on one benchmark set, DESIGN.md's baseline command.
 # usage: bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS]
-# Writes SET_FOLDER/relion/run_* and SET_FOLDER/relion/time.txt (GNU time: wall, peak RSS).
+# Writes SET_FOLDER/relion/run_*, SET_FOLDER/relion/time.txt (GNU time: wall, peak RSS)
+# and SET_FOLDER/relion/cpu.csv (bench/cpu_log.py: CPU seconds and memory over time).
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-$here/../.venv/bin/python}
 set_dir=$1; k=$2; diameter=$3; iter=${4:-25}; threads=${5:-2}
 mkdir -p "$set_dir/relion"
 cd "$set_dir"
-/usr/bin/time -v -o relion/time.txt relion_refine --i particles.star --o relion/run --ref consensus_lp30.mrc \
+"$python" "$here/cpu_log.py" relion/cpu.csv -- \
+  /usr/bin/time -v -o relion/time.txt relion_refine --i particles.star --o relion/run --ref consensus_lp30.mrc \
   --firstiter_cc --ini_high 30 --K "$k" --tau2_fudge 4 --iter "$iter" \
   --particle_diameter "$diameter" --ctf --flatten_solvent --zero_mask --oversampling 1 \
   --healpix_order 2 --offset_range 5 --offset_step 2 --sym C1 --norm --scale \

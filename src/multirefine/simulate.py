@@ -4,7 +4,10 @@ Maps come from atomic models (:func:`map_from_atoms`) or from MRC files. Particl
 central-slice projections (:mod:`multirefine.fourier.projection`) with uniform random
 orientations, random shifts, an astigmatic CTF in RELION's convention and white Gaussian
 noise at a stated SNR, defined as the mean variance of the clean images over the noise
-variance. Everything follows the conventions a RELION user has (origins in Å are minus the
+variance. Images are then divided by the noise standard deviation, so the noise has unit
+variance as in particles normalised by ``relion_preprocess --norm``; the maps keep their own
+units, and the refinement has to find the intensity scale between the two, as with real
+data. Everything follows the conventions a RELION user has (origins in Å are minus the
 particle's displacement from the box centre), so ``relion_reconstruct --ctf`` on
 ``truth.star`` gives back the maps.
 """
@@ -161,7 +164,7 @@ class SimulationParameters:
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.1
     max_shift_px: float = 3.0
-    noise_sigma: float = field(default=0.0)
+    noise_sigma: float = field(default=0.0)  # in map units; images are divided by it
 
 
 def _draw_truth(params: SimulationParameters, box_size: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -265,6 +268,7 @@ def simulate_dataset(
             rows = truth.iloc[start : start + batch_size]
             images = _clean_images(volumes_ft, rows, box_size)
             images += params.noise_sigma * torch.randn(images.shape, generator=noise_rng)
+            images /= params.noise_sigma  # unit noise variance, as relion_preprocess --norm
             writer.write(start, images.numpy())
             if progress is not None:
                 progress(len(rows))

@@ -75,6 +75,28 @@ def test_from_low_passed_true_maps(adk, capsys):
         assert column in assigned.columns
 
 
+def test_mass_scales_the_maps_written_not_the_references(adk):
+    """``--mass``: threshold 1 of every written map encloses the mass; the search still
+    compares particles with references in the particles' units, so the classification is
+    as good as without it (starting maps in map units x 1000, particles normalised)."""
+    from multirefine.refine.postprocess import ANGSTROM3_PER_DALTON
+
+    for k in (1, 2):
+        volume, _ = read_map(adk / f"lp_{k}.mrc")
+        write_map(adk / f"bright_{k}.mrc", 1000 * volume, APIX)
+    run = adk / "run_mass"
+    code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
+                 f"{adk}/bright_1.mrc,{adk}/bright_2.mrc", "--mass", "24", "--iter", "3", "--path", str(run),
+                 "--parallel", "thread:2"])
+    assert code == 0
+    assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
+    assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
+    expected_voxels = 24_000 * ANGSTROM3_PER_DALTON / APIX**3
+    for k in (1, 2):
+        volume, _ = read_map(run / f"threed_03_{k:02d}.mrc")
+        assert int((volume > 1).sum()) == pytest.approx(expected_voxels, rel=0.02)
+
+
 def test_randphase_from_one_consensus_map(adk):
     """From one consensus map (20 Å) seeded by --randphase the two states separate.
 

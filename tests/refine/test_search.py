@@ -18,6 +18,7 @@ from multirefine.refine.search import (
     make_band,
     make_references,
     refine_assignments,
+    scale_terms,
     search_global,
     search_local,
     shift_grid,
@@ -144,6 +145,18 @@ def test_cc_and_ls_agree_and_chunking_changes_nothing(clean_case):
     assert ls.model[:, 0].tolist() == whole.model[:, 0].tolist()
     assert ls.pose_index[:, 0].tolist() == whole.pose_index[:, 0].tolist()
     torch.testing.assert_close(ls.shift_px[:, 0], whole.shift_px[:, 0])
+
+
+def test_scale_terms_give_the_least_squares_intensity_factor(clean_case):
+    """References in other units (x 0.01 for model 0, x 5 for model 1): per model,
+    sum cross / sum refpower is the factor back to the particles' units (100 and 0.2)."""
+    c = clean_case
+    refs = c["refs"].scaled([0.01, 5.0])
+    model, cross, refpower = scale_terms(c["ft"], c["ctf"], refs, c["shifts"])
+    assert model.tolist() == c["models"].tolist()  # found by cc, which ignores the scale
+    for k, expected in ((0, 100.0), (1, 0.2)):
+        own = model == k
+        assert float(cross[own].sum() / refpower[own].sum()) == pytest.approx(expected, rel=1e-3)
 
 
 def test_models_with_different_pose_sets(clean_case, volumes_ft, grid_rotations):

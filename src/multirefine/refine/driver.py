@@ -12,7 +12,7 @@ Each iteration:
    posterior), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
    half-map FSC and the full map Wiener-filtered by it;
 4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
-   normalisation by ``--mass`` (starting maps from different files are first aligned to
+   normalisation by ``--mass`` of the maps written (starting maps from different files are first aligned to
    map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
 5. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, class averages
    (``classes_II.mrcs``), FSC curves and figures, and the convergence statistics
@@ -22,6 +22,14 @@ The search band follows the resolution: ``--targetres`` fixes it; otherwise it s
 the resolution the starting maps hold and follows the gold-standard FSC (0.143) of the
 worst model, as RELION's auto-refine does. Steps in angle follow from the band and the
 particle radius (``--speed`` scales them).
+
+Intensity scale. The least-squares score compares particles with references in the same
+units. Starting maps come in any units and particles are normalised (noise variance 1), so
+before the first search each starting map is scaled to the particles by least squares
+(:func:`multirefine.refine.search.scale_terms`, poses by ``cc`` on a sample); after that the
+references are the reconstructions, which are in the units of the raw particles by
+construction (``--mass`` rescales only the maps written). With ``--usefilt`` the references
+are also put in the filtered stack's units (a regression of filtered on raw images).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
 from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction, half_set_of_rows
-from multirefine.refine.search import make_references, refine_assignments, shift_grid
+from multirefine.refine.search import Band, make_references, refine_assignments, scale_terms, shift_grid
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.report.plots import plot_convergence, plot_fsc
 
@@ -153,6 +161,51 @@ def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: flo
     return p / p.sum(1, keepdims=True)
 
 
+SCALE_SAMPLE = 1000  # particles used to estimate intensity scales
+
+
+def _sample_rows(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, SCALE_SAMPLE)).round().astype(np.int64))
+
+
+def _reference_scales(search_stack, references, shifts_px: torch.Tensor, batch_size: int, device) -> np.ndarray:
+    """Per model, the least-squares factor from reference to particle units ``(K,)``.
+
+    Particles of a sample are given to the model they correlate with best; a model chosen
+    by fewer than 50 (or with a non-positive fit) gets the factor fitted over all of them.
+    """
+    k = references.n_models
+    models, crosses, powers = [], [], []
+    for chunk in np.array_split(_sample_rows(len(search_stack)), max(1, math.ceil(SCALE_SAMPLE / batch_size))):
+        batch = load_batch(search_stack, chunk, device=device, center=False)
+        m, c, p = scale_terms(batch.images_ft, batch.ctf, references, shifts_px)
+        models.append(m.cpu().numpy())
+        crosses.append(c.double().cpu().numpy())
+        powers.append(p.double().cpu().numpy())
+    model, cross, power = (np.concatenate(x) for x in (models, crosses, powers))
+    overall = cross.sum() / max(power.sum(), 1e-300)
+    if not overall > 0:
+        log.warning("the starting maps do not correlate with the particles; their intensity is kept")
+        return np.ones(k)
+    scales = np.full(k, overall)
+    for m_index in range(k):
+        own = model == m_index
+        if own.sum() >= 50 and cross[own].sum() > 0:
+            scales[m_index] = cross[own].sum() / power[own].sum()
+    return scales
+
+
+def _filtered_scale(stack, search_stack, band: Band, device) -> float:
+    """Least-squares factor from raw to ``--usefilt`` images within the search band."""
+    rows = _sample_rows(len(stack))
+    raw = band.gather(load_batch(stack, rows, device=device, center=False).images_ft)
+    filtered = band.gather(load_batch(search_stack, rows, device=device, center=False).images_ft)
+    w = band.weight.to(raw.device)
+    numerator = float((w * (filtered * raw.conj()).real).sum())
+    denominator = float((w * raw.abs() ** 2).sum())
+    return numerator / denominator if denominator > 0 and numerator > 0 else 1.0
+
+
 def run_refinement(
     opts: RefineOptions,
     stack,
@@ -216,9 +269,23 @@ def run_refinement(
             rot, tilt, psi = orientation_grid(coarse, sym)
             poses.append(torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32, device=device))
         references = make_references(volumes, poses, band_radius)
-        volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
         coarse_step_px = max(1.0, band_res / apix / 4)
         coarse_shifts = shift_grid(opts.max_shift_px, coarse_step_px, device=device)
+        if iteration == 1:
+            scales = _reference_scales(search_stack, references, coarse_shifts, opts.batch_size, device)
+            log.info("starting maps scaled to the particles' intensity: %s",
+                     ", ".join(f"x{a:.3g}" for a in scales))
+        elif search_stack is not stack:
+            scales = np.full(k, _filtered_scale(stack, search_stack, references.band, device))
+            log.debug("references scaled to the --usefilt stack: x%.3g", scales[0])
+        else:
+            scales = np.ones(k)
+        if not np.allclose(scales, 1.0):
+            volumes = volumes * torch.as_tensor(scales, dtype=torch.float32, device=device)[:, None, None, None]
+            references = references.scaled(scales)
+            if iteration == 1:  # a model left empty keeps its map, now in particle units
+                maps = [m * np.float32(a) for m, a in zip(maps, scales)]
+        volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
         fine_offsets = shift_grid(coarse_step_px, coarse_step_px / 2, device=device)
         model_scores = np.zeros((n, k))
         model_rotations = np.zeros((n, k, 3, 3))
@@ -290,8 +357,6 @@ def run_refinement(
             new_maps.append(volume)
             fsc_curves.append(result.fsc)
             resolutions.append(resolution_at_threshold(result.fsc, apix, 0.143))
-        if opts.mass_kda:
-            new_maps = [normalize_by_mass(v, mass, apix) for v, mass in zip(new_maps, opts.mass_kda)]
         counts = np.bincount(model, minlength=k).tolist()
         changed = None if previous_model is None else float(np.mean(previous_model != model))
         to_previous = None
@@ -302,7 +367,10 @@ def run_refinement(
                 )
                 for a, b in zip(new_maps, previous_maps)
             ]
-        for m_index, volume in enumerate(new_maps, start=1):
+        written = new_maps
+        if opts.mass_kda:
+            written = [normalize_by_mass(v, mass, apix) for v, mass in zip(new_maps, opts.mass_kda)]
+        for m_index, volume in enumerate(written, start=1):
             write_map(out / runfolder.map_name(iteration, m_index), volume, apix)
         write_particles_star(out / runfolder.particles_name(iteration), table, stack.optics)
         directions = [projection_directions(coarse, sym) for sym in opts.symmetries]

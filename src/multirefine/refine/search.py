@@ -74,6 +74,7 @@ __all__ = [
     "search_global",
     "search_local",
     "refine_assignments",
+    "scale_terms",
 ]
 
 Score = Literal["cc", "ls"]
@@ -204,6 +205,11 @@ class References:
     @property
     def n_models(self) -> int:
         return self.slices.shape[0]
+
+    def scaled(self, factors: Sequence[float]) -> References:
+        """The references of model ``k`` multiplied by ``factors[k]`` (intensity scale)."""
+        a = torch.as_tensor(list(factors), dtype=torch.float32, device=self.slices.device)[:, None, None]
+        return References(self.band, self.slices * a, self.power * a**2, self.rotations, list(self.counts))
 
     def to(self, device: torch.device | str) -> References:
         return References(
@@ -407,6 +413,35 @@ def search_global(
         flat_rot[model_code],
         best_shift(model_code),
     )
+
+
+def scale_terms(
+    images_ft: torch.Tensor,
+    ctf: torch.Tensor | None,
+    references: References,
+    shifts_px: torch.Tensor,
+    *,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms of the least-squares intensity scale between particles and references.
+
+    Each particle's best (model, pose, shift) by ``cc``, which does not depend on the scale,
+    then at that pose ``cross = Re sum c X_s conj(P)`` and ``refpower = sum c^2 |P|^2``
+    (band, full plane). Returns ``(model, cross, refpower)``, each ``(n,)``: over a set of
+    particles, ``sum cross / sum refpower`` is the factor ``a`` that minimises
+    ``sum |X_s - a c P|^2``, the factor to put references in the particles' units (what
+    RELION's first iteration with ``--firstiter_cc`` and its scale correction do).
+    """
+    found = search_global(images_ft, ctf, references, shifts_px, score="cc", max_elements=max_elements)
+    band = references.band
+    device = references.slices.device
+    x, wc, wc2, _ = _particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
+    model, pose = found.model[:, 0], found.pose_index[:, 0]
+    p = references.slices[model, pose]  # (n, M)
+    xs = x * band_phase_ramp(found.shift_px[:, 0], band)
+    cross = (wc * (xs * p.conj()).real).sum(-1)
+    refpower = (wc2 * references.power[model, pose]).sum(-1)
+    return model, cross, refpower
 
 
 def search_local(

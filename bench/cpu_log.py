@@ -1,0 +1,83 @@
+"""Run a command and log its CPU time and memory over time (Linux /proc).
+
+    python bench/cpu_log.py OUT.csv -- COMMAND [ARGS...]
+
+Every ``--every`` seconds one row: wall seconds since start, CPU seconds (user + system)
+of the whole process tree so far, resident memory of the tree (MiB), and the machine's
+load average. CPU seconds per iteration, read against the times the iteration files
+appear, compare programs fairly when the machine is shared (wall time does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, cpu seconds of the process and its reaped children, rss MiB)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    # fields[0] is state (stat field 3): utime is field 14, cutime 16, rss 24.
+    ppid = int(fields[1])
+    cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
+    return ppid, cpu, int(fields[21]) * PAGE_MIB
+
+
+def tree_usage(root: int) -> tuple[float, float]:
+    """CPU seconds and RSS (MiB) of ``root`` and all its descendants."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            s = _stat(int(entry))
+            if s is not None:
+                stats[int(entry)] = s
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    cpu = rss = 0.0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            cpu += stats[pid][1]
+            rss += stats[pid][2]
+        todo.extend(children.get(pid, []))
+    return cpu, rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out")
+    parser.add_argument("--every", type=float, default=5.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    start = time.time()
+    proc = subprocess.Popen(command)
+    with open(args.out, "w") as log:
+        log.write("wall_s,cpu_s,rss_mib,load1\n")
+        while True:
+            cpu, rss = tree_usage(proc.pid)
+            log.write(f"{time.time() - start:.1f},{cpu:.1f},{rss:.0f},{os.getloadavg()[0]:.2f}\n")
+            log.flush()
+            try:
+                return proc.wait(timeout=args.every)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
