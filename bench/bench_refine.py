@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_log import cpu_seconds_at
 from multirefine.evaluate import classification_accuracy, map_resolution_against
 from multirefine.io.maps import read_map
 from multirefine.io.star import read_particles_star
@@ -58,6 +59,15 @@ def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: floa
     return {"accuracy": scored.accuracy, "resolution_0143_angstrom": resolutions, "confusion": scored.confusion.tolist()}
 
 
+def cpu_per_iteration(csv: Path, stamps: list[float]) -> dict:
+    """CPU seconds per iteration between successive file times, and in all (bench/cpu_log.py)."""
+    if not csv.exists() or len(stamps) < 2:
+        return {}
+    cpu = cpu_seconds_at(csv, stamps)
+    total = float(np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[-1, -3])
+    return {"cpu_seconds_per_iteration": np.diff(cpu).tolist(), "cpu_s": total}
+
+
 def relion_result(set_dir: Path) -> dict | None:
     run = set_dir / "relion"
     data = sorted(run.glob("run_it*_data.star"))
@@ -75,6 +85,7 @@ def relion_result(set_dir: Path) -> dict | None:
     stamps = [p.stat().st_mtime for p in sorted(run.glob("run_it*_optimiser.star"))]
     per_iteration = np.diff(stamps).tolist() if len(stamps) > 1 else []
     out.update(iterations=iteration, seconds_per_iteration=per_iteration)
+    out.update(cpu_per_iteration(run / "cpu.csv", stamps))
     out.update(gnu_time(run / "time.txt"))
     return out
 
@@ -85,7 +96,8 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     if not skip:
         if (out_dir / "0_refine_parms.json").exists():  # the benchmark's own earlier run
             shutil.rmtree(out_dir)
-        cmd = ["/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
+        cmd = [sys.executable, str(ROOT / "cpu_log.py"), str(set_dir / "multirefine_cpu.csv"), "--",
+               "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
                "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
                "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), "--randphase",
                "--iter", str(iterations), "--path", str(out_dir), "--parallel", "thread:2"]
@@ -97,6 +109,9 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
     result = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
     result.update(iterations=last, seconds_per_iteration=[c["seconds"] for c in convergence])
+    stamps = [(out_dir / "threed_00_01.mrc").stat().st_mtime]
+    stamps += [(out_dir / f"particles_{c['iteration']:02d}.star").stat().st_mtime for c in convergence]
+    result.update(cpu_per_iteration(set_dir / "multirefine_cpu.csv", stamps))
     result.update(gnu_time(set_dir / "multirefine_time.txt"))
     return result
 
@@ -118,18 +133,21 @@ def main() -> None:
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
         rows.append(record)
-    print("| set | program | iterations | accuracy | FSC-0.143 vs truth (Å) | s / iteration | wall (s) | peak (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| set | program | iterations | accuracy | FSC-0.143 vs truth (Å) | s / iteration | CPU s / iteration "
+          "| wall (s) | CPU (s) | peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for prog in ("multirefine", "relion"):
             x = r[prog]
             if x is None:
-                print(f"| {r['set']} | {prog} | not run | | | | | |")
+                print(f"| {r['set']} | {prog} | not run | | | | | | | |")
                 continue
             per = np.mean(x["seconds_per_iteration"]) if x["seconds_per_iteration"] else float("nan")
             res = ", ".join(f"{v:.1f}" for v in x["resolution_0143_angstrom"])
+            cpu = np.mean(x["cpu_seconds_per_iteration"]) if x.get("cpu_seconds_per_iteration") else float("nan")
             print(f"| {r['set']} | {prog} | {x['iterations']} | {100 * x['accuracy']:.1f} % | {res} | {per:.0f} | "
-                  f"{x.get('wall_s', float('nan')):.0f} | {x.get('peak_mib', float('nan')):.0f} |")
+                  f"{cpu:.0f} | {x.get('wall_s', float('nan')):.0f} | {x.get('cpu_s', float('nan')):.0f} | "
+                  f"{x.get('peak_mib', float('nan')):.0f} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python bench/cpu_log.py OUT.csv -- COMMAND [ARGS...]
 
-Every ``--every`` seconds one row: wall seconds since start, CPU seconds (user + system)
+Every ``--every`` seconds one row: the time (Unix seconds), wall seconds since start, CPU seconds (user + system)
 of the whole process tree so far, resident memory of the tree (MiB), and the machine's
 load average. CPU seconds per iteration, read against the times the iteration files
 appear, compare programs fairly when the machine is shared (wall time does not).
@@ -56,6 +56,17 @@ def tree_usage(root: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def cpu_seconds_at(csv: Path, times: list[float]) -> list[float]:
+    """CPU seconds of the logged tree at the given Unix times (linear between rows)."""
+    import numpy as np
+
+    header = Path(csv).read_text().split("\n", 1)[0].split(",")
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
+    if header[0] == "wall_s":  # older logs: no clock column; the file was last written at the last row
+        rows = np.column_stack([rows[:, 0] + Path(csv).stat().st_mtime - rows[-1, 0], rows])
+    return np.interp(times, rows[:, 0], rows[:, 2]).tolist()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
@@ -68,10 +79,11 @@ def main() -> int:
     start = time.time()
     proc = subprocess.Popen(command)
     with open(args.out, "w") as log:
-        log.write("wall_s,cpu_s,rss_mib,load1\n")
+        log.write("time_unix,wall_s,cpu_s,rss_mib,load1\n")
         while True:
             cpu, rss = tree_usage(proc.pid)
-            log.write(f"{time.time() - start:.1f},{cpu:.1f},{rss:.0f},{os.getloadavg()[0]:.2f}\n")
+            now = time.time()
+            log.write(f"{now:.1f},{now - start:.1f},{cpu:.1f},{rss:.0f},{os.getloadavg()[0]:.2f}\n")
             log.flush()
             try:
                 return proc.wait(timeout=args.every)

@@ -32,6 +32,13 @@ def _flip_to_half(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, flipped
 
 
+def _cpu_parts(n_points: int, device: torch.device) -> int:
+    """How many batch entries to split ``n_points`` samples into (one per CPU thread)."""
+    if device.type != "cpu" or n_points < 2**16:
+        return 1
+    return max(1, min(torch.get_num_threads(), n_points // 2**15))
+
+
 def sample_half_volume(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Trilinear samples of a half volume at arbitrary frequencies.
 
@@ -43,28 +50,32 @@ def sample_half_volume(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.T
     half = volume_ft.shape[-1]
     batch_shape = volume_ft.shape[:-3]
     point_shape = coords.shape[:-1]
-    coords, flipped = _flip_to_half(coords.to(torch.float32))
+    points = coords.reshape(-1, 3).to(torch.float32)
+    n_points = points.shape[0]
+    # Friedel: a point with x < 0 is read at -k and conjugated.
+    sign = torch.where(points[:, 0] < 0, -1.0, 1.0)
     is_complex = volume_ft.is_complex()
     vol = volume_ft.reshape((-1,) + volume_ft.shape[-3:])
     if is_complex:
         vol = torch.view_as_real(vol).permute(0, 4, 1, 2, 3).reshape(-1, size, size, half)
     channels = vol[None]  # (1, C, P, P, Ph)
-    # grid_sample, align_corners=True: -1 -> index 0, +1 -> index size-1; grid is (x, y, z).
-    grid = torch.stack(
-        [
-            coords[..., 0] / (half - 1) * 2 - 1,
-            (coords[..., 1] + size // 2) / (size - 1) * 2 - 1,
-            (coords[..., 2] + size // 2) / (size - 1) * 2 - 1,
-        ],
-        -1,
-    ).reshape(1, 1, 1, -1, 3)
+    # grid_sample, align_corners=True: -1 -> index 0, +1 -> index size-1; grid is (x, y, z),
+    # made by one affine map of the flipped points.
+    scale = torch.tensor([2 / (half - 1), 2 / (size - 1), 2 / (size - 1)], device=points.device)
+    centre = 2 * (size // 2) / (size - 1) - 1
+    offset = torch.tensor([-1.0, centre, centre], device=points.device)
+    grid = torch.addcmul(offset, points * sign[:, None], scale)
+    # CPU grid_sample runs one thread per batch entry: split the points over the threads.
+    parts = _cpu_parts(n_points, channels.device)
+    grid = F.pad(grid, (0, 0, 0, (-n_points) % parts)).reshape(parts, 1, 1, -1, 3)
     out = F.grid_sample(
-        channels, grid.to(channels.dtype), mode="bilinear", padding_mode="zeros", align_corners=True
-    )[0, :, 0, 0]  # (C, M)
+        channels.expand(parts, -1, -1, -1, -1), grid.to(channels.dtype),
+        mode="bilinear", padding_mode="zeros", align_corners=True,
+    )[:, :, 0, 0]  # (parts, C, M / parts)
+    out = out.permute(1, 0, 2).reshape(out.shape[1], -1)[:, :n_points]  # (C, M)
     if is_complex:
-        out = out.reshape(-1, 2, out.shape[-1])
-        out = torch.complex(out[:, 0], out[:, 1])
-        out = torch.where(flipped.reshape(-1), out.conj(), out)
+        out = out.reshape(-1, 2, n_points)
+        out = torch.complex(out[:, 0], out[:, 1] * sign)
     return out.reshape(batch_shape + point_shape)
 
 

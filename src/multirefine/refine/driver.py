@@ -61,7 +61,7 @@ from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
 from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction, half_set_of_rows
-from multirefine.refine.search import Band, make_references, refine_assignments, scale_terms, shift_grid
+from multirefine.refine.search import Band, make_band, make_references, refine_assignments, scale_terms, shift_grid
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.report.plots import plot_convergence, plot_fsc
 
@@ -161,7 +161,10 @@ def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: flo
     return p / p.sum(1, keepdims=True)
 
 
-SCALE_SAMPLE = 1000  # particles used to estimate intensity scales
+SCALE_SAMPLE = 500  # particles used to estimate intensity scales
+# The global pass's band: the resolution at which one coarse angular step moves the particle's
+# edge by a third of it (the fine step's rule, _angular_steps, applied to the coarse step).
+GLOBAL_EDGE_SHIFT = 3.0
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -259,24 +262,33 @@ def run_refinement(
         band_res = max(band_res, nyquist_limit * 1.05)
         band_radius = min(box * apix / band_res, box / 2 - 1)
         coarse, fine = _angular_steps(band_res, radius_px * apix, opts.speed)
-        log.info(
-            "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
-            iteration, band_res, band_radius, coarse, fine,
-        )
         volumes = torch.stack([torch.from_numpy(m) for m in maps]).to(device)
         poses = []
         for sym in opts.symmetries:
             rot, tilt, psi = orientation_grid(coarse, sym)
             poses.append(torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32, device=device))
-        references = make_references(volumes, poses, band_radius)
-        coarse_step_px = max(1.0, band_res / apix / 4)
+        # The global pass at the band its angular step can resolve (radius x step), the
+        # local passes at the full band; shift steps a quarter of each band's resolution.
+        global_res = max(band_res, GLOBAL_EDGE_SHIFT * radius_px * apix * math.radians(coarse))
+        references = make_references(volumes, poses, min(box * apix / global_res, band_radius))
+        fine_band = make_band(box, band_radius, device=device)
+        log.info(
+            "iteration %d: global search to %.1f Å in steps of %.1f°, local to %.1f Å (band %.1f px) in %.1f°",
+            iteration, global_res, coarse, band_res, band_radius, fine,
+        )
+        coarse_step_px = max(1.0, global_res / apix / 4)
+        fine_step_px = max(1.0, band_res / apix / 4)
         coarse_shifts = shift_grid(opts.max_shift_px, coarse_step_px, device=device)
+        shift_offsets = [
+            shift_grid(coarse_step_px, coarse_step_px / 2, device=device),
+            shift_grid(coarse_step_px / 2, max(fine_step_px / 4, coarse_step_px / 6), device=device),
+        ]
         if iteration == 1:
             scales = _reference_scales(search_stack, references, coarse_shifts, opts.batch_size, device)
             log.info("starting maps scaled to the particles' intensity: %s",
                      ", ".join(f"x{a:.3g}" for a in scales))
         elif search_stack is not stack:
-            scales = np.full(k, _filtered_scale(stack, search_stack, references.band, device))
+            scales = np.full(k, _filtered_scale(stack, search_stack, fine_band, device))
             log.debug("references scaled to the --usefilt stack: x%.3g", scales[0])
         else:
             scales = np.ones(k)
@@ -286,12 +298,11 @@ def run_refinement(
             if iteration == 1:  # a model left empty keeps its map, now in particle units
                 maps = [m * np.float32(a) for m, a in zip(maps, scales)]
         volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
-        fine_offsets = shift_grid(coarse_step_px, coarse_step_px / 2, device=device)
         model_scores = np.zeros((n, k))
         model_rotations = np.zeros((n, k, 3, 3))
         model_shifts = np.zeros((n, k, 2))
         image_power = np.zeros(n)
-        band = references.band
+        band = fine_band
         advance = progress(f"iteration {iteration}: search", n) if progress else (lambda _: None)
         for start in range(0, n, opts.batch_size):
             rows = np.arange(start, min(n, start + opts.batch_size))
@@ -300,8 +311,8 @@ def run_refinement(
                 batch.images_ft, batch.ctf, references, volumes_ft,
                 coarse_shifts_px=coarse_shifts,
                 local_range_deg=[coarse, 2 * fine], local_step_deg=[coarse / 3, fine],
-                fine_shift_offsets_px=[fine_offsets, fine_offsets / 2],
-                candidates=2, score=opts.score,
+                fine_shift_offsets_px=shift_offsets,
+                candidates=2, band=fine_band, score=opts.score,
             )
             model_scores[rows] = result.model_scores.cpu().numpy()
             model_rotations[rows] = result.model_rotations.cpu().double().numpy()

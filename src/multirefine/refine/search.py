@@ -163,9 +163,8 @@ def band_slices(
     :func:`multirefine.fourier.projection.extract_central_slices` gathered by ``band``.
     """
     rot = rotations.to(device=volume_ft.device, dtype=torch.float32)
-    kx, ky = band.kx.to(rot.device), band.ky.to(rot.device)
-    coords = kx[:, None] * rot[..., None, 0, :] + ky[:, None] * rot[..., None, 1, :]
-    return sample_half_volume(volume_ft, coords * pad)
+    kxy = torch.stack([band.kx, band.ky], -1).to(device=rot.device, dtype=torch.float32) * pad
+    return sample_half_volume(volume_ft, kxy @ rot[..., :2, :])  # (..., M, 3)
 
 
 def shift_grid(
@@ -541,6 +540,7 @@ def refine_assignments(
     local_step_deg: float | Sequence[float],
     fine_shift_offsets_px: torch.Tensor | Sequence[torch.Tensor],
     candidates: int = 1,
+    band: Band | None = None,
     previous: SearchResult | None = None,
     pad: int = 2,
     score: Score = "cc",
@@ -558,6 +558,10 @@ def refine_assignments(
     repeated), each centred on the previous pass's best pose and shift per model, e.g.
     ranges ``(12, 4)`` and steps ``(4, 1.5)`` after a 15-degree global grid: about 120 + 80
     local poses per model instead of 2000 for one pass at 1.5 degrees.
+    ``band``: the pixels of the local passes (default the references' band). The global
+    pass may use a coarser band than the local ones: a grid of coarse angular step cannot
+    place detail finer than about ``radius x step``, and a matched band makes it cheaper
+    (fewer pixels, coarser shifts) and no worse at finding the candidates.
     With ``previous`` (a result for the same particles and images) the global pass is
     skipped. Every model is refined locally, so ``model_scores`` are all fine-level and
     comparable. Returns the ``top`` best (model, pose) pairs of the last pass.
@@ -598,7 +602,7 @@ def refine_assignments(
             images_ft,
             ctf,
             volumes_ft,
-            references.band,
+            references.band if band is None else band,
             torch.cat([result.model_rotations, result.rotations[:, best]], 1),
             torch.cat([result.model_shift_px, result.shift_px[:, best]], 1),
             torch.cat([every_model, result.model[:, best]], 1),
