@@ -97,6 +97,26 @@ def test_mass_scales_the_maps_written_not_the_references(adk):
         assert int((volume > 1).sum()) == pytest.approx(expected_voxels, rel=0.02)
 
 
+def test_sep_and_classiter(adk):
+    """--sep 2: every particle in its two best orientations of its model with weight 1/2, in
+    the maps and the class averages; --classiter 1: class averages re-aligned once. The
+    classification stays as good (from the low-passed true maps)."""
+    import starfile
+
+    run = adk / "run_sep"
+    code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
+                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--sep", "2", "--classiter", "1",
+                 "--classkeep", "1", "--path", str(run), "--parallel", "thread:2"])
+    assert code == 0
+    assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
+    assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
+    parms = json.loads((run / "0_refine_parms.json").read_text())
+    assert parms["sep"] == 2 and parms["classiter"] == 1
+    classes = starfile.read(run / "classes_03.star")
+    # Weights 1/2 per entry, two entries per particle: the class members add up to the particles.
+    assert classes["rlnClassDistribution"].sum() == pytest.approx(1000)
+
+
 def test_randphase_from_one_consensus_map(adk):
     """From one consensus map (20 Å) seeded by --randphase the two states separate.
 
@@ -129,6 +149,7 @@ def test_check_reports_without_running(adk, capsys):
         (["--models", "{a}/lp_1.mrc,{a}/missing.mrc"], "missing.mrc"),
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--mass", "100,200,300"], "3 masses for 2 models"),
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--path", "{a}/sim"], "not empty"),
+        (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--sep", "2", "--soft"], "--sep 2 with --soft"),
     ],
 )
 def test_bad_options_give_one_line_errors(adk, capsys, extra, expected):

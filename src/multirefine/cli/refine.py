@@ -44,12 +44,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")
     p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
     p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
-    p.add_argument("--sep", type=int, default=1, help="accepted for EMAN2 compatibility: each particle goes to its best orientation only (1)")
+    p.add_argument("--sep", type=int, default=1, help="each particle goes into its N best orientations of its model, weight 1/N (default 1)")
     p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
-    p.add_argument("--classiter", type=int, default=0, help="accepted for EMAN2 compatibility (class averages are not iterated)")
+    p.add_argument("--classiter", type=int, default=0, help="rounds of re-aligning particles to their class average (default 0)")
     p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
     p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
-    p.add_argument("--nosingle", action="store_true", help="accepted for EMAN2 compatibility")
+    p.add_argument("--nosingle", action="store_true", help="accepted for EMAN2 compatibility (no per-model refinement follows yet)")
     p.add_argument("--lowmem", action="store_true", help="smaller batches")
     p.add_argument("--parallel", default="thread:1", help="thread:N (CPU threads); default thread:1")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
@@ -91,8 +91,14 @@ def _resolve(args: argparse.Namespace):
         value = getattr(args, name)
         if not 0 < value <= 1:
             raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
-    if args.sep != 1 or args.classiter or args.nosingle:
-        log.warning("--sep, --classiter and --nosingle are accepted for EMAN2 compatibility and have no effect yet")
+    if args.sep < 1:
+        raise InputError(f"--sep {args.sep}: expected 1 or more")
+    if args.sep > 1 and args.soft:
+        raise InputError(f"--sep {args.sep} with --soft: --sep spreads a hard assignment; use one of them")
+    if args.classiter < 0:
+        raise InputError(f"--classiter {args.classiter}: expected 0 or more")
+    if args.nosingle:
+        log.warning("--nosingle is accepted for EMAN2 compatibility; no per-model refinement follows the split yet")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -151,7 +157,7 @@ def _resolve(args: argparse.Namespace):
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
         input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
-        usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep,
+        usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score, soft=args.soft,
         start_maps=[name for _, _, name in raw], seeding=seeding,

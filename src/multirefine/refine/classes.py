@@ -56,6 +56,41 @@ def assign_classes(table: pd.DataFrame, grid_rot: list[np.ndarray], grid_tilt: l
     return out
 
 
+def _turned_images(
+    stack, part: pd.DataFrame, extra_psi: np.ndarray, extra_shift: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Particles centred and turned into their class's frame, and their CTFs (turned too).
+
+    ``extra_psi`` (degrees) and ``extra_shift`` (pixels, in the turned frame) are the
+    corrections found by re-alignment to the class average (zero before it).
+    """
+    box = stack.box_size
+    images = torch.as_tensor(np.asarray(stack[part.index.to_numpy()]), dtype=torch.float32)
+    centred = irfft2_centered(
+        shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom)), box
+    )
+    psi = part["rlnAnglePsi"].to_numpy(dtype=np.float64) + extra_psi
+    turned = rfft2_centered(rotate_images(centred, torch.as_tensor(psi)))
+    turned = shift_images_ft(turned, torch.as_tensor(extra_shift, dtype=torch.float32))
+    if stack.has_ctf:
+        turned_rows = part.copy()
+        turned_rows["rlnDefocusAngle"] = part["rlnDefocusAngle"].to_numpy() + psi
+        ctf = ctf_for_rows(turned_rows, box)
+    else:
+        ctf = torch.ones(turned.shape)
+    return turned, ctf
+
+
+def _keep_best(classes: np.ndarray, score: np.ndarray, classkeep: float) -> np.ndarray:
+    """The best ``classkeep`` fraction of each class by ``score`` (EMAN2's --classkeep)."""
+    keep = np.zeros(len(classes), dtype=bool)
+    for c in np.unique(classes):
+        rows = np.nonzero(classes == c)[0]
+        n_keep = max(1, int(math.ceil(classkeep * len(rows))))
+        keep[rows[np.argsort(-score[rows])[:n_keep]]] = True
+    return keep
+
+
 def class_averages(
     stack,
     table: pd.DataFrame,
@@ -63,45 +98,68 @@ def class_averages(
     grid_tilt: list[np.ndarray],
     classkeep: float = 0.85,
     batch_size: int = 512,
+    classiter: int = 0,
+    psi_range_deg: float = 4.0,
+    max_shift_px: float = 2.0,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Averages ``(C, D, D)`` of the non-empty classes and a table of them (RELION columns).
 
-    ``table``: the particles' assignment (``rlnClassNumber``, angles, origins,
-    ``rlnLogLikeliContribution`` as the score); the images come from ``stack``.
+    ``table``: one row per (particle, pose) entry: ``rlnClassNumber``, angles, origins,
+    ``rlnLogLikeliContribution`` as the score; its index holds the particle's row in
+    ``stack`` (a particle may appear more than once, ``--sep``), ``weights`` (default 1)
+    the entry's weight in the average.
+
+    ``classiter`` (EMAN2's ``--classiter``): after the first average (particles aligned by
+    their poses, i.e. to the reference projection), that many rounds of re-aligning every
+    entry to its class average (in-plane angle within ``psi_range_deg``, shift within
+    ``max_shift_px``, by normalised cross-correlation) and averaging again; ``classkeep``
+    then selects by that correlation.
     """
+    table = table.reset_index(drop=False)
+    particle_rows = table.pop("index").to_numpy()
+    table.index = particle_rows
+    n = len(table)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     classes = assign_classes(table, grid_rot, grid_tilt)
-    score = table["rlnLogLikeliContribution"].to_numpy()
-    keep = np.zeros(len(table), dtype=bool)
-    for c in np.unique(classes):
-        rows = np.nonzero(classes == c)[0]
-        n_keep = max(1, int(math.ceil(classkeep * len(rows))))
-        keep[rows[np.argsort(-score[rows])[:n_keep]]] = True
+    keep = _keep_best(classes, table["rlnLogLikeliContribution"].to_numpy(), classkeep)
     box = stack.box_size
-    used = np.unique(classes[keep])
-    slot = {c: i for i, c in enumerate(used)}
-    numerator = torch.zeros((len(used), box, box // 2 + 1), dtype=torch.complex64)
-    denominator = torch.zeros((len(used), box, box // 2 + 1))
-    rows_kept = np.nonzero(keep)[0]
-    for start in range(0, len(rows_kept), batch_size):
-        rows = rows_kept[start : start + batch_size]
-        part = table.iloc[rows]
-        images = torch.as_tensor(np.asarray(stack[rows]), dtype=torch.float32)
-        centred = irfft2_centered(
-            shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom)), box
-        )
-        psi = torch.tensor(part["rlnAnglePsi"].to_numpy(dtype=np.float64))
-        turned = rfft2_centered(rotate_images(centred, psi))
-        if stack.has_ctf:
-            turned_rows = part.copy()
-            turned_rows["rlnDefocusAngle"] = part["rlnDefocusAngle"].to_numpy() + part["rlnAnglePsi"].to_numpy()
-            ctf = ctf_for_rows(turned_rows, box)
-        else:
-            ctf = torch.ones(turned.shape)
-        index = torch.as_tensor([slot[c] for c in classes[rows]])
-        numerator.index_add_(0, index, turned * ctf)
-        denominator.index_add_(0, index, ctf**2)
-    epsilon = 0.1 * denominator.mean(dim=(-2, -1), keepdim=True)
-    averages = irfft2_centered(numerator / (denominator + epsilon), box).numpy()
+    used = np.unique(classes)
+    slot = np.searchsorted(used, classes)
+    extra_psi, extra_shift = np.zeros(n), np.zeros((n, 2))
+
+    def average(keep: np.ndarray) -> torch.Tensor:
+        numerator = torch.zeros((len(used), box, box // 2 + 1), dtype=torch.complex64)
+        denominator = torch.zeros((len(used), box, box // 2 + 1))
+        rows_kept = np.nonzero(keep)[0]
+        for start in range(0, len(rows_kept), batch_size):
+            rows = rows_kept[start : start + batch_size]
+            turned, ctf = _turned_images(stack, table.iloc[rows], extra_psi[rows], extra_shift[rows])
+            index = torch.as_tensor(slot[rows])
+            weight = torch.as_tensor(w[rows], dtype=torch.float32)[:, None, None]
+            numerator.index_add_(0, index, weight * turned * ctf)
+            denominator.index_add_(0, index, weight * ctf**2)
+        epsilon = 0.1 * denominator.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        return numerator / (denominator + epsilon)
+
+    averages_ft = average(keep)
+    offsets_deg = np.linspace(-psi_range_deg, psi_range_deg, 5)
+    for _ in range(classiter):
+        score = np.full(n, -np.inf)
+        best_psi, best_shift = extra_psi.copy(), extra_shift.copy()
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(n, start + batch_size))
+            for offset in offsets_deg:
+                turned, ctf = _turned_images(stack, table.iloc[rows], extra_psi[rows] + offset, extra_shift[rows])
+                s, shift = _align_by_correlation(turned, ctf * averages_ft[slot[rows]], max_shift_px)
+                better = s > score[rows]
+                score[rows[better]] = s[better]
+                best_psi[rows[better]] = extra_psi[rows[better]] + offset
+                best_shift[rows[better]] = extra_shift[rows[better]] + shift[better]
+        extra_psi, extra_shift = best_psi, best_shift
+        keep = _keep_best(classes, score, classkeep)
+        averages_ft = average(keep)
+    averages = irfft2_centered(averages_ft, box).numpy()
     offsets = np.cumsum([0] + [len(r) for r in grid_rot])
     model_of = np.searchsorted(offsets, used, side="right") - 1
     direction_of = used - offsets[model_of]
@@ -110,7 +168,32 @@ def class_averages(
             "rlnClassNumber": model_of + 1,
             "rlnAngleRot": [grid_rot[m][d] for m, d in zip(model_of, direction_of)],
             "rlnAngleTilt": [grid_tilt[m][d] for m, d in zip(model_of, direction_of)],
-            "rlnClassDistribution": [int((classes[keep] == c).sum()) for c in used],
+            "rlnClassDistribution": [float(w[keep & (classes == c)].sum()) for c in used],
         }
     )
     return averages.astype(np.float32), info
+
+
+def _align_by_correlation(
+    images_ft: torch.Tensor, references_ft: torch.Tensor, max_shift_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best shift (within ``max_shift_px``) of each image onto its reference, and the
+    normalised correlation there: ``(n,)`` scores and ``(n, 2)`` shifts ``(dx, dy)`` that,
+    applied to the image (:func:`~multirefine.fourier.shift.shift_images_ft`), align it."""
+    box = images_ft.shape[-2]
+    cc = irfft2_centered(references_ft * images_ft.conj(), box)  # peak at the shift to apply
+    c = box // 2
+    idx = torch.arange(box, dtype=torch.float32) - c
+    inside = (idx[:, None] ** 2 + idx[None, :] ** 2) <= max_shift_px**2
+    cc = torch.where(inside, cc, torch.full_like(cc, -torch.inf))
+    best = cc.reshape(len(cc), -1).argmax(1)
+    dy, dx = best // box - c, best % box - c
+    # Parseval over the full plane: the half plane's columns 0 < kx < D/2 count twice.
+    w = torch.full((images_ft.shape[-1],), 2.0)
+    w[0] = 1.0
+    if box % 2 == 0:
+        w[-1] = 1.0
+    power = lambda ft: (w * (ft.real**2 + ft.imag**2)).sum((-2, -1))  # noqa: E731
+    norm = (power(images_ft) * power(references_ft)).sqrt().clamp_min(1e-30)
+    score = cc.reshape(len(cc), -1).amax(1) * box * box / norm
+    return score.numpy(), torch.stack([dx, dy], 1).float().numpy()

@@ -505,6 +505,8 @@ def search_local(
         s = score_matrix(
             cross.reshape(nc, 1, -1), refpower.reshape(nc, -1), x_power[sl], score
         ).reshape(nc, n_cand, n_local)
+        if n_cand > 1:  # a candidate repeated (same model, pose, shift) is scored once
+            s = torch.where(_repeated(models, centers[sl], center_shifts[sl])[..., None], -math.inf, s)
 
         def pick(cand: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, ...]:
             shift = shift_i[rows_idx, cand, local]
@@ -527,6 +529,17 @@ def search_local(
         _, _, m_rot, m_shift = pick(model_cand, cand_local[rows_idx, model_cand])
         out.append((b_model, b_pose, b_rot, b_shift, best_score, model_score, m_rot, m_shift))
     return SearchResult(*(torch.cat(parts) for parts in zip(*out)))
+
+
+def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``(n, C)``: candidate ``c`` equals an earlier one of its particle (model, pose, shift)."""
+    same = (
+        (models[:, :, None] == models[:, None, :])
+        & ((centers[:, :, None] - centers[:, None, :]).abs().amax((-2, -1)) < 1e-6)
+        & ((shifts[:, :, None] - shifts[:, None, :]).abs().amax(-1) < 1e-6)
+    )
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=same.device).tril(-1)
+    return (same & earlier).any(-1)
 
 
 def refine_assignments(
