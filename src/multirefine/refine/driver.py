@@ -422,9 +422,10 @@ def run_refinement(
             write_map(out / runfolder.map_name(iteration, m_index), volume, apix)
         write_particles_star(out / runfolder.particles_name(iteration), table, stack.optics)
         directions = [projection_directions(coarse, sym) for sym in opts.symmetries]
-        entries, entry_weights = table, None
+        # Class-average entries indexed by the particle's row in the stack.
+        entries, entry_weights = table.reset_index(drop=True), None
         if sep > 1:
-            entries = pd.concat([t[t["rlnClassNumber"] > 0] for t in layer_tables])
+            entries = pd.concat([t.reset_index(drop=True) for t in layer_tables])
             entry_weights = np.full(len(entries), 1 / sep)
         averages, class_table = class_averages(
             stack, entries, [d[0] for d in directions], [d[1] for d in directions], opts.classkeep,

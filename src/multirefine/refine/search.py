@@ -564,7 +564,8 @@ def refine_assignments(
 
     Each local pass refines, per particle, the best pose of every model plus the
     ``candidates`` best poses overall (branch and bound: at low SNR the true pose is not
-    always the best coarse one, but it is among the best few).
+    always the best coarse one, but it is among the best few); the very best is its
+    model's best, so ``candidates - 1`` poses are added to the per-model ones.
 
     One local pass per entry of ``local_range_deg`` / ``local_step_deg`` /
     ``fine_shift_offsets_px`` (scalars and a single tensor mean one pass; shorter lists are
@@ -574,7 +575,7 @@ def refine_assignments(
     ``band``: the pixels of the local passes (default the references' band). The global
     pass may use a coarser band than the local ones: a grid of coarse angular step cannot
     place detail finer than about ``radius x step``, and a matched band makes it cheaper
-    (fewer pixels, coarser shifts) and no worse at finding the candidates.
+    (fewer pixels); how much coarser is the caller's choice (the driver measured it).
     With ``previous`` (a result for the same particles and images) the global pass is
     skipped. Every model is refined locally, so ``model_scores`` are all fine-level and
     comparable. Returns the ``top`` best (model, pose) pairs of the last pass.
@@ -610,7 +611,8 @@ def refine_assignments(
     n, n_models = result.model_scores.shape
     every_model = torch.arange(n_models, device=result.model_scores.device).expand(n, -1)
     for rotations, shift_offsets in passes:
-        best = slice(0, min(candidates, result.model.shape[1]))
+        # The best overall is its model's best, already a candidate: the next ones are added.
+        best = slice(1, min(candidates, result.model.shape[1]))
         result = search_local(
             images_ft,
             ctf,
