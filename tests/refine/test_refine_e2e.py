@@ -190,7 +190,8 @@ def test_usefilt_must_match_the_input(tmp_path, adk, capsys):
 
 
 def test_usefilt_drives_the_search(tmp_path, adk):
-    """A low-passed copy of the stack is searched; the raw stack is reconstructed."""
+    """A low-passed copy of the stack, in other units (x 7, as a denoiser may give), is
+    searched; the raw stack is reconstructed."""
     import mrcfile
 
     from multirefine.fourier.fft import irfft2_centered, rfft2_centered
@@ -199,7 +200,7 @@ def test_usefilt_drives_the_search(tmp_path, adk):
 
     raw = mrcfile.read(adk / "sim" / "particles.mrcs")
     filtered = irfft2_centered(lowpass_images_ft(rfft2_centered(torch.from_numpy(raw.copy())), 12.0, APIX), BOX)
-    write_stack(tmp_path / "filtered.mrcs", filtered.numpy(), APIX)
+    write_stack(tmp_path / "filtered.mrcs", 7 * filtered.numpy(), APIX)
     run = tmp_path / "run"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--usefilt", str(tmp_path / "filtered.mrcs"),
                  "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "2", "--path", str(run), "--parallel", "thread:2"])
