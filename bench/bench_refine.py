@@ -5,11 +5,13 @@ For each set made by ``bench/datasets.py`` (``bench/work/SET``), runs
     multirefine refine --input particles.star --model consensus_lp30.mrc --nmodels K
                        --randphase --iter N --path multirefine --parallel thread:2
 
-under ``/usr/bin/time -v`` (wall time, peak memory), reads RELION's run from
-``bench/work/SET/relion`` (``bench/run_relion.sh``; whatever iterations exist) and prints,
-side by side: classification accuracy (Hungarian matching against ``truth.star``),
-FSC-0.143 resolution of every output map against its matched true map, wall time per
-iteration and per run, and peak memory. Results go to ``bench/results/SET.json``.
+under ``/usr/bin/time -v`` (wall time, peak memory) and ``bench/cpu_log.py`` (CPU seconds
+over time), reads RELION's run from ``bench/work/SET/relion`` (``bench/run_relion.sh``,
+which logs the same; whatever iterations exist) and prints, side by side: classification
+accuracy (Hungarian matching against ``truth.star``), FSC-0.143 resolution of every output
+map against its matched true map, wall and CPU seconds per iteration and per run, and peak
+memory. CPU seconds compare the programs fairly when they share the machine (both use two
+threads). Results go to ``bench/results/SET.json``.
 
     python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--skip-run]
 """
@@ -68,6 +70,15 @@ def cpu_per_iteration(csv: Path, stamps: list[float]) -> dict:
     return {"cpu_seconds_per_iteration": np.diff(cpu).tolist(), "cpu_s": total}
 
 
+def accuracy_per_iteration(set_dir: Path, tables: list[Path]) -> dict:
+    """Accuracy after every iteration (the particle tables in order): time to a given accuracy."""
+    truth = read_particles_star(set_dir / "truth.star").metadata["rlnClassNumber"].to_numpy()
+    return {"accuracy_per_iteration": [
+        classification_accuracy(truth, read_particles_star(t).metadata["rlnClassNumber"].to_numpy()).accuracy
+        for t in tables
+    ]}
+
+
 def relion_result(set_dir: Path) -> dict | None:
     run = set_dir / "relion"
     data = sorted(run.glob("run_it*_data.star"))
@@ -86,6 +97,7 @@ def relion_result(set_dir: Path) -> dict | None:
     per_iteration = np.diff(stamps).tolist() if len(stamps) > 1 else []
     out.update(iterations=iteration, seconds_per_iteration=per_iteration)
     out.update(cpu_per_iteration(run / "cpu.csv", stamps))
+    out.update(accuracy_per_iteration(set_dir, [p for p in data if not p.name.startswith("run_it000")]))
     out.update(gnu_time(run / "time.txt"))
     return out
 
@@ -112,6 +124,7 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     stamps = [(out_dir / "threed_00_01.mrc").stat().st_mtime]
     stamps += [(out_dir / f"particles_{c['iteration']:02d}.star").stat().st_mtime for c in convergence]
     result.update(cpu_per_iteration(set_dir / "multirefine_cpu.csv", stamps))
+    result.update(accuracy_per_iteration(set_dir, [out_dir / f"particles_{c['iteration']:02d}.star" for c in convergence]))
     result.update(gnu_time(set_dir / "multirefine_time.txt"))
     return result
 
