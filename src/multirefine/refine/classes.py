@@ -116,9 +116,6 @@ def class_averages(
     ``max_shift_px``, by normalised cross-correlation) and averaging again; ``classkeep``
     then selects by that correlation.
     """
-    table = table.reset_index(drop=False)
-    particle_rows = table.pop("index").to_numpy()
-    table.index = particle_rows
     n = len(table)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     classes = assign_classes(table, grid_rot, grid_tilt)

@@ -353,7 +353,8 @@ def run_refinement(
         # Reconstruction entries ("layers", each one pose per particle): per model, every
         # particle at that model's pose weighted by its posterior (hard: 1 for its model); or,
         # with --sep S, every particle at each of its S best poses in its model, weight 1/S.
-        if sep > 1:
+        spread = sep > 1 and not (initial_assignment is not None and iteration == 1)  # --randclassify first
+        if spread:
             layers = [
                 (top_model[:, j], top_rotations[:, j], top_shifts[:, j], top_scores[:, j], np.full(n, 1 / sep))
                 for j in range(sep)
@@ -424,7 +425,7 @@ def run_refinement(
         directions = [projection_directions(coarse, sym) for sym in opts.symmetries]
         # Class-average entries indexed by the particle's row in the stack.
         entries, entry_weights = table.reset_index(drop=True), None
-        if sep > 1:
+        if spread:
             entries = pd.concat([t.reset_index(drop=True) for t in layer_tables])
             entry_weights = np.full(len(entries), 1 / sep)
         averages, class_table = class_averages(
