@@ -78,7 +78,8 @@ __all__ = [
 ]
 
 Score = Literal["cc", "ls"]
-DEFAULT_MAX_ELEMENTS = 2**25  # score-matrix entries per chunk (128 MiB of float32)
+DEFAULT_MAX_ELEMENTS = 2**23  # score-matrix entries per chunk (32 MiB of float32)
+SLICE_POINTS = 2**22  # sample points per interpolation call in band_slices
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,14 @@ def band_slices(
     """
     rot = rotations.to(device=volume_ft.device, dtype=torch.float32)
     kxy = torch.stack([band.kx, band.ky], -1).to(device=rot.device, dtype=torch.float32) * pad
-    return sample_half_volume(volume_ft, kxy @ rot[..., :2, :])  # (..., M, 3)
+    flat = rot.reshape(-1, 3, 3)
+    out = torch.empty((flat.shape[0], band.size), dtype=torch.complex64, device=rot.device)
+    # In chunks of about SLICE_POINTS sample points: the coordinates and the interpolation's
+    # temporaries (about 60 bytes a point) stay small whatever the number of poses.
+    step = max(1, SLICE_POINTS // max(1, band.size))
+    for start in range(0, flat.shape[0], step):
+        out[start : start + step] = sample_half_volume(volume_ft, kxy @ flat[start : start + step, :2, :])
+    return out.reshape(rot.shape[:-2] + (band.size,))
 
 
 def shift_grid(
