@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpu_log import cpu_seconds_at
+from cpu_log import cpu_seconds_at, read_log
 from multirefine.evaluate import classification_accuracy, map_resolution_against
 from multirefine.io.maps import read_map
 from multirefine.io.star import read_particles_star
@@ -61,13 +61,19 @@ def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: floa
     return {"accuracy": scored.accuracy, "resolution_0143_angstrom": resolutions, "confusion": scored.confusion.tolist()}
 
 
-def cpu_per_iteration(csv: Path, stamps: list[float]) -> dict:
-    """CPU seconds per iteration between successive file times, and in all (bench/cpu_log.py)."""
-    if not csv.exists() or len(stamps) < 2:
+def cpu_per_iteration(csvs: list[Path], stamps: list[float]) -> dict:
+    """CPU seconds per iteration between successive file times, CPU seconds in all and the
+    peak memory sampled (bench/cpu_log.py; a run resumed in segments has one log each)."""
+    csvs = [c for c in csvs if c.exists()]
+    if not csvs or len(stamps) < 2:
         return {}
-    cpu = cpu_seconds_at(csv, stamps)
-    total = float(np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[-1, -3])
-    return {"cpu_seconds_per_iteration": np.diff(cpu).tolist(), "cpu_s": total}
+    cpu = cpu_seconds_at(csvs, stamps)
+    logs = [read_log(c) for c in csvs]
+    return {
+        "cpu_seconds_per_iteration": np.diff(cpu).tolist(),
+        "cpu_s": float(sum(rows[-1, 2] for rows in logs)),
+        "peak_sampled_mib": float(max(rows[:, 3].max() for rows in logs)),
+    }
 
 
 def accuracy_per_iteration(set_dir: Path, tables: list[Path]) -> dict:
@@ -94,9 +100,13 @@ def relion_result(set_dir: Path) -> dict | None:
     out = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
     # Time per iteration from the files' modification times (iteration 0 is the start).
     stamps = [p.stat().st_mtime for p in sorted(run.glob("run_it*_optimiser.star"))]
-    per_iteration = np.diff(stamps).tolist() if len(stamps) > 1 else []
+    # A run resumed with --continue: an iteration's wall time starts when its segment did.
+    starts = [read_log(c)[0, 0] for c in run.glob("cpu*.csv")]
+    per_iteration = [
+        b - max([a] + [s for s in starts if a < s < b]) for a, b in zip(stamps[:-1], stamps[1:])
+    ]
     out.update(iterations=iteration, seconds_per_iteration=per_iteration)
-    out.update(cpu_per_iteration(run / "cpu.csv", stamps))
+    out.update(cpu_per_iteration(sorted(run.glob("cpu*.csv")), stamps))
     out.update(accuracy_per_iteration(set_dir, [p for p in data if not p.name.startswith("run_it000")]))
     out.update(gnu_time(run / "time.txt"))
     return out
@@ -123,7 +133,7 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     result.update(iterations=last, seconds_per_iteration=[c["seconds"] for c in convergence])
     stamps = [(out_dir / "threed_00_01.mrc").stat().st_mtime]
     stamps += [(out_dir / f"particles_{c['iteration']:02d}.star").stat().st_mtime for c in convergence]
-    result.update(cpu_per_iteration(set_dir / "multirefine_cpu.csv", stamps))
+    result.update(cpu_per_iteration([set_dir / "multirefine_cpu.csv"], stamps))
     result.update(accuracy_per_iteration(set_dir, [out_dir / f"particles_{c['iteration']:02d}.star" for c in convergence]))
     result.update(gnu_time(set_dir / "multirefine_time.txt"))
     return result

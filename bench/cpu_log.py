@@ -56,15 +56,29 @@ def tree_usage(root: int) -> tuple[float, float]:
     return cpu, rss
 
 
-def cpu_seconds_at(csv: Path, times: list[float]) -> list[float]:
-    """CPU seconds of the logged tree at the given Unix times (linear between rows)."""
+def read_log(csv: Path):
+    """Rows ``(time_unix, wall_s, cpu_s, rss_mib, load1)`` of one log (numpy array)."""
     import numpy as np
 
     header = Path(csv).read_text().split("\n", 1)[0].split(",")
     rows = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
     if header[0] == "wall_s":  # older logs: no clock column; the file was last written at the last row
         rows = np.column_stack([rows[:, 0] + Path(csv).stat().st_mtime - rows[-1, 0], rows])
-    return np.interp(times, rows[:, 0], rows[:, 2]).tolist()
+    return rows
+
+
+def cpu_seconds_at(csvs: Path | list[Path], times: list[float]) -> list[float]:
+    """CPU seconds at the given Unix times, over one log or the logs of a run resumed in
+    segments (each segment's CPU added to the ones before; linear between rows)."""
+    import numpy as np
+
+    segments = sorted((read_log(c) for c in ([csvs] if isinstance(csvs, Path) else csvs)), key=lambda r: r[0, 0])
+    clock, cpu, done = [], [], 0.0
+    for rows in segments:
+        clock.append(rows[:, 0])
+        cpu.append(rows[:, 2] + done)
+        done += rows[-1, 2]
+    return np.interp(times, np.concatenate(clock), np.concatenate(cpu)).tolist()
 
 
 def main() -> int:

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # RELION 3.1 3-D classification on one benchmark set, DESIGN.md's baseline command.
-# usage: bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS]
-# Writes SET_FOLDER/relion/run_*, SET_FOLDER/relion/time.txt (GNU time: wall, peak RSS)
-# and SET_FOLDER/relion/cpu.csv (bench/cpu_log.py: CPU seconds and memory over time).
+# usage: bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS] [CONTINUE_FROM]
+# Writes SET_FOLDER/relion/run_*, relion/time*.txt (GNU time: wall, peak RSS) and
+# relion/cpu*.csv (bench/cpu_log.py: CPU seconds and memory over time). CONTINUE_FROM = the
+# last finished iteration (e.g. 2) resumes a stopped run from run_it002_optimiser.star.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-$here/../.venv/bin/python}
-set_dir=$1; k=$2; diameter=$3; iter=${4:-25}; threads=${5:-2}
+set_dir=$1; k=$2; diameter=$3; iter=${4:-25}; threads=${5:-2}; from=${6:-}
 mkdir -p "$set_dir/relion"
 cd "$set_dir"
+if [ -n "$from" ]; then
+  tag=$(printf "_from%03d" "$from")
+  "$python" "$here/cpu_log.py" "relion/cpu$tag.csv" -- \
+    /usr/bin/time -v -o "relion/time$tag.txt" relion_refine --continue "$(printf "relion/run_it%03d_optimiser.star" "$from")" \
+    --o relion/run --iter "$iter" --j "$threads" --pool 30 --dont_combine_weights_via_disc >> relion/stdout.txt 2>&1
+  exit
+fi
 "$python" "$here/cpu_log.py" relion/cpu.csv -- \
   /usr/bin/time -v -o relion/time.txt relion_refine --i particles.star --o relion/run --ref consensus_lp30.mrc \
   --firstiter_cc --ini_high 30 --K "$k" --tau2_fudge 4 --iter "$iter" \
