@@ -163,12 +163,6 @@ def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: flo
 
 
 SCALE_SAMPLE = 500  # particles used to estimate intensity scales
-# The global pass's band: the resolution at which one coarse angular step moves the
-# particle's edge by 1 / GLOBAL_EDGE_SHIFT of it (1.25 x the local band with the steps of
-# _angular_steps). Measured (adk, 1000 particles, box 40): 1.5 classifies as well as the
-# full band (90.9 vs 91.2 % after 8 iterations from one consensus map) at 1.6 x less search
-# time per iteration at 8 Å; 2 and 3 (the fine step's rule) lose 8-15 points.
-GLOBAL_EDGE_SHIFT = 1.5
 
 
 def _sample_rows(n: int) -> np.ndarray:
@@ -271,10 +265,11 @@ def run_refinement(
         for sym in opts.symmetries:
             rot, tilt, psi = orientation_grid(coarse, sym)
             poses.append(torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32, device=device))
-        # The global pass at a band matched to its angular step, the local passes at the
-        # full band; shifts in steps of a quarter of the band's resolution throughout.
-        global_res = max(band_res, GLOBAL_EDGE_SHIFT * radius_px * apix * math.radians(coarse))
-        references = make_references(volumes, poses, min(box * apix / global_res, band_radius))
+        # Global and local passes at the full band (a global pass at a band matched to its
+        # coarse step, 1.25 x coarser, was 1.6 x faster at 8 Å and classified as well on 1000
+        # particles, but the 6000-particle conformational set stalled at 81.5 % with it);
+        # shifts in steps of a quarter of the band's resolution.
+        references = make_references(volumes, poses, band_radius)
         shift_step_px = max(1.0, band_res / apix / 4)
         coarse_shifts = shift_grid(opts.max_shift_px, shift_step_px, device=device)
         shift_offsets = [
@@ -283,8 +278,8 @@ def run_refinement(
         ]
         fine_band = make_band(box, band_radius, device=device)
         log.info(
-            "iteration %d: global search to %.1f Å in steps of %.1f°, local to %.1f Å (band %.1f px) in %.1f°",
-            iteration, global_res, coarse, band_res, band_radius, fine,
+            "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
+            iteration, band_res, band_radius, coarse, fine,
         )
         if iteration == 1:
             scales = _reference_scales(search_stack, references, coarse_shifts, opts.batch_size, device)
