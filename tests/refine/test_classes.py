@@ -29,33 +29,19 @@ def test_rotate_images_quarter_turn():
 
 
 def test_class_average_matches_reference_projection(atoms_map):
-    volume_ft = prepare_volume_ft(torch.from_numpy(atoms_map))
-    rng = np.random.default_rng(0)
-    n = 12
-    rot, tilt = np.full(n, 30.0), np.full(n, 60.0)
-    psi = rng.uniform(-180, 180, n)
-    shifts = rng.uniform(-2, 2, (n, 2))
-    rotations = torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32)
-    slices = extract_central_slices(volume_ft, rotations, 32)
-    from multirefine.fourier.shift import shift_images_ft
-
-    images = irfft2_centered(shift_images_ft(slices, torch.as_tensor(-shifts, dtype=torch.float32)), 32).numpy()
-    table = pd.DataFrame({"rlnClassNumber": 1, "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
-                          "rlnOriginXAngst": shifts[:, 0], "rlnOriginYAngst": shifts[:, 1],
-                          "rlnLogLikeliContribution": 1.0})
-    averages, info = class_averages(ArrayStack(images), table, [np.array([30.0, 200.0])], [np.array([60.0, 120.0])], 1.0)
-    assert len(averages) == 1 and info["rlnClassDistribution"].iloc[0] == n
-    reference_pose = torch.as_tensor(euler_to_matrix(np.array([30.0]), np.array([60.0]), np.array([0.0])), dtype=torch.float32)
-    reference = irfft2_centered(extract_central_slices(volume_ft, reference_pose, 32)[0], 32).numpy()
+    stack, table, reference = _class_of_particles(atoms_map, n=12, psi_error_deg=0.0, shift_error_px=0.0, seed=0)
+    averages, info = class_averages(stack, table, [np.array([30.0, 200.0])], [np.array([60.0, 120.0])], 1.0)
+    assert len(averages) == 1 and info["rlnClassDistribution"].iloc[0] == 12
     assert np.corrcoef(averages[0].ravel(), reference.ravel())[0, 1] > 0.95
 
 
-def _class_of_perturbed_particles(atoms_map, n=24, psi_error_deg=3.0, shift_error_px=1.5):
-    """Particles of one direction whose recorded psi and origin are off by a few degrees / pixels."""
+def _class_of_particles(atoms_map, n=24, psi_error_deg=3.0, shift_error_px=1.5, seed=3):
+    """Particles of one direction (rot 30, tilt 60), their table, whose recorded psi and origin
+    may be off by a few degrees / pixels, and the class's reference projection."""
     from multirefine.fourier.shift import shift_images_ft
 
     volume_ft = prepare_volume_ft(torch.from_numpy(atoms_map))
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     rot, tilt = np.full(n, 30.0), np.full(n, 60.0)
     psi = rng.uniform(-180, 180, n)
     shifts = rng.uniform(-2, 2, (n, 2))
@@ -75,7 +61,7 @@ def _class_of_perturbed_particles(atoms_map, n=24, psi_error_deg=3.0, shift_erro
 def test_classiter_realigns_particles_to_their_average(atoms_map):
     """Poses a few degrees and pixels off blur the first average; re-aligning every particle
     to the average (EMAN2's --classiter) sharpens it towards the reference projection."""
-    stack, table, reference = _class_of_perturbed_particles(atoms_map)
+    stack, table, reference = _class_of_particles(atoms_map)
     grid = ([np.array([30.0])], [np.array([60.0])])
     corr = {}
     for rounds in (0, 2):
@@ -86,7 +72,7 @@ def test_classiter_realigns_particles_to_their_average(atoms_map):
 
 def test_weighted_entries_and_repeated_particles(atoms_map):
     """A particle listed twice (--sep 2) with weights 1/2 averages as if listed once."""
-    stack, table, _ = _class_of_perturbed_particles(atoms_map, psi_error_deg=0.0, shift_error_px=0.0)
+    stack, table, _ = _class_of_particles(atoms_map, psi_error_deg=0.0, shift_error_px=0.0)
     grid = ([np.array([30.0])], [np.array([60.0])])
     once, info_once = class_averages(stack, table, *grid, 1.0)
     twice, info_twice = class_averages(stack, pd.concat([table, table]), *grid, 1.0, weights=np.full(2 * len(table), 0.5))

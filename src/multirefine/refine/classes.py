@@ -56,19 +56,24 @@ def assign_classes(table: pd.DataFrame, grid_rot: list[np.ndarray], grid_tilt: l
     return out
 
 
+def _centred_images(stack, part: pd.DataFrame) -> torch.Tensor:
+    """The particles of ``part`` (index = rows of ``stack``) read and centred by their origins."""
+    images = torch.as_tensor(np.asarray(stack[part.index.to_numpy()]), dtype=torch.float32)
+    return irfft2_centered(
+        shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom)),
+        stack.box_size,
+    )
+
+
 def _turned_images(
-    stack, part: pd.DataFrame, extra_psi: np.ndarray, extra_shift: np.ndarray
+    stack, part: pd.DataFrame, centred: torch.Tensor, extra_psi: np.ndarray, extra_shift: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Particles centred and turned into their class's frame, and their CTFs (turned too).
+    """Centred particles turned into their class's frame, and their CTFs (turned too).
 
     ``extra_psi`` (degrees) and ``extra_shift`` (pixels, in the turned frame) are the
     corrections found by re-alignment to the class average (zero before it).
     """
     box = stack.box_size
-    images = torch.as_tensor(np.asarray(stack[part.index.to_numpy()]), dtype=torch.float32)
-    centred = irfft2_centered(
-        shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom)), box
-    )
     psi = part["rlnAnglePsi"].to_numpy(dtype=np.float64) + extra_psi
     turned = rfft2_centered(rotate_images(centred, torch.as_tensor(psi)))
     turned = shift_images_ft(turned, torch.as_tensor(extra_shift, dtype=torch.float32))
@@ -131,7 +136,8 @@ def class_averages(
         rows_kept = np.nonzero(keep)[0]
         for start in range(0, len(rows_kept), batch_size):
             rows = rows_kept[start : start + batch_size]
-            turned, ctf = _turned_images(stack, table.iloc[rows], extra_psi[rows], extra_shift[rows])
+            part = table.iloc[rows]
+            turned, ctf = _turned_images(stack, part, _centred_images(stack, part), extra_psi[rows], extra_shift[rows])
             index = torch.as_tensor(slot[rows])
             weight = torch.as_tensor(w[rows], dtype=torch.float32)[:, None, None]
             numerator.index_add_(0, index, weight * turned * ctf)
@@ -146,8 +152,10 @@ def class_averages(
         best_psi, best_shift = extra_psi.copy(), extra_shift.copy()
         for start in range(0, n, batch_size):
             rows = np.arange(start, min(n, start + batch_size))
+            part = table.iloc[rows]
+            centred = _centred_images(stack, part)  # read once, turned once per trial angle
             for offset in offsets_deg:
-                turned, ctf = _turned_images(stack, table.iloc[rows], extra_psi[rows] + offset, extra_shift[rows])
+                turned, ctf = _turned_images(stack, part, centred, extra_psi[rows] + offset, extra_shift[rows])
                 s, shift = _align_by_correlation(turned, ctf * averages_ft[slot[rows]], max_shift_px)
                 better = s > score[rows]
                 score[rows[better]] = s[better]
