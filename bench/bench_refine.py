@@ -3,7 +3,7 @@
 For each set made by ``bench/datasets.py`` (``bench/work/SET``), runs
 
     multirefine refine --input particles.star --model consensus_lp30.mrc --nmodels K
-                       --randphase --iter N --path multirefine --parallel thread:2
+                       --randclassify --iter N --path multirefine --parallel thread:2
 
 under ``/usr/bin/time -v`` (wall time, peak memory) and ``bench/cpu_log.py`` (CPU seconds
 over time), reads RELION's run from ``bench/work/SET/relion`` (``bench/run_relion.sh``,
@@ -13,7 +13,10 @@ map against its matched true map, wall and CPU seconds per iteration and per run
 memory. CPU seconds compare the programs fairly when they share the machine (both use two
 threads). Results go to ``bench/results/SET.json``.
 
-    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--skip-run]
+    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--skip-run]
+
+``--randclassify`` (particles aligned to the one map, then split at random) is how RELION's
+Class3D seeds K classes from one reference (``do_generate_seeds``), so both programs start alike.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def relion_result(set_dir: Path) -> dict | None:
     return out
 
 
-def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
+def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str) -> dict:
     out_dir = set_dir / "multirefine"
     k = K_OF[set_dir.name]
     if not skip:
@@ -121,7 +124,7 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
         cmd = [sys.executable, str(ROOT / "cpu_log.py"), str(set_dir / "multirefine_cpu.csv"), "--",
                "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
                "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
-               "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), "--randphase",
+               "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), f"--{seeding}",
                "--iter", str(iterations), "--path", str(out_dir), "--parallel", "thread:2"]
         subprocess.run(cmd, check=True)
     convergence = json.loads((out_dir / "convergence.json").read_text())
@@ -130,7 +133,8 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool) -> dict:
     maps = [read_map(out_dir / f"threed_{last:02d}_{i:02d}.mrc")[0] for i in range(1, k + 1)]
     apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
     result = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
-    result.update(iterations=last, seconds_per_iteration=[c["seconds"] for c in convergence])
+    seeding = json.loads((out_dir / "0_refine_parms.json").read_text())["seeding"]
+    result.update(seeding=seeding, iterations=last, seconds_per_iteration=[c["seconds"] for c in convergence])
     stamps = [(out_dir / "threed_00_01.mrc").stat().st_mtime]
     stamps += [(out_dir / f"particles_{c['iteration']:02d}.star").stat().st_mtime for c in convergence]
     result.update(cpu_per_iteration([set_dir / "multirefine_cpu.csv"], stamps))
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "work"))
     parser.add_argument("--sets", default="compositional,conformational,three_state")
     parser.add_argument("--iter", type=int, default=10)
+    parser.add_argument("--seeding", default="randclassify", choices=["randclassify", "randphase", "mapfragment"])
     parser.add_argument("--skip-run", action="store_true", help="only read existing results")
     args = parser.parse_args()
     results_dir = ROOT / "results"
@@ -151,7 +156,7 @@ def main() -> None:
     rows = []
     for name in args.sets.split(","):
         set_dir = Path(args.work) / name
-        ours = run_multirefine(set_dir, args.iter, args.skip_run)
+        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding)
         theirs = relion_result(set_dir)
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")

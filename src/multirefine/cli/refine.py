@@ -8,7 +8,7 @@ threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
 
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
-  multirefine refine --input particles.star --model consensus.mrc --nmodels 2 --randphase
+  multirefine refine --input particles.star --model consensus.mrc --nmodels 2
   e2refinemulti --input sets/all.lst --models m1.hdf,m2.hdf --sym c1,c2 --mass 200,250 --apix 1.5
 """
 
@@ -35,7 +35,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--randphase", action="store_true", help="seed: phases randomised beyond a low resolution")
     seed.add_argument("--mapfragment", action="store_true", help="seed: a random part of the map removed")
-    seed.add_argument("--randclassify", action="store_true", help="seed: particles split at random after alignment")
+    seed.add_argument(
+        "--randclassify", action="store_true",
+        help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding)",
+    )
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
     p.add_argument("--iter", type=int, default=5, help="iterations (default 5)")
     p.add_argument("--path", help="run folder (default: the next free multi_NN)")

@@ -68,6 +68,7 @@ class HalfMapResult:
     half_maps: tuple[np.ndarray, np.ndarray]  # each (D, D, D)
     fsc: np.ndarray  # (D//2+1,) FSC between the half maps
     full_map: np.ndarray  # (D, D, D) Wiener-filtered with the SSNR the FSC implies
+    filtered_halves: tuple[np.ndarray, np.ndarray]  # each half map Wiener-filtered by the half SSNR
 
 
 def gold_standard_reconstruction(
@@ -75,7 +76,8 @@ def gold_standard_reconstruction(
     half2: FourierAccumulator,
     symmetry_operators: torch.Tensor | None = None,
 ) -> HalfMapResult:
-    """Half maps from independent halves, their FSC, and the full map Wiener-filtered by it.
+    """Half maps from independent halves, their FSC, and the full map Wiener-filtered by it
+    (and each half map too, with half the full map's SSNR).
 
     The full map sums both accumulators and regularises each shell by ``1 / SSNR`` from
     the half-map FSC (:func:`inverse_ssnr_from_fsc`), as RELION's auto-refine does.
@@ -84,8 +86,11 @@ def gold_standard_reconstruction(
     map2 = half2.reconstruct(symmetry_operators)
     fsc = fourier_shell_correlation(map1, map2).cpu().numpy()
     full = FourierAccumulator(half1.box_size, half1.pad, half1.data + half2.data, half1.weight + half2.weight)
-    full_map = full.reconstruct(symmetry_operators, inverse_ssnr_from_fsc(fsc))
-    return HalfMapResult((map1.cpu().numpy(), map2.cpu().numpy()), fsc, full_map.cpu().numpy())
+    inverse_ssnr = inverse_ssnr_from_fsc(fsc)
+    full_map = full.reconstruct(symmetry_operators, inverse_ssnr)
+    # A half map has half the full map's SSNR.
+    filtered = tuple(h.reconstruct(symmetry_operators, 2 * inverse_ssnr).cpu().numpy() for h in (half1, half2))
+    return HalfMapResult((map1.cpu().numpy(), map2.cpu().numpy()), fsc, full_map.cpu().numpy(), filtered)
 
 
 def reconstruct_from_stack(
