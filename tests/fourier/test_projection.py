@@ -146,3 +146,28 @@ def test_fsc_limits(atoms_map):
     curve = np.array([1, 1, 0.9, 0.5, 0.1, 0, 0, 0, 0])
     # Shells of a 16 px box at 2 Å/px: shell s is at s / 32 1/Å; 0.143 between shells 3 and 4.
     assert resolution_at_threshold(curve, 2.0, 0.143) == pytest.approx(1 / ((3 + (0.5 - 0.143) / 0.4) / 32))
+
+
+def test_wiener_filtered_half_maps_are_closer_to_the_truth(atoms_map):
+    """gold_standard_reconstruction: each half map filtered by the half SSNR (from the FSC) is
+    nearer the true map than the raw half map, and the full map (twice the data) nearer still."""
+    from multirefine.refine.reconstruct import gold_standard_reconstruction
+
+    rotations = random_rotations(2000, seed=3)
+    slices = extract_central_slices(prepare_volume_ft(torch.from_numpy(atoms_map)), rotations, 32)
+    gen = torch.Generator().manual_seed(0)
+    noise_sigma = 2.0 * float(slices.abs().pow(2).mean().sqrt())
+    slices = slices + noise_sigma * torch.complex(
+        torch.randn(slices.shape, generator=gen), torch.randn(slices.shape, generator=gen)
+    )
+    halves = [FourierAccumulator.zeros(32), FourierAccumulator.zeros(32)]
+    halves[0].insert(slices[:1000], None, rotations[:1000])
+    halves[1].insert(slices[1000:], None, rotations[1000:])
+    result = gold_standard_reconstruction(*halves)
+
+    def error(volume):
+        return float(((volume - atoms_map) ** 2).mean())
+
+    for raw, filtered in zip(result.half_maps, result.filtered_halves):
+        assert error(filtered) < 0.5 * error(raw)  # measured 0.33 x
+        assert error(result.full_map) < error(filtered)

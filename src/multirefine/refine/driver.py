@@ -7,14 +7,16 @@ Each iteration:
 2. search (:mod:`multirefine.refine.search`): every particle of the search stack
    (``--usefilt`` or ``--input``) against model x orientation x in-plane angle x shift,
    coarse then local, CTF on the particle side;
-3. reconstruction: per model and half-set, the raw particles (``--input``) at their new
+3. model choice: each particle is scored again at its pose in every model against the
+   maps of the other half-set (it took no part in them) and goes to the best;
+4. reconstruction: per model and half-set, the raw particles (``--input``) at their new
    poses, each particle in its best model (``--soft``: in every model, weighted by its
    posterior), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
    half-map FSC and the full map Wiener-filtered by it;
-4. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
+5. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
    normalisation by ``--mass`` of the maps written (starting maps from different files are first aligned to
    map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
-5. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, class averages
+6. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, class averages
    (``classes_II.mrcs``), FSC curves and figures, and the convergence statistics
    (:mod:`multirefine.refine.runfolder`).
 
