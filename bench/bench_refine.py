@@ -13,7 +13,7 @@ map against its matched true map, wall and CPU seconds per iteration and per run
 memory. CPU seconds compare the programs fairly when they share the machine (both use two
 threads). Results go to ``bench/results/SET.json``.
 
-    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--skip-run]
+    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--threads 2] [--skip-run]
 
 ``--randclassify`` (particles aligned to the one map, then split at random) is how RELION's
 Class3D seeds K classes from one reference (``do_generate_seeds``), so both programs start alike.
@@ -115,7 +115,7 @@ def relion_result(set_dir: Path) -> dict | None:
     return out
 
 
-def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str) -> dict:
+def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str, threads: int = 2) -> dict:
     out_dir = set_dir / "multirefine"
     k = K_OF[set_dir.name]
     if not skip:
@@ -125,7 +125,7 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str) ->
                "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
                "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
                "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), f"--{seeding}",
-               "--iter", str(iterations), "--path", str(out_dir), "--parallel", "thread:2"]
+               "--iter", str(iterations), "--path", str(out_dir), "--parallel", f"thread:{threads}"]
         subprocess.run(cmd, check=True)
     convergence = json.loads((out_dir / "convergence.json").read_text())
     last = convergence[-1]["iteration"]
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--sets", default="compositional,conformational,three_state")
     parser.add_argument("--iter", type=int, default=10)
     parser.add_argument("--seeding", default="randclassify", choices=["randclassify", "randphase", "mapfragment"])
+    parser.add_argument("--threads", type=int, default=2, help="multirefine's --parallel thread:N")
     parser.add_argument("--skip-run", action="store_true", help="only read existing results")
     args = parser.parse_args()
     results_dir = ROOT / "results"
@@ -156,7 +157,7 @@ def main() -> None:
     rows = []
     for name in args.sets.split(","):
         set_dir = Path(args.work) / name
-        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding)
+        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads)
         theirs = relion_result(set_dir)
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
