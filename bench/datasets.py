@@ -5,7 +5,11 @@ Each set is a folder made by :func:`multirefine.simulate.simulate_dataset` plus
 low-passed to 30 Å — the single starting map a user has after a consensus refinement,
 given to both RELION (``--ref``) and multirefine (``--model ... --nmodels K``).
 
-    python bench/datasets.py OUT_ROOT [--only adk] [--n 6000]
+    python bench/datasets.py OUT_ROOT [--only three_state] [--n 6000] [--maps-from ROOT]
+
+``--maps-from ROOT`` takes each set's true maps from ``ROOT/SET/gt_NN.mrc`` (a set made
+before) instead of building them from the atomic models: for a machine without
+mdanalysistests, such as the GPU machine (bench/gpu_choice.sh).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 
 from multirefine.fourier.filters import lowpass_volume
-from multirefine.io.maps import write_map
+from multirefine.io.maps import read_map, write_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.reconstruct import reconstruct_from_stack
 from multirefine.simulate import AtomicModel, SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
@@ -60,9 +64,12 @@ DATASETS = {
 }
 
 
-def make(root: Path, ds: DataSet, n: int, snr: float, seed: int = 0) -> Path:
+def make(root: Path, ds: DataSet, n: int, snr: float, seed: int = 0, maps_from: Path | None = None) -> Path:
     out = root / ds.name
-    maps = maps_from_models(ds.models(), ds.box, ds.apix, 2 * ds.apix)
+    if maps_from is None:
+        maps = maps_from_models(ds.models(), ds.box, ds.apix, 2 * ds.apix)
+    else:
+        maps = [read_map(maps_from / ds.name / f"gt_{k:02d}.mrc")[0] for k in range(1, len(ds.fractions) + 1)]
     params = SimulationParameters(n_particles=n, snr=snr, fractions=ds.fractions, pixel_size_angstrom=ds.apix, seed=seed)
     simulate_dataset(out, maps, params)
     stack = open_particles(out / "truth.star")
@@ -78,11 +85,12 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(DATASETS))
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--snr", type=float, default=0.05)
+    parser.add_argument("--maps-from", type=Path, help="take the true maps from ROOT/SET/gt_NN.mrc")
     args = parser.parse_args()
     for name, ds in DATASETS.items():
         if args.only and name != args.only:
             continue
-        print("made", make(Path(args.root), ds, args.n, args.snr))
+        print("made", make(Path(args.root), ds, args.n, args.snr, maps_from=args.maps_from))
 
 
 if __name__ == "__main__":

@@ -148,9 +148,9 @@ def test_fsc_limits(atoms_map):
     assert resolution_at_threshold(curve, 2.0, 0.143) == pytest.approx(1 / ((3 + (0.5 - 0.143) / 0.4) / 32))
 
 
-def test_wiener_filtered_half_maps_are_closer_to_the_truth(atoms_map):
-    """gold_standard_reconstruction: each half map filtered by the half SSNR (from the FSC) is
-    nearer the true map than the raw half map, and the full map (twice the data) nearer still."""
+def test_fsc_filtered_full_map_is_closer_to_the_truth(atoms_map):
+    """gold_standard_reconstruction: the full map (twice the data), Wiener-filtered by the SSNR
+    the half-map FSC implies, is much nearer the true map than either raw half map."""
     from multirefine.refine.reconstruct import gold_standard_reconstruction
 
     rotations = random_rotations(2000, seed=3)
@@ -168,6 +168,6 @@ def test_wiener_filtered_half_maps_are_closer_to_the_truth(atoms_map):
     def error(volume):
         return float(((volume - atoms_map) ** 2).mean())
 
-    for raw, filtered in zip(result.half_maps, result.filtered_halves):
-        assert error(filtered) < 0.5 * error(raw)  # measured 0.33 x
-        assert error(result.full_map) < error(filtered)
+    print([error(result.full_map) / error(raw) for raw in result.half_maps])
+    for raw in result.half_maps:
+        assert error(result.full_map) < 0.35 * error(raw)  # measured 0.25 x; unfiltered, ~0.5 x

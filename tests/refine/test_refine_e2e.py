@@ -168,7 +168,7 @@ def test_one_state_split_at_random_does_not_stick(one_state):
     """Particles of one state split at random into two models must keep moving: nothing tells
     the models apart. Scored against maps they took part in, they stay where chance put them
     (a particle's own noise is in its model's map): 18 % and 4 % changed model in iterations 2
-    and 3 that way; against the other half-set's maps about half move (measured 47 %, 42 %)."""
+    and 3 that way. Against the maps rebuilt without their fold, 49 % and 31 % move."""
     run = one_state / "run"
     code = main(["refine", "--input", str(one_state / "sim" / "particles.star"), "--model",
                  str(one_state / "consensus_lp20.mrc"), "--nmodels", "2", "--randclassify", "--iter", "3",
@@ -176,7 +176,7 @@ def test_one_state_split_at_random_does_not_stick(one_state):
     assert code == 0
     changed = [s["fraction_changed_model"] for s in json.loads((run / "convergence.json").read_text())[1:]]
     print(changed)
-    assert min(changed) >= 0.35, changed
+    assert changed[0] >= 0.4 and changed[1] >= 0.25, changed
 
 
 def test_check_reports_without_running(adk, capsys):

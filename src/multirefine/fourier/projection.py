@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from multirefine.fourier.fft import frequency_grid_2d
 from multirefine.fourier.interpolate import gridding_correction, sample_half_volume
 
-__all__ = ["prepare_volume_ft", "extract_central_slices", "slice_coordinates"]
+__all__ = ["prepare_volume_ft", "pad_volume_ft", "extract_central_slices", "slice_coordinates"]
 
 
 def prepare_volume_ft(volumes: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -31,6 +31,20 @@ def prepare_volume_ft(volumes: torch.Tensor, pad: int = 2) -> torch.Tensor:
     vol = F.pad(corrected, (before, after) * 3)
     ft = torch.fft.rfftn(torch.fft.ifftshift(vol, dim=(-3, -2, -1)), dim=(-3, -2, -1))
     return torch.fft.fftshift(ft, dim=(-3, -2))
+
+
+def pad_volume_ft(volume_ft: torch.Tensor, size: int) -> torch.Tensor:
+    """A prepared half volume ``(..., p, p, p//2+1)`` in a larger one ``(..., P, P, P//2+1)``,
+    zero outside: the same samples (of a map on a coarser pixel, made with
+    :meth:`multirefine.fourier.reconstruction.FourierAccumulator.cropped`) for projection at
+    the original box."""
+    small = volume_ft.shape[-3]
+    if small == size:
+        return volume_ft
+    out = volume_ft.new_zeros(volume_ft.shape[:-3] + (size, size, size // 2 + 1))
+    rows = slice(size // 2 - small // 2, size // 2 - small // 2 + small)
+    out[..., rows, rows, : small // 2 + 1] = volume_ft
+    return out
 
 
 def slice_coordinates(

@@ -75,6 +75,21 @@ class FourierAccumulator:
         self.weight += other.weight.to(self.weight.device)
         return self
 
+    def cropped(self, box_size: int) -> FourierAccumulator:
+        """The same samples within a smaller box: the map at pixel ``D / d`` times coarser.
+
+        Keeps frequencies below ``d / 2`` (in the original box's units); the Fourier
+        spacing is unchanged, so the result reconstructs the band-limited map on a ``d``
+        box. ``box_size`` even, at most ``D``.
+        """
+        if box_size >= self.box_size:
+            return self
+        size, new = self.pad * self.box_size, self.pad * box_size
+        rows = slice(size // 2 - new // 2, size // 2 + new // 2)
+        return FourierAccumulator(
+            box_size, self.pad, self.data[rows, rows, : new // 2 + 1], self.weight[rows, rows, : new // 2 + 1]
+        )
+
     def insert(
         self,
         images_ft: torch.Tensor,

@@ -18,7 +18,10 @@ from multirefine.fourier.fsc import fourier_shell_correlation
 from multirefine.fourier.reconstruction import FourierAccumulator, inverse_ssnr_from_fsc
 from multirefine.refine.batch import load_batch
 
-__all__ = ["accumulate", "reconstruct_from_stack", "half_set_of_rows", "gold_standard_reconstruction", "HalfMapResult"]
+__all__ = [
+    "accumulate", "insert_rows", "reconstruct_from_stack", "half_set_of_rows", "gold_standard_reconstruction",
+    "HalfMapResult",
+]
 
 
 def half_set_of_rows(metadata, seed: int | None = None) -> np.ndarray:
@@ -52,13 +55,27 @@ def accumulate(
     accumulators = [FourierAccumulator.zeros(stack.box_size, device=device) for _ in groups]
     for g, (acc, rows) in enumerate(zip(accumulators, groups)):
         source = stack if stacks is None else stacks[g]
-        for start in range(0, len(rows), batch_size):
-            batch = load_batch(source, rows[start : start + batch_size], device=device)
-            w = None if weights is None else torch.as_tensor(weights[g][start : start + batch_size], device=device)
-            acc.insert(batch.images_ft, batch.ctf, batch.rotations, max_radius, w)
-            if progress is not None:
-                progress(len(batch.indices))
+        insert_rows(acc, source, rows, None if weights is None else weights[g], batch_size, device, max_radius, progress)
     return accumulators
+
+
+def insert_rows(
+    acc: FourierAccumulator,
+    stack,
+    rows: np.ndarray,
+    weights: np.ndarray | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    max_radius: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Add ``rows`` of ``stack`` at their poses (each weighted by ``weights``) to ``acc``, in place."""
+    for start in range(0, len(rows), batch_size):
+        batch = load_batch(stack, rows[start : start + batch_size], device=device)
+        w = None if weights is None else torch.as_tensor(weights[start : start + batch_size], device=device)
+        acc.insert(batch.images_ft, batch.ctf, batch.rotations, max_radius, w)
+        if progress is not None:
+            progress(len(batch.indices))
 
 
 @dataclass
@@ -68,7 +85,7 @@ class HalfMapResult:
     half_maps: tuple[np.ndarray, np.ndarray]  # each (D, D, D)
     fsc: np.ndarray  # (D//2+1,) FSC between the half maps
     full_map: np.ndarray  # (D, D, D) Wiener-filtered with the SSNR the FSC implies
-    filtered_halves: tuple[np.ndarray, np.ndarray]  # each half map Wiener-filtered by the half SSNR
+    inverse_ssnr: np.ndarray  # (D//2+1,) the full map's 1 / SSNR per shell (its Wiener filter)
 
 
 def gold_standard_reconstruction(
@@ -76,8 +93,7 @@ def gold_standard_reconstruction(
     half2: FourierAccumulator,
     symmetry_operators: torch.Tensor | None = None,
 ) -> HalfMapResult:
-    """Half maps from independent halves, their FSC, and the full map Wiener-filtered by it
-    (and each half map too, with half the full map's SSNR).
+    """Half maps from independent halves, their FSC, and the full map Wiener-filtered by it.
 
     The full map sums both accumulators and regularises each shell by ``1 / SSNR`` from
     the half-map FSC (:func:`inverse_ssnr_from_fsc`), as RELION's auto-refine does.
@@ -88,9 +104,7 @@ def gold_standard_reconstruction(
     full = FourierAccumulator(half1.box_size, half1.pad, half1.data + half2.data, half1.weight + half2.weight)
     inverse_ssnr = inverse_ssnr_from_fsc(fsc)
     full_map = full.reconstruct(symmetry_operators, inverse_ssnr)
-    # A half map has half the full map's SSNR.
-    filtered = tuple(h.reconstruct(symmetry_operators, 2 * inverse_ssnr).cpu().numpy() for h in (half1, half2))
-    return HalfMapResult((map1.cpu().numpy(), map2.cpu().numpy()), fsc, full_map.cpu().numpy(), filtered)
+    return HalfMapResult((map1.cpu().numpy(), map2.cpu().numpy()), fsc, full_map.cpu().numpy(), inverse_ssnr)
 
 
 def reconstruct_from_stack(
