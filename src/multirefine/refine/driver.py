@@ -255,8 +255,10 @@ def _leave_out_volumes(
             for model, source, rows, weights in last.entries:
                 inside = (rows >= start) & (rows < stop)
                 if model == m_index and inside.any():
-                    insert_rows(removed, source, rows[inside], weights[inside], 256, device)
-            rest = FourierAccumulator(box, pad, total.data - removed.data, total.weight - removed.weight).cropped(small)
+                    # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
+                    insert_rows(removed, source, rows[inside], weights[inside], 256, device, max_radius=small / 2 + 1)
+            kept, removed = total.cropped(small), removed.cropped(small)
+            rest = FourierAccumulator(small, pad, kept.data - removed.data, kept.weight - removed.weight)
             inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
             mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
             volume_ft = prepare_volume_ft(rest.reconstruct(operators[m_index], inverse_ssnr) * mask, pad)
