@@ -245,20 +245,30 @@ def _leave_out_volumes(
     out and the whole box kept, each is the model's map exactly: reconstructions are linear
     in the accumulators."""
     out = []
+    removed = None  # one buffer for the fold's contribution, reused by every model
     for m_index, total in enumerate(last.totals):
         box, pad = len(last.maps[m_index]), 2 if total is None else total.pad
         if total is None:
             volume_ft = prepare_volume_ft(torch.from_numpy(last.maps[m_index]).to(device), pad)
         else:
             small = min(box, 2 * math.ceil(band_radius + 2))
-            removed = FourierAccumulator.zeros(box, pad, device=total.data.device)
-            for model, source, rows, weights in last.entries:
-                inside = (rows >= start) & (rows < stop)
-                if model == m_index and inside.any():
+            rest = total.cropped(small)
+            pieces = [
+                (source, rows[inside], weights[inside])
+                for model, source, rows, weights in last.entries
+                if model == m_index and (inside := (rows >= start) & (rows < stop)).any()
+            ]
+            if pieces:
+                if removed is None:
+                    removed = FourierAccumulator.zeros(box, pad, device=total.data.device)
+                else:
+                    removed.data.zero_()
+                    removed.weight.zero_()
+                for source, rows, weights in pieces:
                     # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
-                    insert_rows(removed, source, rows[inside], weights[inside], 256, device, max_radius=small / 2 + 1)
-            kept, removed = total.cropped(small), removed.cropped(small)
-            rest = FourierAccumulator(small, pad, kept.data - removed.data, kept.weight - removed.weight)
+                    insert_rows(removed, source, rows, weights, 256, device, max_radius=small / 2 + 1)
+                taken = removed.cropped(small)
+                rest = FourierAccumulator(small, pad, rest.data - taken.data, rest.weight - taken.weight)
             inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
             mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
             volume_ft = prepare_volume_ft(rest.reconstruct(operators[m_index], inverse_ssnr) * mask, pad)
