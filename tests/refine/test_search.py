@@ -150,11 +150,12 @@ def test_cc_and_ls_agree_and_chunking_changes_nothing(clean_case):
     torch.testing.assert_close(ls.shift_px[:, 0], whole.shift_px[:, 0])
 
 
-def test_scale_terms_give_the_least_squares_intensity_factor(clean_case):
+def test_scale_terms_give_the_least_squares_intensity_factor(clean_case, volumes_ft, grid_rotations):
     """References in other units (x 0.01 for model 0, x 5 for model 1): per model,
     sum cross / sum refpower is the factor back to the particles' units (100 and 0.2)."""
     c = clean_case
-    refs = c["refs"].scaled([0.01, 5.0])
+    factors = torch.tensor([0.01, 5.0])[:, None, None, None]
+    refs = make_references(volumes_ft * factors, grid_rotations, BAND)
     model, cross, refpower = scale_terms(c["ft"], c["ctf"], refs, c["shifts"])
     assert model.tolist() == c["models"].tolist()  # found by cc, which ignores the scale
     for k, expected in ((0, 100.0), (1, 0.2)):

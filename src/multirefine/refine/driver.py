@@ -2,11 +2,12 @@
 
 Each iteration:
 
-1. references: every model projected over a global orientation grid covering its own
-   symmetry's asymmetric unit, at the pixels of the search band;
+1. references: every model's central slices over the projection directions of its own
+   symmetry's asymmetric unit, on a polar grid within the search band
+   (:mod:`multirefine.refine.polar`: every in-plane angle comes from one FFT);
 2. search (:mod:`multirefine.refine.search`): every particle of the search stack
    (``--usefilt`` or ``--input``) against model x orientation x in-plane angle x shift,
-   coarse then local, CTF on the particle side;
+   coarse (polar) then local (Cartesian band pixels), CTF on the particle side;
 3. model choice: each particle is scored again at its pose in every model against the
    models' last maps rebuilt without it (without its fold, a twelfth of the particles)
    and goes to the best;
@@ -63,6 +64,7 @@ from multirefine.io.star import write_particles_star
 from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
+from multirefine.refine.polar import make_polar_grid, make_polar_references
 from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction, half_set_of_rows, insert_rows
 from multirefine.refine.search import (
@@ -344,17 +346,21 @@ def run_refinement(
         band_radius = min(box * apix / band_res, box / 2 - 1)
         coarse, fine = _angular_steps(band_res, radius_px * apix, opts.speed)
         volumes = torch.stack([torch.from_numpy(m) for m in maps]).to(device)
-        poses = []
+        # The global pass on a polar grid (:mod:`multirefine.refine.polar`): each model's
+        # projection directions over its asymmetric unit, every in-plane angle from one FFT.
+        directions = []
         for sym in opts.symmetries:
-            rot, tilt, psi = orientation_grid(coarse, sym)
-            poses.append(torch.as_tensor(euler_to_matrix(rot, tilt, psi), dtype=torch.float32, device=device))
+            rot, tilt = projection_directions(coarse, sym)
+            directions.append(torch.as_tensor(
+                euler_to_matrix(rot, tilt, np.zeros_like(rot)), dtype=torch.float32, device=device
+            ))
+        polar_grid = make_polar_grid(box, band_radius, coarse, device=device)
         # Global and local passes at the full band. A global pass at a band matched to its
         # coarse step, 1.25 x coarser, was 1.6 x faster at 8 Å and classified as well on 1000
         # particles (90.9 vs 91.2 %); on the 6000-particle conformational set it ended at
         # 81.5 %, the full band at 82.3 % (runs there spread by ~10 points), so it is left
         # out until several seeds can rank it. Shifts in steps of a quarter of the band's
         # resolution.
-        references = make_references(volumes, poses, band_radius)
         shift_step_px = max(1.0, band_res / apix / 4)
         coarse_shifts = shift_grid(opts.max_shift_px, shift_step_px, device=device)
         shift_offsets = [
@@ -367,7 +373,13 @@ def run_refinement(
             iteration, band_res, band_radius, coarse, fine,
         )
         if iteration == 1:
-            scales = _reference_scales(search_stack, references, coarse_shifts, opts.batch_size, device)
+            poses = [
+                torch.as_tensor(euler_to_matrix(*orientation_grid(coarse, sym)), dtype=torch.float32, device=device)
+                for sym in opts.symmetries
+            ]
+            scales = _reference_scales(
+                search_stack, make_references(volumes, poses, band_radius), coarse_shifts, opts.batch_size, device
+            )
             log.info("starting maps scaled to the particles' intensity: %s",
                      ", ".join(f"x{a:.3g}" for a in scales))
         elif search_stack is not stack:
@@ -377,10 +389,10 @@ def run_refinement(
             scales = np.ones(k)
         if not np.allclose(scales, 1.0):
             volumes = volumes * torch.as_tensor(scales, dtype=torch.float32, device=device)[:, None, None, None]
-            references = references.scaled(scales)
             if iteration == 1:  # a model left empty keeps its map, now in particle units
                 maps = [m * np.float32(a) for m, a in zip(maps, scales)]
         volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
+        references = make_polar_references(volumes_ft, directions, polar_grid)
         model_scores = np.zeros((n, k))
         model_rotations = np.zeros((n, k, 3, 3))
         model_shifts = np.zeros((n, k, 2))

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from multirefine.errors import InputError
 from multirefine.fourier.fft import frequency_grid_2d
 from multirefine.fourier.interpolate import sample_half_volume
 from multirefine.fourier.projection import prepare_volume_ft
+
+if TYPE_CHECKING:
+    from multirefine.refine.polar import PolarReferences
 
 __all__ = [
     "Band",
@@ -212,11 +215,6 @@ class References:
     @property
     def n_models(self) -> int:
         return self.slices.shape[0]
-
-    def scaled(self, factors: Sequence[float]) -> References:
-        """The references of model ``k`` multiplied by ``factors[k]`` (intensity scale)."""
-        a = torch.as_tensor(list(factors), dtype=torch.float32, device=self.slices.device)[:, None, None]
-        return References(self.band, self.slices * a, self.power * a**2, self.rotations, list(self.counts))
 
     def to(self, device: torch.device | str) -> References:
         return References(
@@ -553,7 +551,7 @@ def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor)
 def refine_assignments(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
-    references: References,
+    references: References | PolarReferences,
     volumes_ft: torch.Tensor,
     *,
     coarse_shifts_px: torch.Tensor,
@@ -569,6 +567,10 @@ def refine_assignments(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> SearchResult:
     """Coarse global search, then local searches around the best candidate poses.
+
+    The global search is :func:`search_global` on :class:`References`, or
+    :func:`multirefine.refine.polar.search_global_polar` on its ``PolarReferences`` (then
+    ``band``, the local passes' pixels, is required).
 
     Each local pass refines, per particle, the best pose of every model plus the
     ``candidates`` best poses overall (branch and bound: at low SNR the true pose is not
@@ -607,7 +609,11 @@ def refine_assignments(
     ]
     result = previous
     if result is None:
-        result = search_global(
+        from multirefine.refine.polar import PolarReferences, search_global_polar
+
+        if isinstance(references, PolarReferences) and band is None:
+            raise InputError("a search on polar references needs the band of its local passes")
+        result = (search_global_polar if isinstance(references, PolarReferences) else search_global)(
             images_ft,
             ctf,
             references,
