@@ -2,32 +2,40 @@
 
 DESIGN.md, "Where the speed comes from". On a polar grid ``(r, theta)`` a rotation of the
 image plane is a cyclic shift in ``theta``. For a projection direction ``d`` (pose ``A0`` at
-in-plane angle 0) the pose at in-plane angle ``psi`` is ``A = Rz(psi) @ A0`` and its central
-slice is ``P_psi(r, theta) = P_0(r, theta - psi)``. So, with the CTF on the particle side
-(exact, astigmatism included: the CTF lives in the particle's own frame)::
+in-plane angle 0) the pose at in-plane angle ``psi`` is ``A = Rz(psi) @ A0`` (RELION's psi)
+and its central slice is ``P_psi(r, theta) = P_0(r, theta + psi)``. So, with the CTF on the
+particle side (exact, astigmatism included: the CTF lives in the particle's own frame), at
+``psi = -2 pi t / T``::
 
-    cross(psi)    = Re sum_r sum_theta  w(r) c X_s (r, theta) conj P_0(r, theta - psi)
-                  = Re IFFT_m [ sum_r  F[w c X_s](r, m) conj F[P_0](r, m) ] (psi)
-    refpower(psi) =    IFFT_m [ sum_r  F[w c^2](r, m)   conj F[|P_0|^2](r, m) ] (psi)
+    cross(t)    = Re sum_r sum_theta  w(r) c X_s (r, theta) conj P_0(r, theta - 2 pi t / T)
+                = Re IDFT_m [ sum_r  F[w c X_s](r, m) conj F[P_0](r, m) ] (t)
+    refpower(t) =    IDFT_m [ sum_r  F[w c^2](r, m)   conj F[|P_0|^2](r, m) ] (t)
 
 ``F`` is the DFT over ``theta``. The sum over ``r`` is, for each angular frequency ``m``, one
 matrix product (particle x shift rows by direction columns), and one inverse FFT per
-(particle, shift, direction) gives the scores at every in-plane angle. The cost no longer
-grows with the number of in-plane angles: about ``n S d R T`` complex products for ``n``
-particles, ``S`` shifts, ``d`` directions and ``R x T`` polar samples, against
-``n S d T' M`` real ones for ``T'`` in-plane angles on the Cartesian band of ``M`` pixels.
+(particle, shift, direction) gives the scores at every in-plane angle: the cost of the
+products no longer grows with the number of in-plane angles.
+
+Only the ``T'`` in-plane angles of the coarse step are wanted, so only the angular
+frequencies ``|m| <= T'/2`` are kept and the inverse FFT has size ``T'`` (the scores are
+real, so ``m >= 0`` suffices). That is an angular low-pass at the outer radii, matched to
+the step: a grid of that step cannot place finer detail. (The exact alternative, every
+frequency kept and the spectrum folded onto the ``T'`` angles, ranked poses no better in
+the tests and made the pass 4x slower; BENCHMARKS.md.) About ``n S d R T'/2`` complex
+products for ``n`` particles, ``S`` shifts, ``d`` directions and ``R`` radii, against
+``n S d T' M`` real ones on the Cartesian band of ``M`` pixels.
 
 The polar grid: radii ``low .. band`` in steps of one pixel (cycles per box), ``T`` angles
-over the whole circle, ``T`` a multiple of 8 with an arc of at most one pixel at the outer
-radius and at most the requested in-plane step. Each sample stands for the area
-``r dr dtheta``, so sums approximate the Cartesian band sums of
-:mod:`multirefine.refine.search` (both halves of the plane). References are sampled from the
-3-D transforms exactly as there (trilinear on the padded half volume); the particles' polar
-samples are bilinear in their ``D``-box transforms (with Friedel symmetry), of the products
-``c X`` and ``c^2`` (the CTF oscillates within a pixel at high defocus: interpolating ``c`` and
-``X`` apart ranked poses worse, score correlation with the Cartesian 0.86-0.97 against 0.98-0.99). The polar scores
-only rank candidates: :func:`multirefine.refine.search.search_local` then scores them on
-the Cartesian band, so every score the refinement keeps is the Cartesian one.
+over the whole circle with an arc of at most one pixel at the outer radius. Each sample
+stands for the area ``r dr dtheta``, so sums approximate the Cartesian band sums of
+:mod:`multirefine.refine.search` (both halves of the plane). References are sampled from
+the 3-D transforms exactly as there (trilinear on the padded half volume); the particles'
+polar samples are bilinear in their ``D``-box transforms (with Friedel symmetry), of the
+products ``c X`` and ``c^2``: the CTF oscillates within a pixel at high defocus, and
+interpolating ``c`` and ``X`` apart ranked poses worse (score correlation with the
+Cartesian 0.86-0.97 against 0.98-0.99). The polar scores only rank candidates:
+:func:`multirefine.refine.search.search_local` then scores them on the Cartesian band, so
+every score the refinement keeps is the Cartesian one.
 """
 
 from __future__ import annotations
@@ -215,8 +223,8 @@ def search_global_polar(
     """Every particle against every direction x in-plane angle of every model at every shift.
 
     As :func:`multirefine.refine.search.search_global` (same arguments and result), with
-    the in-plane angles those of the polar grid (``360 / T`` degrees apart). ``pose_index``
-    is ``j * T + t`` for direction ``j`` and in-plane angle ``t``.
+    the in-plane angles the grid's ``T'`` (``-360 t / T'`` degrees, RELION's psi). ``pose_index``
+    is ``j * T' + t`` for direction ``j`` and in-plane angle ``t``.
     """
     grid = references.grid
     device = references.spectra.device
