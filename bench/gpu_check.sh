@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-python3 -m pytest -q -p no:cacheprovider tests/fourier tests/geometry tests/refine/test_search.py tests/cli 2>&1 | tail -4
+python3 -m pytest -q -p no:cacheprovider tests/fourier tests/geometry tests/refine/test_search.py tests/refine/test_polar.py tests/cli 2>&1 | tail -4
 work=/tmp/gpuwork; mkdir -p $work
 python3 -m multirefine.cli.main simulate $work/sim --maps bench/gpu_maps/gt_01.mrc,bench/gpu_maps/gt_02.mrc \
   --n 6000 --snr 0.05 --seed 0 > /dev/null

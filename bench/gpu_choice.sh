@@ -57,4 +57,4 @@ fi
 (cd $w && tar czf $OUT/runs.tgz */convergence.json */0_refine_parms.json log_*.txt)
 # 4. the device-parametrised tests on cuda
 [ "$TESTS" = 1 ] && timeout 150 python3 -m pytest -q -p no:cacheprovider -x tests/fourier tests/geometry tests/refine/test_search.py \
-  tests/refine/test_model_choice.py 2>&1 | tail -4
+  tests/refine/test_polar.py tests/refine/test_model_choice.py 2>&1 | tail -4
