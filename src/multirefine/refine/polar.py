@@ -47,6 +47,7 @@ import torch
 
 from multirefine.errors import InputError
 from multirefine.fourier.interpolate import sample_half_volume
+from multirefine.geometry.euler import euler_to_matrix
 from multirefine.refine.search import (
     DEFAULT_MAX_ELEMENTS,
     SLICE_POINTS,
@@ -202,14 +203,6 @@ def make_polar_references(
     return PolarReferences(grid, spectra, power, rot_all, counts)
 
 
-def _rz(angle_rad: torch.Tensor) -> torch.Tensor:
-    """Rotations about z, ``(...)`` -> ``(..., 3, 3)``, as :func:`~multirefine.geometry.euler.euler_to_matrix`'s psi."""
-    c, s = torch.cos(angle_rad), torch.sin(angle_rad)
-    zero, one = torch.zeros_like(c), torch.ones_like(c)
-    return torch.stack([torch.stack([c, s, zero], -1), torch.stack([-s, c, zero], -1),
-                        torch.stack([zero, zero, one], -1)], -2)
-
-
 def search_global_polar(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
@@ -277,7 +270,9 @@ def search_global_polar(
         return (code % n_psi).float() * (-2 * math.pi / n_psi)
 
     def pose(code: torch.Tensor) -> torch.Tensor:
-        return _rz(angle(code)) @ references.rotations.reshape(-1, 3, 3)[code // n_psi]
+        psi = torch.rad2deg(angle(code))
+        zero = torch.zeros_like(psi)
+        return euler_to_matrix(zero, zero, psi) @ references.rotations.reshape(-1, 3, 3)[code // n_psi]
 
     def best_shift(code: torch.Tensor) -> torch.Tensor:
         # The winner's slice on the polar grid turned by its in-plane angle psi:
