@@ -607,13 +607,14 @@ def refine_assignments(
         )
         for i in range(n_passes)
     ]
+    from multirefine.refine.polar import PolarReferences, search_global_polar
+
+    polar = isinstance(references, PolarReferences)
+    if polar and band is None:  # polar references hold no Cartesian band for the local passes
+        raise InputError("a search on polar references needs the band of its local passes")
     result = previous
     if result is None:
-        from multirefine.refine.polar import PolarReferences, search_global_polar
-
-        if isinstance(references, PolarReferences) and band is None:
-            raise InputError("a search on polar references needs the band of its local passes")
-        result = (search_global_polar if isinstance(references, PolarReferences) else search_global)(
+        result = (search_global_polar if polar else search_global)(
             images_ft,
             ctf,
             references,
