@@ -49,7 +49,8 @@ def truth_classes(root) -> np.ndarray:
 def test_from_low_passed_true_maps(adk, capsys):
     run = adk / "run_lp"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
-                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--path", str(run), "--parallel", "thread:2"])
+                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--singleiter", "2", "--path", str(run),
+                 "--parallel", "thread:2"])
     assert code == 0
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
@@ -57,8 +58,15 @@ def test_from_low_passed_true_maps(adk, capsys):
     # The run folder's contract.
     for name in ("threed_00_01.mrc", "threed_03_02.mrc", "particles_01.star", "fsc_03.json", "fsc_03.png",
                  "classes_03.mrcs", "classes_03.star", "convergence.png",
-                 "convergence.json", "0_refine_parms.json", "particles_model_01.star", "particles_model_02.star"):
+                 "convergence.json", "0_refine_parms.json", "particles_model_01.star", "particles_model_02.star",
+                 "model_01/threed_final.mrc", "model_02/half1_unfil.mrc", "model_02/half2_unfil.mrc",
+                 "model_01/particles_final.star", "model_02/convergence.json"):
         assert (run / name).exists(), name
+    # Each model's own refinement keeps its particles: the same images as its set of the split.
+    for k in (1, 2):
+        own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
+        split = read_particles_star(run / f"particles_model_{k:02d}.star").metadata
+        assert list(own["rlnImageName"]) == list(split["rlnImageName"])
     convergence = json.loads((run / "convergence.json").read_text())
     assert len(convergence) == 3 and convergence[-1]["fraction_changed_model"] < 0.1
     # Each map is closer to its own true map than to the other state's.
@@ -86,7 +94,8 @@ def test_mass_scales_the_maps_written_not_the_references(adk):
         write_map(adk / f"bright_{k}.mrc", 1000 * volume, APIX)
     run = adk / "run_mass"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
-                 f"{adk}/bright_1.mrc,{adk}/bright_2.mrc", "--mass", "24", "--iter", "3", "--path", str(run),
+                 f"{adk}/bright_1.mrc,{adk}/bright_2.mrc", "--mass", "24", "--nosingle", "--iter", "3",
+                 "--path", str(run),
                  "--parallel", "thread:2"])
     assert code == 0
     assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
@@ -106,7 +115,7 @@ def test_sep_and_classiter(adk):
     run = adk / "run_sep"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
                  f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--sep", "2", "--classiter", "1",
-                 "--classkeep", "1", "--path", str(run), "--parallel", "thread:2"])
+                 "--classkeep", "1", "--nosingle", "--path", str(run), "--parallel", "thread:2"])
     assert code == 0
     assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
     assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
@@ -125,7 +134,8 @@ def test_randphase_from_one_consensus_map(adk):
     """
     run = adk / "run_rp"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--model", str(adk / "consensus_lp20.mrc"),
-                 "--nmodels", "2", "--randphase", "--iter", "5", "--path", str(run), "--parallel", "thread:2"])
+                 "--nmodels", "2", "--randphase", "--nosingle", "--iter", "5", "--path", str(run),
+                 "--parallel", "thread:2"])
     assert code == 0
     assigned = read_particles_star(run / "particles_05.star").metadata["rlnClassNumber"].to_numpy()
     assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.75
@@ -136,7 +146,8 @@ def test_randclassify_first_split_is_random(adk):
     every particle goes to a model drawn at random, whatever its state."""
     run = adk / "run_rc"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--model", str(adk / "consensus_lp20.mrc"),
-                 "--nmodels", "2", "--randclassify", "--iter", "1", "--path", str(run), "--parallel", "thread:2"])
+                 "--nmodels", "2", "--randclassify", "--nosingle", "--iter", "1", "--path", str(run),
+                 "--parallel", "thread:2"])
     assert code == 0
     assert json.loads((run / "0_refine_parms.json").read_text())["seeding"] == "randclassify"
     assigned = read_particles_star(run / "particles_01.star").metadata["rlnClassNumber"].to_numpy()
@@ -171,7 +182,7 @@ def test_one_state_split_at_random_does_not_stick(one_state):
     and 3 that way. Against the maps rebuilt without their fold, 49 % and 31 % move."""
     run = one_state / "run"
     code = main(["refine", "--input", str(one_state / "sim" / "particles.star"), "--model",
-                 str(one_state / "consensus_lp20.mrc"), "--nmodels", "2", "--randclassify", "--iter", "3",
+                 str(one_state / "consensus_lp20.mrc"), "--nmodels", "2", "--randclassify", "--nosingle", "--iter", "3",
                  "--targetres", "12", "--path", str(run), "--parallel", "thread:2"])
     assert code == 0
     changed = [s["fraction_changed_model"] for s in json.loads((run / "convergence.json").read_text())[1:]]
@@ -198,6 +209,8 @@ def test_check_reports_without_running(adk, capsys):
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--mass", "100,200,300"], "3 masses for 2 models"),
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--path", "{a}/sim"], "not empty"),
         (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--sep", "2", "--soft"], "--sep 2 with --soft"),
+        (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--singleiter", "0"], "--singleiter 0"),
+        (["--models", "{a}/lp_1.mrc,{a}/lp_2.mrc", "--singleres", "-5"], "--singleres -5.0"),
     ],
 )
 def test_bad_options_give_one_line_errors(adk, capsys, extra, expected):
@@ -251,7 +264,8 @@ def test_usefilt_drives_the_search(tmp_path, adk):
     write_stack(tmp_path / "filtered.mrcs", 7 * filtered.numpy(), APIX)
     run = tmp_path / "run"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--usefilt", str(tmp_path / "filtered.mrcs"),
-                 "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "2", "--path", str(run), "--parallel", "thread:2"])
+                 "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--nosingle", "--iter", "2", "--path", str(run),
+                 "--parallel", "thread:2"])
     assert code == 0
     assigned = read_particles_star(run / "particles_02.star").metadata["rlnClassNumber"].to_numpy()
     assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.9

@@ -4,7 +4,10 @@ Every iteration assigns each particle to the model and orientation it matches be
 reconstructs each model from its particles (CTF-corrected, gold-standard half-sets,
 symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
 threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
-0_refine_parms.json and, at the end, particles_model_MM.star per model.
+0_refine_parms.json and, at the end, particles_model_MM.star per model. Then each
+model's particles are refined on their own, gold standard (independent half-sets, each
+aligned to its own half map), into model_MM/: threed_final.mrc, half1_unfil.mrc,
+half2_unfil.mrc, particles_final.star (--nosingle: not).
 
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
@@ -52,7 +55,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--classiter", type=int, default=0, help="rounds of re-aligning particles to their class average (default 0)")
     p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
     p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
-    p.add_argument("--nosingle", action="store_true", help="accepted for EMAN2 compatibility (no per-model refinement follows yet)")
+    p.add_argument("--nosingle", action="store_true",
+                   help="stop after the multi-model iterations (default: then refine each model's particles on "
+                   "their own, gold standard, into model_MM/)")
+    p.add_argument("--singleiter", type=int, default=8,
+                   help="at most this many iterations of each model's own refinement (default 8; it stops "
+                   "earlier when the resolution stops improving)")
+    p.add_argument("--singleres", type=float, default=30.0,
+                   help="each model's own refinement starts from its map low-passed to this resolution, Å "
+                   "(default 30)")
     p.add_argument("--lowmem", action="store_true", help="smaller batches")
     p.add_argument("--parallel", default="thread:1", help="thread:N (CPU threads); default thread:1")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
@@ -100,8 +111,10 @@ def _resolve(args: argparse.Namespace):
         raise InputError(f"--sep {args.sep} with --soft: --sep spreads a hard assignment; use one of them")
     if args.classiter < 0:
         raise InputError(f"--classiter {args.classiter}: expected 0 or more")
-    if args.nosingle:
-        log.warning("--nosingle is accepted for EMAN2 compatibility; no per-model refinement follows the split yet")
+    if args.singleiter < 1:
+        raise InputError(f"--singleiter {args.singleiter}: expected 1 or more")
+    if not args.singleres > 0:
+        raise InputError(f"--singleres {args.singleres}: expected a resolution in Å")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -163,7 +176,8 @@ def _resolve(args: argparse.Namespace):
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score, soft=args.soft,
-        start_maps=[name for _, _, name in raw], seeding=seeding,
+        start_maps=[name for _, _, name in raw], seeding=seeding, single=not args.nosingle,
+        single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     return stack, search_stack, maps, opts, k
 
@@ -187,6 +201,7 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.progress import StageProgress
     from multirefine.refine import runfolder
     from multirefine.refine.driver import run_refinement
+    from multirefine.refine.single import refine_each_model
 
     stack, search_stack, maps, opts, k = _resolve(args)
     print(
@@ -205,14 +220,26 @@ def main(args: argparse.Namespace) -> int:
     runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
     progress = StageProgress()
     try:
-        stats = run_refinement(opts, stack, search_stack, np.stack(maps), progress, initial_assignment=initial)
+        multi = run_refinement(opts, stack, search_stack, np.stack(maps), progress, initial_assignment=initial)
+        last = multi.stats[-1]
+        print(
+            f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
+            f"per model {last.particles_per_model}; resolution (FSC 0.143, half maps) "
+            + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
+        )
+        if opts.single:
+            singles = refine_each_model(opts, stack, search_stack, multi, progress)
+            for m_index, single in enumerate(singles, start=1):
+                folder = path / runfolder.model_folder_name(m_index)
+                if single is None:
+                    print(f"model {m_index}: too few particles to refine on its own")
+                    continue
+                print(
+                    f"model {m_index} on its own: {len(single.stats)} iterations in "
+                    f"{sum(s.seconds for s in single.stats):.0f} s, resolution {single.resolution_0143_angstrom:.1f} Å "
+                    f"(FSC 0.143, independent half maps): {folder}/threed_final.mrc"
+                )
     finally:
         progress.close()
-    last = stats[-1]
-    print(
-        f"done: {len(stats)} iterations in {sum(s.seconds for s in stats):.0f} s; particles per model "
-        f"{last.particles_per_model}; resolution (FSC 0.143, half maps) "
-        + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
-        + f"; results in {path}/"
-    )
+    print(f"results in {path}/")
     return 0

@@ -64,16 +64,47 @@ from multirefine.io.star import write_particles_star
 from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
-from multirefine.refine.polar import make_polar_grid, make_polar_references
-from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume, mutual_fsc, normalize_by_mass
-from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction, half_set_of_rows, insert_rows
+from multirefine.refine.polar import (
+    PolarGrid,
+    PolarReferences,
+    make_polar_grid,
+    make_polar_references,
+)
+from multirefine.refine.postprocess import (
+    ALIGNMENT_MARGIN,
+    align_volume,
+    mutual_fsc,
+    normalize_by_mass,
+)
+from multirefine.refine.reconstruct import (
+    accumulate,
+    gold_standard_reconstruction,
+    half_set_of_rows,
+    insert_rows,
+)
 from multirefine.refine.search import (
-    Band, make_band, make_references, refine_assignments, scale_terms, search_local, shift_grid,
+    Band,
+    SearchResult,
+    make_band,
+    make_references,
+    refine_assignments,
+    scale_terms,
+    search_local,
+    shift_grid,
 )
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.report.plots import plot_convergence, plot_fsc
 
-__all__ = ["RefineOptions", "IterationStats", "run_refinement"]
+__all__ = [
+    "IterationStats",
+    "RefineOptions",
+    "RefinementResult",
+    "SearchPlan",
+    "assignment_table",
+    "filtered_scale",
+    "plan_search",
+    "run_refinement",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +135,9 @@ class RefineOptions:
     soft: bool = False
     start_maps: list[str] = field(default_factory=list)
     seeding: str = "models"
+    single: bool = True  # each model's particles refined on their own afterwards (--nosingle: not)
+    single_iterations: int = 8
+    single_start_resolution_angstrom: float = 30.0
 
 
 @dataclass
@@ -120,6 +154,15 @@ class IterationStats:
     mean_score: float
 
 
+@dataclass
+class RefinementResult:
+    """A finished run: its statistics and where it ended."""
+
+    stats: list[IterationStats]
+    table: pd.DataFrame  # the last assignment, one row per input particle (RELION columns)
+    maps: list[np.ndarray]  # the last maps, in particle units (masked; not normalised by --mass)
+
+
 def _angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -> tuple[float, float]:
     """(coarse, fine) angular steps in degrees for a band and particle radius.
 
@@ -133,7 +176,7 @@ def _angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -
     return coarse, fine
 
 
-def _assignment_table(
+def assignment_table(
     metadata: pd.DataFrame, model: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
     score: np.ndarray, posterior: np.ndarray, halves: np.ndarray, pixel_size: float,
 ) -> pd.DataFrame:
@@ -204,7 +247,7 @@ def _reference_scales(search_stack, references, shifts_px: torch.Tensor, batch_s
     return scales
 
 
-def _filtered_scale(stack, search_stack, band: Band, device) -> float:
+def filtered_scale(stack, search_stack, band: Band, device) -> float:
     """Least-squares factor from raw to ``--usefilt`` images within the search band."""
     rows = _sample_rows(len(stack))
     raw = band.gather(load_batch(stack, rows, device=device, center=False).images_ft)
@@ -290,6 +333,93 @@ def _choice_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, volumes_ft
     return result.model_scores.cpu().numpy()
 
 
+@dataclass
+class SearchPlan:
+    """One iteration's search at one resolution: its band, steps and grids."""
+
+    band_resolution_angstrom: float
+    band_radius_px: float
+    coarse_step_deg: float  # the global (polar) pass
+    fine_step_deg: float  # the last local pass
+    shift_step_px: float
+    directions: list[torch.Tensor]  # per model's symmetry: projection directions at psi 0 (n, 3, 3)
+    polar_grid: PolarGrid
+    coarse_shifts_px: torch.Tensor  # (S, 2)
+    shift_offsets_px: list[torch.Tensor]  # one per local pass
+    band: Band  # the local passes' pixels
+
+    def references(self, volumes_ft: torch.Tensor) -> PolarReferences:
+        """Polar references of ``volumes_ft`` ``(K, P, P, P//2+1)``, model m over ``directions[m]``."""
+        return make_polar_references(volumes_ft, self.directions, self.polar_grid)
+
+    def intensity_scales(self, search_stack, volumes: torch.Tensor, symmetries: list[str], batch_size: int) -> np.ndarray:
+        """Per map of ``volumes`` ``(K, D, D, D)``, the least-squares factor to the units of the
+        particles of ``search_stack`` ``(K,)`` (:func:`_reference_scales`, Cartesian
+        references on the coarse grid)."""
+        device = volumes.device
+        poses = [
+            torch.as_tensor(euler_to_matrix(*orientation_grid(self.coarse_step_deg, sym)), dtype=torch.float32,
+                            device=device)
+            for sym in symmetries
+        ]
+        references = make_references(volumes, poses, self.band_radius_px)
+        return _reference_scales(search_stack, references, self.coarse_shifts_px, batch_size, device)
+
+    def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
+               volumes_ft: torch.Tensor, score: str, top: int = 1) -> SearchResult:
+        """Global polar pass, then two local passes (steps coarse / 3, then fine) around the best."""
+        return refine_assignments(
+            images_ft, ctf, references, volumes_ft,
+            coarse_shifts_px=self.coarse_shifts_px,
+            local_range_deg=[self.coarse_step_deg, 2 * self.fine_step_deg],
+            local_step_deg=[self.coarse_step_deg / 3, self.fine_step_deg],
+            fine_shift_offsets_px=self.shift_offsets_px,
+            candidates=2, band=self.band, score=score, top=top,
+        )
+
+
+def plan_search(
+    box: int, apix: float, band_res: float, radius_px: float, speed: int, symmetries: list[str],
+    max_shift_px: float, shrink: int = 1, device: torch.device | str = "cpu",
+) -> SearchPlan:
+    """The search for a band of resolution ``band_res`` (Å; kept short of Nyquist, and of
+    the Nyquist of a box shrunk by ``shrink``) and a particle of radius ``radius_px``.
+
+    The global pass runs on a polar grid (:mod:`multirefine.refine.polar`): each model's
+    projection directions over its asymmetric unit, every in-plane angle from one FFT.
+    Global and local passes use the full band. (A global pass at a band matched to its
+    coarse step, 1.25 x coarser, was 1.6 x faster at 8 Å and classified as well on 1000
+    particles, 90.9 vs 91.2 %; on the 6000-particle conformational set it ended at 81.5 %,
+    the full band at 82.3 %, runs there spread by ~10 points, so it is left out until several
+    seeds can rank it.) Shifts in steps of a quarter of the band's resolution.
+    """
+    band_res = max(band_res, 2 * apix * max(shrink, 1) * 1.05)
+    band_radius = min(box * apix / band_res, box / 2 - 1)
+    coarse, fine = _angular_steps(band_res, radius_px * apix, speed)
+    directions = []
+    for sym in symmetries:
+        rot, tilt = projection_directions(coarse, sym)
+        directions.append(torch.as_tensor(
+            euler_to_matrix(rot, tilt, np.zeros_like(rot)), dtype=torch.float32, device=device
+        ))
+    shift_step_px = max(1.0, band_res / apix / 4)
+    return SearchPlan(
+        band_resolution_angstrom=band_res,
+        band_radius_px=band_radius,
+        coarse_step_deg=coarse,
+        fine_step_deg=fine,
+        shift_step_px=shift_step_px,
+        directions=directions,
+        polar_grid=make_polar_grid(box, band_radius, coarse, device=device),
+        coarse_shifts_px=shift_grid(max_shift_px, shift_step_px, device=device),
+        shift_offsets_px=[
+            shift_grid(shift_step_px, shift_step_px / 2, device=device),
+            shift_grid(shift_step_px / 2, shift_step_px / 4, device=device),
+        ],
+        band=make_band(box, band_radius, device=device),
+    )
+
+
 def run_refinement(
     opts: RefineOptions,
     stack,
@@ -297,8 +427,8 @@ def run_refinement(
     start_maps: np.ndarray,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     initial_assignment: np.ndarray | None = None,
-) -> list[IterationStats]:
-    """Run ``opts.iterations`` iterations from ``start_maps`` ``(K, D, D, D)``; return stats.
+) -> RefinementResult:
+    """Run ``opts.iterations`` iterations from ``start_maps`` ``(K, D, D, D)``.
 
     ``stack`` holds the raw particles (reconstruction), ``search_stack`` the ones searched
     (the same stack, or the ``--usefilt`` one). ``initial_assignment`` (``(N,)`` model
@@ -341,49 +471,22 @@ def run_refinement(
     last: _LastReconstruction | None = None
     for iteration in range(1, opts.iterations + 1):
         started = time.perf_counter()
-        nyquist_limit = 2 * apix * max(opts.shrink, 1)
-        band_res = max(band_res, nyquist_limit * 1.05)
-        band_radius = min(box * apix / band_res, box / 2 - 1)
-        coarse, fine = _angular_steps(band_res, radius_px * apix, opts.speed)
+        plan = plan_search(box, apix, band_res, radius_px, opts.speed, opts.symmetries, opts.max_shift_px,
+                           opts.shrink, device)
+        band_res, band_radius = plan.band_resolution_angstrom, plan.band_radius_px
+        coarse, fine = plan.coarse_step_deg, plan.fine_step_deg
+        shift_step_px, coarse_shifts, fine_band = plan.shift_step_px, plan.coarse_shifts_px, plan.band
         volumes = torch.stack([torch.from_numpy(m) for m in maps]).to(device)
-        # The global pass on a polar grid (:mod:`multirefine.refine.polar`): each model's
-        # projection directions over its asymmetric unit, every in-plane angle from one FFT.
-        directions = []
-        for sym in opts.symmetries:
-            rot, tilt = projection_directions(coarse, sym)
-            directions.append(torch.as_tensor(
-                euler_to_matrix(rot, tilt, np.zeros_like(rot)), dtype=torch.float32, device=device
-            ))
-        polar_grid = make_polar_grid(box, band_radius, coarse, device=device)
-        # Global and local passes at the full band. A global pass at a band matched to its
-        # coarse step, 1.25 x coarser, was 1.6 x faster at 8 Å and classified as well on 1000
-        # particles (90.9 vs 91.2 %); on the 6000-particle conformational set it ended at
-        # 81.5 %, the full band at 82.3 % (runs there spread by ~10 points), so it is left
-        # out until several seeds can rank it. Shifts in steps of a quarter of the band's
-        # resolution.
-        shift_step_px = max(1.0, band_res / apix / 4)
-        coarse_shifts = shift_grid(opts.max_shift_px, shift_step_px, device=device)
-        shift_offsets = [
-            shift_grid(shift_step_px, shift_step_px / 2, device=device),
-            shift_grid(shift_step_px / 2, shift_step_px / 4, device=device),
-        ]
-        fine_band = make_band(box, band_radius, device=device)
         log.info(
             "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
             iteration, band_res, band_radius, coarse, fine,
         )
         if iteration == 1:
-            poses = [
-                torch.as_tensor(euler_to_matrix(*orientation_grid(coarse, sym)), dtype=torch.float32, device=device)
-                for sym in opts.symmetries
-            ]
-            scales = _reference_scales(
-                search_stack, make_references(volumes, poses, band_radius), coarse_shifts, opts.batch_size, device
-            )
+            scales = plan.intensity_scales(search_stack, volumes, opts.symmetries, opts.batch_size)
             log.info("starting maps scaled to the particles' intensity: %s",
                      ", ".join(f"x{a:.3g}" for a in scales))
         elif search_stack is not stack:
-            scales = np.full(k, _filtered_scale(stack, search_stack, fine_band, device))
+            scales = np.full(k, filtered_scale(stack, search_stack, fine_band, device))
             log.debug("references scaled to the --usefilt stack: x%.3g", scales[0])
         else:
             scales = np.ones(k)
@@ -392,7 +495,7 @@ def run_refinement(
             if iteration == 1:  # a model left empty keeps its map, now in particle units
                 maps = [m * np.float32(a) for m, a in zip(maps, scales)]
         volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
-        references = make_polar_references(volumes_ft, directions, polar_grid)
+        references = plan.references(volumes_ft)
         model_scores = np.zeros((n, k))
         model_rotations = np.zeros((n, k, 3, 3))
         model_shifts = np.zeros((n, k, 2))
@@ -422,13 +525,7 @@ def run_refinement(
         for start in range(0, n, opts.batch_size):
             rows = np.arange(start, min(n, start + opts.batch_size))
             batch = load_batch(search_stack, rows, device=device, center=False)
-            result = refine_assignments(
-                batch.images_ft, batch.ctf, references, volumes_ft,
-                coarse_shifts_px=coarse_shifts,
-                local_range_deg=[coarse, 2 * fine], local_step_deg=[coarse / 3, fine],
-                fine_shift_offsets_px=shift_offsets,
-                candidates=2, band=fine_band, score=opts.score, top=top,
-            )
+            result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, opts.score, top)
             if sep > 1:
                 top_model[rows] = result.model.cpu().numpy()
                 top_rotations[rows] = result.rotations.cpu().double().numpy()
@@ -463,7 +560,7 @@ def run_refinement(
             posteriors = np.eye(k)[model]
         rows_n = np.arange(n)
         score = model_scores[rows_n, model]
-        table = _assignment_table(
+        table = assignment_table(
             stack.metadata, model, model_rotations[rows_n, model], model_shifts[rows_n, model], score,
             posteriors[rows_n, model], halves, apix,
         )
@@ -493,7 +590,7 @@ def run_refinement(
                 for m in range(k)
             ]
         layer_tables = [
-            _assignment_table(stack.metadata, lm, lr, ls, lsc, lw, halves, apix) for lm, lr, ls, lsc, lw in layers
+            assignment_table(stack.metadata, lm, lr, ls, lsc, lw, halves, apix) for lm, lr, ls, lsc, lw in layers
         ]
         layer_stacks = [stack.with_metadata(t) for t in layer_tables]
         # Each model's entries, leaving out its worst (1 - m3dkeep) by score.
@@ -605,4 +702,4 @@ def run_refinement(
     for m_index in range(k):
         rows = table["rlnClassNumber"].to_numpy() == m_index + 1
         write_particles_star(out / runfolder.model_particles_name(m_index + 1), table[rows], stack.optics)
-    return stats
+    return RefinementResult(stats, table, maps)

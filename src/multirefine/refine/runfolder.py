@@ -6,7 +6,9 @@ every input particle with its assignment, ``classes_II.mrcs`` the class averages
 (``classes_II.star``: model, direction and size of each), ``fsc_II.json`` and
 ``fsc_II.png`` the FSC curves, ``convergence.json`` and ``convergence.png`` the
 per-iteration statistics, ``0_refine_parms.json`` every resolved
-option, ``particles_model_MM.star`` the final particle set of each model.
+option, ``particles_model_MM.star`` the final particle set of each model, and
+``model_MM/`` that set's refinement on its own (:mod:`multirefine.refine.single` lists
+its files).
 Every file is written under a temporary name and renamed, so an interrupted run leaves
 only complete files.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "fsc_figure_name",
     "CONVERGENCE_FIGURE",
     "model_particles_name",
+    "model_folder_name",
     "PARAMETERS",
     "CONVERGENCE",
     "write_json",
@@ -80,6 +83,10 @@ def fsc_figure_name(iteration: int) -> str:
 
 def model_particles_name(model: int) -> str:
     return f"particles_model_{model:02d}.star"
+
+
+def model_folder_name(model: int) -> str:
+    return f"model_{model:02d}"
 
 
 def write_json(path: str | Path, data: Any) -> None:
