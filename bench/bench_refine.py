@@ -3,7 +3,7 @@
 For each set made by ``bench/datasets.py`` (``bench/work/SET``), runs
 
     multirefine refine --input particles.star --model consensus_lp30.mrc --nmodels K
-                       --randclassify --iter N --path multirefine --parallel thread:2
+                       --randclassify --iter N --path multirefine --parallel thread:2 --nosingle
 
 under ``/usr/bin/time -v`` (wall time, peak memory) and ``bench/cpu_log.py`` (CPU seconds
 over time), reads RELION's run from ``bench/work/SET/relion`` (``bench/run_relion.sh``,
@@ -125,7 +125,8 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str, th
                "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
                "multirefine.cli.main", "refine", "--input", str(set_dir / "particles.star"),
                "--model", str(set_dir / "consensus_lp30.mrc"), "--nmodels", str(k), f"--{seeding}",
-               "--iter", str(iterations), "--path", str(out_dir), "--parallel", f"thread:{threads}"]
+               "--iter", str(iterations), "--path", str(out_dir), "--parallel", f"thread:{threads}",
+               "--nosingle"]  # RELION's Class3D has no per-class refinement: bench_single.py times ours
         subprocess.run(cmd, check=True)
     convergence = json.loads((out_dir / "convergence.json").read_text())
     last = convergence[-1]["iteration"]
