@@ -197,6 +197,7 @@ def test_check_reports_without_running(adk, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "1000 particles" in out and "C1,C2" in out and "nothing was run" in out
+    assert "each model refined on its own (at most 8 iterations, from 30 Å)" in out
     assert not run.exists()
 
 

@@ -208,6 +208,11 @@ def main(args: argparse.Namespace) -> int:
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
         f"{k} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
+    print(
+        f"{opts.iterations} iterations, then "
+        + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
+           f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
+    )
     if args.check:
         print("check: files, sizes, symmetries and options are consistent; nothing was run")
         return 0
