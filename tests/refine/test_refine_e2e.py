@@ -62,6 +62,15 @@ def test_from_low_passed_true_maps(adk, capsys):
                  "model_01/threed_final.mrc", "model_02/half1_unfil.mrc", "model_02/half2_unfil.mrc",
                  "model_01/particles_final.star", "model_02/convergence.json"):
         assert (run / name).exists(), name
+    # The report: every figure it shows is there, and its numbers are the run's.
+    import re
+
+    page = (run / "index.html").read_text()
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (run / src).exists(), src
+    assert "Each model refined on its own" in page and "Class averages after iteration 3" in page
+    own = json.loads((run / "model_01" / "convergence.json").read_text())[-1]["resolution_0143_angstrom"]
+    assert f"<td>{own:.1f}</td>" in page
     # Each model's own refinement keeps its particles: the same images as its set of the split.
     for k in (1, 2):
         own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
@@ -188,6 +197,18 @@ def test_one_state_split_at_random_does_not_stick(one_state):
     changed = [s["fraction_changed_model"] for s in json.loads((run / "convergence.json").read_text())[1:]]
     print(changed)
     assert changed[0] >= 0.4 and changed[1] >= 0.25, changed
+
+
+def test_report_is_rebuilt_from_the_run_folder(adk, tmp_path, capsys):
+    run = adk / "run_lp"  # made by test_from_low_passed_true_maps
+    if not (run / "convergence.json").exists():
+        pytest.skip("needs the run of test_from_low_passed_true_maps")
+    (run / "index.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "index.html").exists() and "index.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "convergence.json" in err and str(tmp_path) in err
 
 
 def test_check_reports_without_running(adk, capsys):

@@ -8,7 +8,7 @@ import sys
 from types import ModuleType
 
 from multirefine import __version__
-from multirefine.cli import demo, reconstruct, refine, simulate
+from multirefine.cli import demo, reconstruct, refine, report, simulate
 from multirefine.errors import InputError
 
 __all__ = ["main", "e2refinemulti", "build_parser"]
@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "refine": refine,
     "simulate": simulate,
     "reconstruct": reconstruct,
+    "report": report,
     "demo": demo,
 }
 

@@ -93,6 +93,7 @@ from multirefine.refine.search import (
     shift_grid,
 )
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.report.html import write_report
 from multirefine.report.plots import plot_convergence, plot_fsc
 
 __all__ = [
@@ -104,6 +105,7 @@ __all__ = [
     "filtered_scale",
     "plan_search",
     "run_refinement",
+    "write_report_safely",
 ]
 
 log = logging.getLogger(__name__)
@@ -420,6 +422,14 @@ def plan_search(
     )
 
 
+def write_report_safely(run: Path) -> None:
+    """Rebuild the run's ``index.html``; a failure is logged, and the run goes on."""
+    try:
+        write_report(run)
+    except Exception as exc:  # noqa: BLE001 -- the report must never cost a run its results
+        log.warning("the report %s could not be written: %s", run / "index.html", exc)
+
+
 def run_refinement(
     opts: RefineOptions,
     stack,
@@ -475,7 +485,7 @@ def run_refinement(
                            opts.shrink, device)
         band_res, band_radius = plan.band_resolution_angstrom, plan.band_radius_px
         coarse, fine = plan.coarse_step_deg, plan.fine_step_deg
-        shift_step_px, coarse_shifts, fine_band = plan.shift_step_px, plan.coarse_shifts_px, plan.band
+        shift_step_px, fine_band = plan.shift_step_px, plan.band
         volumes = torch.stack([torch.from_numpy(m) for m in maps]).to(device)
         log.info(
             "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
@@ -685,6 +695,7 @@ def run_refinement(
         plot_convergence([asdict(s) for s in stats], out / runfolder.CONVERGENCE_FIGURE)
         plot_fsc(json.loads((out / runfolder.fsc_name(iteration)).read_text()), out / runfolder.fsc_figure_name(iteration),
                  f"iteration {iteration}")
+        write_report_safely(out)
         log.info(
             "iteration %d done in %.0f s: particles per model %s, changed model %s, resolution %s",
             iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",

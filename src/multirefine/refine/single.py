@@ -61,6 +61,7 @@ from multirefine.refine.driver import (
     assignment_table,
     filtered_scale,
     plan_search,
+    write_report_safely,
 )
 from multirefine.refine.postprocess import normalize_by_mass
 from multirefine.refine.reconstruct import (
@@ -257,4 +258,5 @@ def refine_each_model(
             subset, search_subset, volume, opts.symmetries[m_index], Path(opts.path) / runfolder.model_folder_name(m_index + 1),
             opts, None if not opts.mass_kda else opts.mass_kda[m_index], progress, f"model {m_index + 1}, ",
         ))
+        write_report_safely(Path(opts.path))
     return results

@@ -1,4 +1,5 @@
-"""Figures of a run: convergence over iterations and FSC curves (PNG, matplotlib Agg)."""
+"""Figures of a run: convergence over iterations, FSC curves, map sections and class
+averages (PNG, matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from multirefine.io.atomic import atomic_path  # noqa: E402
 
-__all__ = ["plot_convergence", "plot_fsc"]
+__all__ = ["plot_class_montage", "plot_convergence", "plot_fsc", "plot_map_sections"]
 
 
 def plot_convergence(stats: list[dict], path: str | Path) -> None:
@@ -40,12 +41,12 @@ def plot_convergence(stats: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_fsc(fsc: dict, path: str | Path, title: str = "") -> None:
+def plot_fsc(fsc: dict, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:
     """Half-map FSC of every model against spatial frequency, with 0.143 and 0.5 marked."""
     freq = np.asarray(fsc["shell_frequency_per_angstrom"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for m, curve in enumerate(fsc["half_map_fsc"]):
-        ax.plot(freq[1:], np.asarray(curve)[1:], label=f"model {m + 1}")
+        ax.plot(freq[1:], np.asarray(curve)[1:], label=labels[m] if labels else f"model {m + 1}")
     for level in (0.5, 0.143):
         ax.axhline(level, color="grey", lw=0.7, ls="--")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC (half maps)", ylim=(-0.1, 1.05), title=title)
@@ -54,3 +55,42 @@ def plot_fsc(fsc: dict, path: str | Path, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def plot_map_sections(maps: list[np.ndarray], labels: list[str], path: str | Path) -> None:
+    """One row per map ``(D, D, D)``: its central sections (z, y, x) and its projections
+    along the same axes, each panel scaled to its own range."""
+    fig, axes = plt.subplots(len(maps), 6, figsize=(10, 1.8 * len(maps) + 0.4), squeeze=False)
+    titles = ("section z", "section y", "section x", "projection z", "projection y", "projection x")
+    for row, (volume, label) in enumerate(zip(maps, labels)):
+        c = volume.shape[0] // 2
+        panels = (volume[c], volume[:, c], volume[:, :, c], volume.sum(0), volume.sum(1), volume.sum(2))
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=8)
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_class_montage(averages: np.ndarray, labels: list[str], path: str | Path, columns: int = 8) -> None:
+    """Class averages ``(C, D, D)`` in a grid, each with its label."""
+    rows = max(1, -(-len(averages) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, averages, labels):
+        ax.imshow(image, cmap="gray", origin="lower")
+        ax.set_title(label, fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

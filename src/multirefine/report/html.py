@@ -1,0 +1,207 @@
+"""The run folder's report, ``index.html``: what the run did and how far it got, in one page.
+
+Made from the run folder's own files only (``0_refine_parms.json``, ``convergence.json``,
+the last ``fsc_II.json``, ``threed_II_MM.mrc``, ``classes_II.mrcs`` / ``.star`` and each
+``model_MM/``), so it can be rebuilt at any time (``multirefine report RUN``); the driver
+rebuilds it after every iteration and after each model's own refinement. Its figures go
+to ``report/`` in the run folder:
+
+- a summary per model: particles, half-map resolution (FSC 0.143) after the last
+  iteration and after the model's own refinement;
+- the convergence over iterations (``convergence.png``) and its table;
+- the half-map FSC of the last iteration (``fsc_II.png``);
+- central sections and projections of every model's last map and of its refined map;
+- the most populated class averages of every model;
+- each model's own refinement: its FSC curve and iterations.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import starfile
+
+from multirefine.errors import InputError
+from multirefine.io.atomic import atomic_path
+from multirefine.io.maps import read_map
+from multirefine.refine import runfolder
+from multirefine.report.plots import plot_class_montage, plot_fsc, plot_map_sections
+
+__all__ = ["REPORT", "write_report"]
+
+REPORT = "index.html"
+FIGURES = "report"
+CLASSES_PER_MODEL = 8
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; }
+td.left, th.left { text-align: left; }
+img { max-width: 100%; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "∞" if not np.isfinite(value) else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list], left: int = 0) -> str:
+    """An HTML table; the first ``left`` columns are text (left-aligned)."""
+    head = "".join(f'<th class="left">{html.escape(h)}</th>' if i < left else f"<th>{html.escape(h)}</th>"
+                   for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="left">{_fmt(v)}</td>' if i < left else f"<td>{_fmt(v)}</td>"
+                         for i, v in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _single_runs(run: Path, k: int) -> dict[int, list[dict]]:
+    """Model -> its own refinement's statistics, for the models that have one."""
+    found = {}
+    for m in range(1, k + 1):
+        path = run / runfolder.model_folder_name(m) / runfolder.CONVERGENCE
+        if path.exists():
+            found[m] = json.loads(path.read_text())
+    return found
+
+
+def _class_montage(run: Path, iteration: int, k: int, figures: Path) -> str | None:
+    """The most populated class averages of every model, as one figure (its name)."""
+    stack_path, table_path = run / runfolder.classes_name(iteration), run / runfolder.classes_table_name(iteration)
+    if not (stack_path.exists() and table_path.exists()):
+        return None
+    table = starfile.read(table_path)
+    table = table["classes"] if isinstance(table, dict) else table
+    with mrcfile.open(stack_path, permissive=True) as mrc:
+        averages = np.asarray(mrc.data, dtype=np.float32)
+    if averages.ndim == 2:
+        averages = averages[None]
+    picks, labels = [], []
+    for m in range(1, k + 1):
+        own = np.nonzero(table["rlnClassNumber"].to_numpy() == m)[0]
+        size = table["rlnClassDistribution"].to_numpy()[own]
+        for i in own[np.argsort(-size, kind="stable")][:CLASSES_PER_MODEL]:
+            picks.append(i)
+            labels.append(f"model {m}: {table['rlnClassDistribution'].iloc[i]:.0f}")
+    if not picks:
+        return None
+    name = f"classes_{iteration:02d}.png"
+    plot_class_montage(averages[picks], labels, figures / name, columns=CLASSES_PER_MODEL)
+    return name
+
+
+def write_report(run: str | Path) -> Path:
+    """Write ``run/index.html`` (and its figures in ``run/report/``); return its path."""
+    run = Path(run)
+    convergence_path = run / runfolder.CONVERGENCE
+    if not convergence_path.exists():
+        raise InputError(f"{run}: no {runfolder.CONVERGENCE}; not a run folder, or no iteration has finished")
+    stats = json.loads(convergence_path.read_text())
+    parms_path = run / runfolder.PARAMETERS
+    parms = json.loads(parms_path.read_text()) if parms_path.exists() else {}
+    last = stats[-1]
+    iteration, k = last["iteration"], len(last["particles_per_model"])
+    figures = run / FIGURES
+    figures.mkdir(exist_ok=True)
+    singles = _single_runs(run, k)
+    parts = [f"<h1>multirefine run <code>{html.escape(run.name)}</code></h1>"]
+    parts.append(
+        f"<p>{html.escape(str(parms.get('input', '')))}: {k} models, symmetry "
+        f"{html.escape(','.join(parms.get('symmetries', [])))}, seeding {html.escape(str(parms.get('seeding', '')))}; "
+        f"{iteration} of {parms.get('iterations', iteration)} iterations done, "
+        f"{sum(s['seconds'] for s in stats):.0f} s.</p>"
+    )
+    # Summary per model.
+    rows = []
+    for m in range(k):
+        single = singles.get(m + 1)
+        rows.append([
+            f"model {m + 1}", last["particles_per_model"][m], last["resolution_0143_angstrom"][m],
+            None if single is None else single[-1]["resolution_0143_angstrom"],
+            None if single is None else len(single),
+        ])
+    parts.append("<h2>Models</h2>")
+    parts.append(_table(
+        ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)", "its iterations"],
+        rows, left=1,
+    ))
+    parts.append("<p>The multi-model iterations' half maps are aligned against the full maps; the resolution "
+                 "after each model's own refinement comes from independent half-sets (gold standard).</p>")
+    # Convergence.
+    parts.append("<h2>Convergence</h2>")
+    if (run / runfolder.CONVERGENCE_FIGURE).exists():
+        parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
+    parts.append(_table(
+        ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
+         "particles per model", "half maps, FSC 0.143 (Å)"],
+        [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
+          None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
+          ", ".join(str(c) for c in s["particles_per_model"]),
+          ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"])] for s in stats],
+    ))
+    if (run / runfolder.fsc_figure_name(iteration)).exists():
+        parts.append(f"<h2>FSC after iteration {iteration}</h2>")
+        parts.append(f'<img src="{runfolder.fsc_figure_name(iteration)}" alt="FSC">')
+    # Maps.
+    maps, labels = [], []
+    for m in range(1, k + 1):
+        path = run / runfolder.map_name(iteration, m)
+        if path.exists():
+            maps.append(read_map(path)[0])
+            labels.append(f"model {m}, it. {iteration}")
+        final = run / runfolder.model_folder_name(m) / "threed_final.mrc"
+        if final.exists():
+            maps.append(read_map(final)[0])
+            labels.append(f"model {m}, own")
+    if maps:
+        name = f"maps_{iteration:02d}.png"
+        plot_map_sections(maps, labels, figures / name)
+        parts.append("<h2>Maps</h2>")
+        parts.append(f'<img src="{FIGURES}/{name}" alt="map sections">')
+    montage = _class_montage(run, iteration, k, figures)
+    if montage:
+        parts.append(f"<h2>Class averages after iteration {iteration}</h2>")
+        parts.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
+        parts.append(f'<img src="{FIGURES}/{montage}" alt="class averages">')
+    # Each model's own refinement.
+    if singles:
+        parts.append("<h2>Each model refined on its own</h2>")
+        curves, names = [], []
+        for m, single in singles.items():
+            fsc_path = run / runfolder.model_folder_name(m) / f"fsc_{single[-1]['iteration']:02d}.json"
+            if fsc_path.exists():
+                fsc = json.loads(fsc_path.read_text())
+                curves.append(fsc["half_map_fsc"][0])
+                names.append(m)
+            parts.append(f"<h3>model {m} (<code>{runfolder.model_folder_name(m)}/</code>)</h3>")
+            parts.append(_table(
+                ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "particles",
+                 "half maps, FSC 0.143 (Å)", "median change of orientation (°)"],
+                [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"],
+                  s["fine_step_deg"], s["particles"], s["resolution_0143_angstrom"], s["median_rotation_change_deg"]]
+                 for s in single],
+            ))
+        if curves:
+            shells = json.loads(fsc_path.read_text())["shell_frequency_per_angstrom"]
+            plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
+                     "each model on its own", labels=[f"model {m}" for m in names])
+            parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>multirefine {html.escape(run.name)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = run / REPORT
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return out
