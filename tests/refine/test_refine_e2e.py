@@ -52,6 +52,7 @@ def test_from_low_passed_true_maps(adk, capsys):
                  f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--singleiter", "2", "--path", str(run),
                  "--parallel", "thread:2"])
     assert code == 0
+    assert f"the report: {run}/index.html" in capsys.readouterr().out
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
     assert accuracy >= 0.95, accuracy

@@ -246,5 +246,5 @@ def main(args: argparse.Namespace) -> int:
                 )
     finally:
         progress.close()
-    print(f"results in {path}/")
+    print(f"results in {path}/; the report: {path}/index.html")
     return 0
