@@ -4,7 +4,8 @@ Every iteration assigns each particle to the model and orientation it matches be
 reconstructs each model from its particles (CTF-corrected, gold-standard half-sets,
 symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
 threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
-0_refine_parms.json and, at the end, particles_model_MM.star per model. Then each
+0_refine_parms.json, the report index.html and, at the end, particles_model_MM.star per
+model. Then each
 model's particles are refined on their own, gold standard (independent half-sets, each
 aligned to its own half map), into model_MM/: threed_final.mrc, half1_unfil.mrc,
 half2_unfil.mrc, particles_final.star (--nosingle: not).
