@@ -5,10 +5,9 @@ reconstructs each model from its particles (CTF-corrected, gold-standard half-se
 symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
 threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
 0_refine_parms.json, the report index.html and, at the end, particles_model_MM.star per
-model. Then each
-model's particles are refined on their own, gold standard (independent half-sets, each
-aligned to its own half map), into model_MM/: threed_final.mrc, half1_unfil.mrc,
-half2_unfil.mrc, particles_final.star (--nosingle: not).
+model. Then each model's particles are refined on their own, gold standard (independent
+half-sets, each aligned to its own half map), into model_MM/: threed_final.mrc,
+half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
 
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
