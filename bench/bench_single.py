@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from multirefine.evaluate import map_resolution_against
-from multirefine.geometry.euler import euler_to_matrix
+from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.io.star import read_particles_star
 from multirefine.refine.driver import RefinementResult, RefineOptions
-from multirefine.refine.single import refine_each_model, rotation_change_deg
+from multirefine.refine.single import refine_each_model
 
 ROOT = Path(__file__).resolve().parent
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multirefine.geometry.euler import euler_to_matrix
+from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.maps import read_map, write_stack
 from multirefine.io.star import read_particles_star, write_particles_star
 from multirefine.refine.driver import RefineOptions
-from multirefine.refine.single import refine_single, rotation_change_deg
+from multirefine.refine.single import refine_single
 
 pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
 

@@ -25,6 +25,7 @@ import torch
 __all__ = [
     "euler_to_matrix",
     "matrix_to_euler",
+    "rotation_change_deg",
     "viewing_direction",
 ]
 
@@ -82,3 +83,11 @@ def viewing_direction(rot: Any, tilt: Any) -> Any:
     lib = _lib(rot)
     a, b = lib.deg2rad(rot), lib.deg2rad(tilt)
     return lib.stack([lib.sin(b) * lib.cos(a), lib.sin(b) * lib.sin(a), lib.cos(b)], -1)
+
+
+def rotation_change_deg(before: np.ndarray, after: np.ndarray, operators: np.ndarray) -> np.ndarray:
+    """Angle in degrees between rotations ``(n, 3, 3)``, the smallest over the symmetry's
+    ``operators`` ``(S, 3, 3)`` (a pose and its symmetry mate give the same image)."""
+    # A pose R and R' = R @ S^T project the same map (the map is S-invariant).
+    traces = np.einsum("nij,sjk,nik->ns", before, operators, after)
+    return np.degrees(np.arccos(np.clip((traces.max(1) - 1) / 2, -1.0, 1.0)))

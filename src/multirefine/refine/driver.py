@@ -55,7 +55,7 @@ from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_thr
 from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
-from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler
+from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler, rotation_change_deg
 from multirefine.geometry.grids import orientation_grid, projection_directions
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.atomic import atomic_path
@@ -466,7 +466,7 @@ def run_refinement(
         for m_index in range(1, k):
             aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
             if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
-                angle = math.degrees(math.acos(np.clip((np.trace(alignment.matrix) - 1) / 2, -1, 1)))
+                angle = float(rotation_change_deg(np.eye(3)[None], alignment.matrix[None], np.eye(3)[None])[0])
                 log.info(
                     "starting map %d aligned to map 1: rotated %.0f°%s (correlation %.2f -> %.2f)",
                     m_index + 1, angle, ", hand flipped" if alignment.flipped else "",

@@ -50,6 +50,7 @@ from multirefine.fourier.filters import lowpass_volume
 from multirefine.fourier.fsc import resolution_at_threshold
 from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
+from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.maps import write_map
 from multirefine.io.star import write_particles_star
@@ -71,7 +72,7 @@ from multirefine.refine.reconstruct import (
 )
 from multirefine.refine.seeding import particle_radius_px
 
-__all__ = ["SingleResult", "SingleStats", "refine_each_model", "refine_single", "rotation_change_deg"]
+__all__ = ["SingleResult", "SingleStats", "refine_each_model", "refine_single"]
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,6 @@ class SingleResult:
     resolution_0143_angstrom: float  # of the last iteration's half maps
     fsc: np.ndarray  # (D//2+1,) the last half-map FSC
     full_map: np.ndarray  # (D, D, D) FSC-weighted, masked, particle units
-
-
-def rotation_change_deg(before: np.ndarray, after: np.ndarray, operators: np.ndarray) -> np.ndarray:
-    """Angle in degrees between rotations ``(n, 3, 3)``, the smallest over the symmetry's
-    ``operators`` ``(S, 3, 3)`` (a pose and its symmetry mate give the same image)."""
-    # A pose R and R' = R @ S^T project the same map (the map is S-invariant).
-    traces = np.einsum("nij,sjk,nik->ns", before, operators, after)
-    return np.degrees(np.arccos(np.clip((traces.max(1) - 1) / 2, -1.0, 1.0)))
 
 
 def refine_single(

@@ -179,13 +179,14 @@ def write_report(run: str | Path) -> Path:
     # Each model's own refinement.
     if singles:
         parts.append("<h2>Each model refined on its own</h2>")
-        curves, names = [], []
+        curves, names, shells = [], [], None
         for m, single in singles.items():
             fsc_path = run / runfolder.model_folder_name(m) / f"fsc_{single[-1]['iteration']:02d}.json"
             if fsc_path.exists():
                 fsc = json.loads(fsc_path.read_text())
                 curves.append(fsc["half_map_fsc"][0])
                 names.append(m)
+                shells = fsc["shell_frequency_per_angstrom"]
             parts.append(f"<h3>model {m} (<code>{runfolder.model_folder_name(m)}/</code>)</h3>")
             parts.append(_table(
                 ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "particles",
@@ -195,7 +196,6 @@ def write_report(run: str | Path) -> Path:
                  for s in single],
             ))
         if curves:
-            shells = json.loads(fsc_path.read_text())["shell_frequency_per_angstrom"]
             plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
                      "each model on its own", labels=[f"model {m}" for m in names])
             parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
