@@ -298,3 +298,62 @@ def test_usefilt_drives_the_search(tmp_path, adk):
     frequency = json.loads((run / "fsc_02.json").read_text())["shell_frequency_per_angstrom"]
     beyond = [i for i, f in enumerate(frequency) if f > 1 / 11.0]
     assert max(fsc[0][i] for i in beyond) > 0.2
+
+
+def test_continue_gives_the_uninterrupted_run(adk, capsys):
+    """A run stopped after iteration 1 and continued to 3 ends where a run of 3 iterations
+    does: the same assignment, poses and maps (the model choice of iteration 2 needs the
+    accumulators of iteration 1, which --continue rebuilds from state.npz)."""
+    import mrcfile
+
+    common = ["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
+              "--nosingle", "--parallel", "thread:2"]
+    whole, part = adk / "run_whole", adk / "run_part"
+    assert main([*common, "--iter", "3", "--path", str(whole)]) == 0
+    assert main([*common, "--iter", "1", "--path", str(part)]) == 0
+    (part / "threed_02_01.mrc").write_bytes(b"half-written by a run that was killed")
+    capsys.readouterr()
+    assert main(["refine", "--continue", str(part), "--iter", "3", "--parallel", "thread:2"]) == 0
+    assert f"continuing {part} after iteration 1 of 3" in capsys.readouterr().out
+    a = read_particles_star(whole / "particles_03.star").metadata
+    b = read_particles_star(part / "particles_03.star").metadata
+    columns = ["rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(a[columns], b[columns])
+    for name in ("threed_02_01.mrc", "threed_03_01.mrc", "threed_03_02.mrc"):
+        np.testing.assert_array_equal(mrcfile.read(part / name), mrcfile.read(whole / name), err_msg=name)
+    ca, cb = (json.loads((run / "convergence.json").read_text()) for run in (whole, part))
+    assert len(cb) == 3
+    for sa, sb in zip(ca, cb):
+        sa.pop("seconds"), sb.pop("seconds")
+        assert sa == sb
+    assert json.loads((part / "0_refine_parms.json").read_text())["iterations"] == 3
+    assert (part / "particles_model_02.star").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--speed", "3"], "--speed are the run's own"),
+        (["--iter", "0"], "--iter 0"),
+        (["--input", "other.star"], "--input are the run's own"),
+    ],
+)
+def test_continue_takes_the_runs_options(adk, capsys, extra, expected):
+    run = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run
+    if not (run / "state.npz").exists():
+        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    assert main(["refine", "--continue", str(run), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_continue_needs_a_finished_iteration(adk, tmp_path, capsys):
+    assert main(["refine", "--continue", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "0_refine_parms.json not found" in err and len(err.splitlines()) == 1, err
+    (tmp_path / "0_refine_parms.json").write_text(json.dumps(
+        {"input": str(adk / "sim" / "particles.star"), "path": str(tmp_path), "symmetries": ["C1", "C1"]}))
+    assert main(["refine", "--continue", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "state.npz: not found" in err and len(err.splitlines()) == 1, err

@@ -9,15 +9,22 @@ model. Then each model's particles are refined on their own, gold standard (inde
 half-sets, each aligned to its own half map), into model_MM/: threed_final.mrc,
 half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
 
+A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
+--continue RUN: from its last finished iteration, with the options it was started with
+(state.npz, 0_refine_parms.json); the result is the one an uninterrupted run gives. Only
+--iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem may change.
+
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
   multirefine refine --input particles.star --model consensus.mrc --nmodels 2
+  multirefine refine --continue multi_01 --iter 8
   e2refinemulti --input sets/all.lst --models m1.hdf,m2.hdf --sym c1,c2 --mass 200,250 --apix 1.5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -28,10 +35,14 @@ from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ITERATIONS = 5
+# What --continue may change; every other option is the run's (0_refine_parms.json).
+CONTINUE_OPTIONS = ("iter", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     p = parser
-    p.add_argument("--input", required=True, help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs")
+    p.add_argument("--input", help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs")
     p.add_argument("--models", help="starting maps, comma-separated, or one file holding K maps")
     p.add_argument("--model", help="one starting map, varied into --nmodels seeds")
     p.add_argument("--nmodels", type=int, default=2, help="number of models made from --model (default 2)")
@@ -43,7 +54,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding)",
     )
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
-    p.add_argument("--iter", type=int, default=5, help="iterations (default 5)")
+    p.add_argument("--iter", type=int, help=f"iterations (default {DEFAULT_ITERATIONS})")
     p.add_argument("--path", help="run folder (default: the next free multi_NN)")
     p.add_argument("--mass", help="molecular mass in kDa, one or one per model: threshold 1 encloses it")
     p.add_argument("--apix", type=float, help="pixel size in Å (overrides the particle file)")
@@ -76,6 +87,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    "EMAN2; hard assignment classified better in bench/)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
+    p.add_argument("--continue", dest="continue_run", metavar="RUN",
+                   help="go on with the run in folder RUN after its last finished iteration")
 
 
 def _split(text: str) -> list[str]:
@@ -84,7 +97,6 @@ def _split(text: str) -> list[str]:
 
 def _resolve(args: argparse.Namespace):
     """Open and check everything; return (stack, search stack, maps, options, seeding)."""
-    import torch
 
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
@@ -93,12 +105,16 @@ def _resolve(args: argparse.Namespace):
     from multirefine.refine.driver import RefineOptions
     from multirefine.refine.seeding import fit_to_box
 
+    if args.input is None:
+        raise InputError("no particles: give --input (or --continue RUN)")
     if args.models and args.model:
         raise InputError("give --models (K maps) or --model with --nmodels, not both")
     if not args.models and not args.model:
         raise InputError("no starting maps: give --models a.mrc,b.mrc or --model m.mrc --nmodels K")
     if args.model and args.nmodels < 2:
         raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
+    if args.iter is None:
+        args.iter = DEFAULT_ITERATIONS
     if args.iter < 1:
         raise InputError(f"--iter {args.iter}: expected 1 or more")
     for name in ("m3dkeep", "classkeep"):
@@ -154,6 +170,29 @@ def _resolve(args: argparse.Namespace):
             raise InputError(f"--mass {args.mass}: {len(mass)} masses for {k} models")
         if not stack.pixel_size_angstrom:
             raise InputError("--mass needs a pixel size: none in the particle file; give --apix")
+    device = _device_and_threads(args)
+    path = Path(args.path) if args.path else runfolder.next_free_path(".")
+    if path.exists() and any(path.iterdir()):
+        raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
+    opts = RefineOptions(
+        input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
+        usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
+        m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
+        shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
+        start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
+        single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
+    )
+    return stack, search_stack, maps, opts, k
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    return 200 if args.lowmem else 500
+
+
+def _device_and_threads(args: argparse.Namespace) -> str:
+    """Set torch's threads from ``--parallel``; the device ``--device`` names."""
+    import torch
+
     threads = 1
     if args.parallel.startswith("thread:"):
         try:
@@ -168,18 +207,61 @@ def _resolve(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here")
-    path = Path(args.path) if args.path else runfolder.next_free_path(".")
-    if path.exists() and any(path.iterdir()):
-        raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
-    opts = RefineOptions(
-        input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
-        usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
-        m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
-        shrink=args.shrink, batch_size=200 if args.lowmem else 500, device=device, seed=args.seed, score=args.score, soft=args.soft,
-        start_maps=[name for _, _, name in raw], seeding=seeding, single=not args.nosingle,
-        single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
-    )
-    return stack, search_stack, maps, opts, k
+    return device
+
+
+def _resolve_continue(args: argparse.Namespace):
+    """The run in ``--continue RUN``: (stack, search stack, its options with what this command
+    changes, the iterations it has done)."""
+    from dataclasses import fields
+
+    from multirefine.io.particles import open_particles, open_usefilt
+    from multirefine.refine import runfolder
+    from multirefine.refine.driver import RefineOptions, load_state
+
+    run = Path(args.continue_run)
+    probe = argparse.ArgumentParser()
+    add_args(probe)
+    defaults = vars(probe.parse_args([]))
+    changed = [name for name, value in vars(args).items()
+               if name in defaults and name != "continue_run" and value != defaults[name]
+               and name not in CONTINUE_OPTIONS]
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise InputError(f"--continue {run}: {flags} are the run's own (its {runfolder.PARAMETERS}); "
+                         "only --iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem change")
+    parameters = run / runfolder.PARAMETERS
+    if not parameters.is_file():
+        raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
+    try:
+        saved = json.loads(parameters.read_text())
+        known = {f.name for f in fields(RefineOptions)}
+        opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{parameters}: not readable ({exc})") from None
+    opts.path = str(run)
+    if args.iter is not None:
+        if args.iter < 1:
+            raise InputError(f"--iter {args.iter}: expected 1 or more")
+        opts.iterations = args.iter
+    opts.single = opts.single and not args.nosingle
+    if args.singleiter != defaults["singleiter"]:
+        opts.single_iterations = args.singleiter
+    if args.singleres != defaults["singleres"]:
+        opts.single_start_resolution_angstrom = args.singleres
+    if opts.single_iterations < 1:
+        raise InputError(f"--singleiter {opts.single_iterations}: expected 1 or more")
+    if not opts.single_start_resolution_angstrom > 0:
+        raise InputError(f"--singleres {opts.single_start_resolution_angstrom}: expected a resolution in Å")
+    if args.lowmem:
+        opts.batch_size = _batch_size(args)
+    opts.device = _device_and_threads(args)  # the machine's, as for a new run
+    stack = open_particles(opts.input, apix=opts.apix)
+    search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
+    done = load_state(run / runfolder.STATE, len(stack), stack.box_size).iteration
+    if done > opts.iterations:
+        raise InputError(f"--iter {opts.iterations}: the run {run} has done {done} iterations already")
+    return stack, search_stack, opts, done
 
 
 def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.ndarray]:
@@ -203,11 +285,19 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import refine_each_model
 
-    stack, search_stack, maps, opts, k = _resolve(args)
+    resume = args.continue_run is not None
+    if resume:
+        stack, search_stack, opts, done = _resolve_continue(args)
+        k = len(opts.symmetries)
+    else:
+        stack, search_stack, maps, opts, k = _resolve(args)
     print(
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
         f"{k} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
+    if resume:
+        print(f"continuing {opts.path} after iteration {done} of {opts.iterations}, with its options "
+              f"({opts.path}/{runfolder.PARAMETERS})")
     print(
         f"{opts.iterations} iterations, then "
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
@@ -218,14 +308,15 @@ def main(args: argparse.Namespace) -> int:
         return 0
     path = Path(opts.path)
     path.mkdir(parents=True, exist_ok=True)
-    maps = _seed_maps(maps, opts, k, stack.pixel_size_angstrom)
-    initial = None
-    if opts.seeding == "randclassify":
-        initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
+    start, initial = None, None
+    if not resume:
+        start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
+        if opts.seeding == "randclassify":
+            initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
     runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
     progress = StageProgress()
     try:
-        multi = run_refinement(opts, stack, search_stack, np.stack(maps), progress, initial_assignment=initial)
+        multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume)
         last = multi.stats[-1]
         print(
             f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "

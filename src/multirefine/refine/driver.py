@@ -51,6 +51,7 @@ import pandas as pd
 import starfile
 import torch
 
+from multirefine.errors import InputError
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
 from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
@@ -100,9 +101,11 @@ __all__ = [
     "IterationStats",
     "RefineOptions",
     "RefinementResult",
+    "RunState",
     "SearchPlan",
     "assignment_table",
     "filtered_scale",
+    "load_state",
     "plan_search",
     "run_refinement",
     "write_report_safely",
@@ -137,6 +140,7 @@ class RefineOptions:
     soft: bool = False
     start_maps: list[str] = field(default_factory=list)
     seeding: str = "models"
+    apix: float | None = None  # --apix: the pixel size given, over the particle file's
     single: bool = True  # each model's particles refined on their own afterwards (--nosingle: not)
     single_iterations: int = 8
     single_start_resolution_angstrom: float = 30.0
@@ -422,6 +426,127 @@ def plan_search(
     )
 
 
+Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""One reconstruction entry per particle: (model, rotation (3, 3), shift px (2,), score, weight)."""
+
+
+def _next_band(band_res: float, resolutions: list[float], targetres: float | None) -> float:
+    """The next iteration's search resolution: ``--targetres``, or the worst model's FSC 0.143."""
+    finite = [r for r in resolutions if np.isfinite(r)]
+    return band_res if targetres is not None or not finite else max(finite)
+
+
+def _layer_stacks(stack, layers: list[Layer], halves: np.ndarray, apix: float) -> tuple[list[pd.DataFrame], list]:
+    """Each layer's poses as a RELION table, and the stack with that table."""
+    tables = [assignment_table(stack.metadata, lm, lr, ls, lsc, lw, halves, apix) for lm, lr, ls, lsc, lw in layers]
+    return tables, [stack.with_metadata(t) for t in tables]
+
+
+@dataclass
+class _Reconstruction:
+    maps: list[np.ndarray]  # masked, in particle units
+    fsc_curves: list[np.ndarray]  # half-map FSC per model
+    resolutions: list[float]  # FSC 0.143 per model (inf: the map was kept)
+    last: _LastReconstruction
+
+
+def _reconstruct_models(
+    stack, layers: list[Layer], layer_stacks: list, halves: np.ndarray, maps: list[np.ndarray],
+    operators: list[torch.Tensor], mask: torch.Tensor, m3dkeep: float, device, progress, label: str,
+) -> _Reconstruction:
+    """Each model's gold-standard map from its entries in ``layers`` (the best ``m3dkeep`` of
+    them by score); a model with fewer than 10 particles keeps its map from ``maps``."""
+    k, box, apix = len(maps), stack.box_size, stack.pixel_size_angstrom
+    groups, weights, stacks, group_model = [], [], [], []
+    for m_index in range(k):
+        entries = [(i, np.nonzero((lm == m_index) & (lw >= 0.01))[0]) for i, (lm, _, _, _, lw) in enumerate(layers)]
+        own = np.concatenate([layers[i][3][rows] for i, rows in entries])
+        cut = np.quantile(own, 1 - m3dkeep) if len(own) and m3dkeep < 1 else -np.inf
+        for i, rows in entries:
+            rows = rows[layers[i][3][rows] >= cut]
+            for h in (1, 2):
+                half_rows = rows[halves[rows] == h]
+                groups.append(half_rows)
+                weights.append(layers[i][4][half_rows])
+                stacks.append(layer_stacks[i])
+                group_model.append((m_index, h))
+    advance = progress(label, int(sum(len(g) for g in groups))) if progress else None
+    parts = accumulate(stack, groups, 256, device, progress=advance, weights=weights, stacks=stacks)
+    accumulators, effective_of = {}, np.zeros(k)
+    for key, acc, w in zip(group_model, parts, weights):
+        if key in accumulators:
+            accumulators[key] += acc
+        else:
+            accumulators[key] = acc
+        effective_of[key[0]] += float(w.sum())
+    new_maps, fsc_curves, resolutions = [], [], []
+    totals: list[FourierAccumulator | None] = []
+    inverse_ssnr: list[np.ndarray | None] = []
+    for m_index in range(k):
+        acc1, acc2 = accumulators[(m_index, 1)], accumulators[(m_index, 2)]
+        effective = effective_of[m_index]
+        if effective < 10:
+            log.warning("model %d holds %.0f particles; its map is kept as it was", m_index + 1, effective)
+            new_maps.append(maps[m_index])
+            totals.append(None)
+            inverse_ssnr.append(None)
+            fsc_curves.append(np.zeros(box // 2 + 1))
+            resolutions.append(float("inf"))
+            continue
+        result = gold_standard_reconstruction(acc1, acc2, operators[m_index])
+        new_maps.append((torch.from_numpy(result.full_map) * mask).numpy())
+        acc1 += acc2  # both half-sets: what the full map was made from
+        totals.append(acc1)
+        inverse_ssnr.append(result.inverse_ssnr)
+        fsc_curves.append(result.fsc)
+        resolutions.append(resolution_at_threshold(result.fsc, apix, 0.143))
+    entries = [(m_index, s, g, w) for (m_index, _), s, g, w in zip(group_model, stacks, groups, weights)]
+    return _Reconstruction(new_maps, fsc_curves, resolutions, _LastReconstruction(totals, inverse_ssnr, new_maps, entries))
+
+
+@dataclass
+class RunState:
+    """What ``--continue`` needs of a run after an iteration (``state.npz``)."""
+
+    iteration: int
+    radius_px: float
+    maps: np.ndarray  # (K, D, D, D): the maps made, in particle units (masked; not normalised by --mass)
+    table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
+    layers: list[Layer]  # what the maps were made from
+
+
+_POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")
+
+
+def _save_state(path: Path, state: RunState) -> None:
+    arrays = {f"table_{name}": a for name, a in zip(_POSE_FIELDS, state.table_poses)}
+    arrays |= {f"layers_{name}": np.stack([layer[j] for layer in state.layers]) for j, name in enumerate(_POSE_FIELDS)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, version=1, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
+                 **arrays)
+
+
+def load_state(path: Path, n: int, box: int) -> RunState:
+    """The run's state after its last finished iteration; checked against the particles."""
+    if not path.exists():
+        raise InputError(f"{path}: not found; the run has no finished iteration to continue from (start it again)")
+    try:
+        with np.load(path) as f:
+            data = {key: f[key] for key in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not readable ({exc})") from None
+    if int(data.get("version", 0)) != 1:
+        raise InputError(f"{path}: version {data.get('version')} of the state file; this multirefine reads version 1")
+    maps, table_model = data["maps"], data["table_model"]
+    if len(table_model) != n:
+        raise InputError(f"{path}: the run holds {len(table_model)} particles, its --input has {n} now")
+    if maps.shape[1:] != (box, box, box):
+        raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
+    layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
+    return RunState(int(data["iteration"]), float(data["radius_px"]), maps,
+                  tuple(data[f"table_{name}"] for name in _POSE_FIELDS), layers)
+
+
 def write_report_safely(run: Path) -> None:
     """Rebuild the run's ``index.html``; a failure is logged, and the run goes on."""
     try:
@@ -437,32 +562,50 @@ def run_refinement(
     start_maps: np.ndarray,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     initial_assignment: np.ndarray | None = None,
+    resume: bool = False,
 ) -> RefinementResult:
     """Run ``opts.iterations`` iterations from ``start_maps`` ``(K, D, D, D)``.
 
     ``stack`` holds the raw particles (reconstruction), ``search_stack`` the ones searched
     (the same stack, or the ``--usefilt`` one). ``initial_assignment`` (``(N,)`` model
     indices) is ``--randclassify``: the first reconstruction uses it instead of the search's
-    model choice.
+    model choice. ``resume`` continues the run in ``opts.path`` after the last iteration its
+    state file holds (``start_maps`` is then not used); the result is the one an
+    uninterrupted run gives.
     """
     out = Path(opts.path)
     device = torch.device(opts.device)
     box, apix = stack.box_size, stack.pixel_size_angstrom
-    maps = [np.asarray(m, dtype=np.float32) for m in start_maps]
-    k = len(maps)
-    operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
     halves = half_set_of_rows(stack.metadata, opts.seed)
     n = len(stack)
-    radius_px = max(particle_radius_px(m) for m in maps)
+    state = load_state(out / runfolder.STATE, n, box) if resume else None
+    maps = [np.asarray(m, dtype=np.float32) for m in (state.maps if state else start_maps)]
+    k = len(maps)
+    operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
+    radius_px = state.radius_px if state else max(particle_radius_px(m) for m in maps)
     mask_radius_px = min(radius_px + 3, box / 2 - 2)
     mask = soft_sphere_mask(box, mask_radius_px, 3.0)
-    if opts.targetres is not None:
+    stats: list[IterationStats] = []
+    previous_model: np.ndarray | None = None
+    last: _LastReconstruction | None = None
+    if state is not None:
+        done = json.loads((out / runfolder.CONVERGENCE).read_text())[: state.iteration]
+        stats = [IterationStats(**s) for s in done]
+        table = assignment_table(stack.metadata, *state.table_poses, halves, apix)
+        previous_model = state.table_poses[0]
+        band_res = _next_band(stats[-1].band_resolution_angstrom, stats[-1].resolution_0143_angstrom, opts.targetres)
+        if state.iteration < opts.iterations:  # the last maps' accumulators, for the next model choice
+            _, layer_stacks = _layer_stacks(stack, state.layers, halves, apix)
+            last = _reconstruct_models(stack, state.layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep,
+                                       device, progress, f"iteration {state.iteration}: rebuilt").last
+        log.info("continuing %s after iteration %d of %d", out, state.iteration, opts.iterations)
+    elif opts.targetres is not None:
         band_res = opts.targetres
     else:
         from multirefine.refine.seeding import power_limit_angstrom
 
         band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
-    if opts.align_maps and opts.seeding == "models" and k > 1:
+    if state is None and opts.align_maps and opts.seeding == "models" and k > 1:
         for m_index in range(1, k):
             aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
             if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
@@ -473,13 +616,10 @@ def run_refinement(
                     alignment.identity_score, alignment.score,
                 )
                 maps[m_index] = aligned
-    for m_index, volume in enumerate(maps, start=1):
-        write_map(out / runfolder.map_name(0, m_index), volume, apix)
-    stats: list[IterationStats] = []
-    previous_model: np.ndarray | None = None
-    previous_maps: list[np.ndarray] | None = None
-    last: _LastReconstruction | None = None
-    for iteration in range(1, opts.iterations + 1):
+    if state is None:
+        for m_index, volume in enumerate(maps, start=1):
+            write_map(out / runfolder.map_name(0, m_index), volume, apix)
+    for iteration in range(len(stats) + 1, opts.iterations + 1):
         started = time.perf_counter()
         plan = plan_search(box, apix, band_res, radius_px, opts.speed, opts.symmetries, opts.max_shift_px,
                            opts.shrink, device)
@@ -570,10 +710,9 @@ def run_refinement(
             posteriors = np.eye(k)[model]
         rows_n = np.arange(n)
         score = model_scores[rows_n, model]
-        table = assignment_table(
-            stack.metadata, model, model_rotations[rows_n, model], model_shifts[rows_n, model], score,
-            posteriors[rows_n, model], halves, apix,
-        )
+        table_poses = (model, model_rotations[rows_n, model], model_shifts[rows_n, model], score,
+                       posteriors[rows_n, model])
+        table = assignment_table(stack.metadata, *table_poses, halves, apix)
         # Reconstruction entries ("layers", each one pose per particle): per model, every
         # particle at that model's pose weighted by its posterior (hard: 1 for its model); or,
         # with --sep S, every particle at each of its S best poses in its model, weight 1/S.
@@ -599,64 +738,19 @@ def run_refinement(
                 (np.full(n, m), model_rotations[:, m], model_shifts[:, m], model_scores[:, m], posteriors[:, m])
                 for m in range(k)
             ]
-        layer_tables = [
-            assignment_table(stack.metadata, lm, lr, ls, lsc, lw, halves, apix) for lm, lr, ls, lsc, lw in layers
-        ]
-        layer_stacks = [stack.with_metadata(t) for t in layer_tables]
-        # Each model's entries, leaving out its worst (1 - m3dkeep) by score.
-        groups, weights, stacks, group_model = [], [], [], []
-        for m_index in range(k):
-            entries = [(i, np.nonzero((lm == m_index) & (lw >= 0.01))[0]) for i, (lm, _, _, _, lw) in enumerate(layers)]
-            own = np.concatenate([layers[i][3][rows] for i, rows in entries])
-            cut = np.quantile(own, 1 - opts.m3dkeep) if len(own) and opts.m3dkeep < 1 else -np.inf
-            for i, rows in entries:
-                rows = rows[layers[i][3][rows] >= cut]
-                for h in (1, 2):
-                    half_rows = rows[halves[rows] == h]
-                    groups.append(half_rows)
-                    weights.append(layers[i][4][half_rows])
-                    stacks.append(layer_stacks[i])
-                    group_model.append((m_index, h))
-        advance = progress(f"iteration {iteration}: reconstruct", int(sum(len(g) for g in groups))) if progress else None
-        parts = accumulate(stack, groups, 256, device, progress=advance, weights=weights, stacks=stacks)
-        accumulators, effective_of = {}, np.zeros(k)
-        for key, acc, w in zip(group_model, parts, weights):
-            if key in accumulators:
-                accumulators[key] += acc
-            else:
-                accumulators[key] = acc
-            effective_of[key[0]] += float(w.sum())
-        new_maps, fsc_curves, resolutions = [], [], []
-        totals: list[FourierAccumulator | None] = []
-        inverse_ssnr: list[np.ndarray | None] = []
-        for m_index in range(k):
-            acc1, acc2 = accumulators[(m_index, 1)], accumulators[(m_index, 2)]
-            effective = effective_of[m_index]
-            if effective < 10:
-                log.warning("model %d holds %.0f particles; its map is kept as it was", m_index + 1, effective)
-                new_maps.append(maps[m_index])
-                totals.append(None)
-                inverse_ssnr.append(None)
-                fsc_curves.append(np.zeros(box // 2 + 1))
-                resolutions.append(float("inf"))
-                continue
-            result = gold_standard_reconstruction(acc1, acc2, operators[m_index])
-            volume = (torch.from_numpy(result.full_map) * mask).numpy()
-            new_maps.append(volume)
-            acc1 += acc2  # both half-sets: what the full map was made from
-            totals.append(acc1)
-            inverse_ssnr.append(result.inverse_ssnr)
-            fsc_curves.append(result.fsc)
-            resolutions.append(resolution_at_threshold(result.fsc, apix, 0.143))
+        layer_tables, layer_stacks = _layer_stacks(stack, layers, halves, apix)
+        made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
+                                   progress, f"iteration {iteration}: reconstruct")
+        new_maps, fsc_curves, resolutions = made.maps, made.fsc_curves, made.resolutions
         counts = np.bincount(model, minlength=k).tolist()
         changed = None if previous_model is None else float(np.mean(previous_model != model))
         to_previous = None
-        if previous_maps is not None:
+        if iteration > 1:  # this iteration's maps against its references, the last iteration's maps
             to_previous = [
                 resolution_at_threshold(
                     fourier_shell_correlation(torch.from_numpy(a), torch.from_numpy(b)).numpy(), apix, 0.143
                 )
-                for a, b in zip(new_maps, previous_maps)
+                for a, b in zip(new_maps, maps)
             ]
         written = new_maps
         if opts.mass_kda:
@@ -701,15 +795,10 @@ def run_refinement(
             iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",
             ", ".join(f"{r:.1f} Å" for r in resolutions),
         )
-        last = _LastReconstruction(
-            totals, inverse_ssnr, new_maps,
-            [(m_index, s, g, w) for (m_index, _), s, g, w in zip(group_model, stacks, groups, weights)],
-        )
-        previous_model, previous_maps, maps = model, maps, new_maps
-        if opts.targetres is None:
-            finite = [r for r in resolutions if np.isfinite(r)]
-            if finite:
-                band_res = max(finite)
+        _save_state(out / runfolder.STATE, RunState(iteration, radius_px, new_maps, table_poses, layers))
+        last = made.last
+        previous_model, maps = model, new_maps
+        band_res = _next_band(band_res, resolutions, opts.targetres)
     for m_index in range(k):
         rows = table["rlnClassNumber"].to_numpy() == m_index + 1
         write_particles_star(out / runfolder.model_particles_name(m_index + 1), table[rows], stack.optics)

@@ -6,7 +6,8 @@ every input particle with its assignment, ``classes_II.mrcs`` the class averages
 (``classes_II.star``: model, direction and size of each), ``fsc_II.json`` and
 ``fsc_II.png`` the FSC curves, ``convergence.json`` and ``convergence.png`` the
 per-iteration statistics, ``0_refine_parms.json`` every resolved
-option, ``particles_model_MM.star`` the final particle set of each model, and
+option, ``state.npz`` what ``--continue`` needs (rewritten after every iteration),
+``particles_model_MM.star`` the final particle set of each model, and
 ``model_MM/`` that set's refinement on its own (:mod:`multirefine.refine.single` lists
 its files).
 Every file is written under a temporary name and renamed, so an interrupted run leaves
@@ -23,24 +24,26 @@ from typing import Any
 from multirefine.io.atomic import atomic_path
 
 __all__ = [
-    "next_free_path",
-    "map_name",
-    "particles_name",
-    "fsc_name",
+    "CONVERGENCE",
+    "CONVERGENCE_FIGURE",
+    "PARAMETERS",
+    "STATE",
     "classes_name",
     "classes_table_name",
     "fsc_figure_name",
-    "CONVERGENCE_FIGURE",
-    "model_particles_name",
+    "fsc_name",
+    "map_name",
     "model_folder_name",
-    "PARAMETERS",
-    "CONVERGENCE",
+    "model_particles_name",
+    "next_free_path",
+    "particles_name",
     "write_json",
 ]
 
 PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
 CONVERGENCE_FIGURE = "convergence.png"
+STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 
 
 def next_free_path(parent: str | Path = ".", prefix: str = "multi") -> Path:
