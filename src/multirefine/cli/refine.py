@@ -217,7 +217,8 @@ def _resolve_continue(args: argparse.Namespace):
 
     from multirefine.io.particles import open_particles, open_usefilt
     from multirefine.refine import runfolder
-    from multirefine.refine.driver import RefineOptions, load_state
+    from multirefine.refine.driver import RefineOptions
+    from multirefine.refine.state import load_state
 
     run = Path(args.continue_run)
     probe = argparse.ArgumentParser()

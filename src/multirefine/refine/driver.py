@@ -19,8 +19,9 @@ Each iteration:
    normalisation by ``--mass`` of the maps written (starting maps from different files are first aligned to
    map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
 6. the run folder gets ``threed_II_MM.mrc``, ``particles_II.star``, class averages
-   (``classes_II.mrcs``), FSC curves and figures, and the convergence statistics
-   (:mod:`multirefine.refine.runfolder`).
+   (``classes_II.mrcs``), FSC curves and figures, the convergence statistics
+   (:mod:`multirefine.refine.runfolder`) and ``state.npz``, from which ``--continue``
+   goes on (:mod:`multirefine.refine.state`).
 
 The search band follows the resolution: ``--targetres`` fixes it; otherwise it starts at
 the resolution the starting maps hold and follows the gold-standard FSC (0.143) of the
@@ -51,7 +52,6 @@ import pandas as pd
 import starfile
 import torch
 
-from multirefine.errors import InputError
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
 from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
@@ -94,6 +94,7 @@ from multirefine.refine.search import (
     shift_grid,
 )
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.refine.state import Layer, RunState, load_state, save_state
 from multirefine.report.html import write_report
 from multirefine.report.plots import plot_convergence, plot_fsc
 
@@ -101,11 +102,9 @@ __all__ = [
     "IterationStats",
     "RefineOptions",
     "RefinementResult",
-    "RunState",
     "SearchPlan",
     "assignment_table",
     "filtered_scale",
-    "load_state",
     "plan_search",
     "run_refinement",
     "write_report_safely",
@@ -426,10 +425,6 @@ def plan_search(
     )
 
 
-Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""One reconstruction entry per particle: (model, rotation (3, 3), shift px (2,), score, weight)."""
-
-
 def _next_band(band_res: float, resolutions: list[float], targetres: float | None) -> float:
     """The next iteration's search resolution: ``--targetres``, or the worst model's FSC 0.143."""
     finite = [r for r in resolutions if np.isfinite(r)]
@@ -505,46 +500,136 @@ def _reconstruct_models(
 
 
 @dataclass
-class RunState:
-    """What ``--continue`` needs of a run after an iteration (``state.npz``)."""
+class _FoldMaps:
+    """How the models' maps are rebuilt without a fold (:func:`_leave_out_volumes`)."""
 
-    iteration: int
-    radius_px: float
-    maps: np.ndarray  # (K, D, D, D): the maps made, in particle units (masked; not normalised by --mass)
-    table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
-    layers: list[Layer]  # what the maps were made from
+    operators: list[torch.Tensor]
+    mask_radius_px: float
+    scales: np.ndarray  # the references' intensity scale per model
 
 
-_POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")
+@dataclass
+class _Searched:
+    """Every particle's search result (``n`` particles, ``K`` models, ``T`` best poses)."""
+
+    model_scores: np.ndarray  # (n, K): the best score in each model
+    model_rotations: np.ndarray  # (n, K, 3, 3): the best pose in each model
+    model_shifts: np.ndarray  # (n, K, 2) px
+    choice_scores: np.ndarray  # (n, K): the score that picks the model (without the particle's fold)
+    image_power: np.ndarray  # (n,): the particle's power within the band
+    top_model: np.ndarray | None = None  # (n, T): --sep, the best poses over all models
+    top_rotations: np.ndarray | None = None
+    top_shifts: np.ndarray | None = None
+    top_scores: np.ndarray | None = None
 
 
-def _save_state(path: Path, state: RunState) -> None:
-    arrays = {f"table_{name}": a for name, a in zip(_POSE_FIELDS, state.table_poses)}
-    arrays |= {f"layers_{name}": np.stack([layer[j] for layer in state.layers]) for j, name in enumerate(_POSE_FIELDS)}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, version=1, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
-                 **arrays)
+def _search_particles(search_stack, plan: SearchPlan, references: PolarReferences, volumes_ft: torch.Tensor, opts,
+                      last: _LastReconstruction | None, fold_maps: _FoldMaps, advance=None) -> _Searched:
+    """Search every particle against every model, and score its model choice.
+
+    The model choice. A particle took part in its model's last reconstruction, so that map
+    holds its own noise and its score there is biased up: a random split of one state's
+    particles then stays as it was (measured: 600 adk particles of one state, 2 models from
+    a random split, 18 % and 4 % changed model in iterations 2-3 against the full maps).
+    Each particle is therefore scored again, at its pose in every model, against the maps
+    rebuilt without its fold (:data:`CHOICE_FOLDS`), and that score picks its model. Its
+    poses still come from the full maps. (Against the other half-set's maps the choice also
+    stopped sticking, but those hold half the particles: 76.2 % right on the three-state
+    benchmark after 12 iterations, against 98.7 % now and 94.6 % with the full maps;
+    BENCHMARKS.md.) With no last reconstruction (the first iteration) the search's own
+    scores pick the model.
+    """
+    n, k, device = len(search_stack), len(volumes_ft), volumes_ft.device
+    top = opts.sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
+    found = _Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n))
+    if opts.sep > 1:
+        found.top_model = np.zeros((n, top), dtype=np.int64)
+        found.top_rotations, found.top_shifts, found.top_scores = np.zeros((n, top, 3, 3)), np.zeros((n, top, 2)), np.zeros((n, top))
+    if last is None:
+        found.choice_scores = found.model_scores
+    band = plan.band
+    edges = _fold_edges(n, CHOICE_FOLDS)
+    fold_of = np.searchsorted(edges, np.arange(n), side="right") - 1
+    choice_fold, choice_ft = -1, None  # folds come in order: each fold's maps are made once
+    for start in range(0, n, opts.batch_size):
+        rows = np.arange(start, min(n, start + opts.batch_size))
+        batch = load_batch(search_stack, rows, device=device, center=False)
+        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, opts.score, top)
+        if opts.sep > 1:
+            found.top_model[rows] = result.model.cpu().numpy()
+            found.top_rotations[rows] = result.rotations.cpu().double().numpy()
+            found.top_shifts[rows] = result.shift_px.cpu().double().numpy()
+            found.top_scores[rows] = result.score.cpu().numpy()
+        found.model_scores[rows] = result.model_scores.cpu().numpy()
+        found.model_rotations[rows] = result.model_rotations.cpu().double().numpy()
+        found.model_shifts[rows] = result.model_shift_px.cpu().double().numpy()
+        for fold in [] if last is None else np.unique(fold_of[rows]):
+            if fold != choice_fold:
+                choice_ft = _leave_out_volumes(
+                    last, edges[fold], edges[fold + 1], fold_maps.operators, fold_maps.mask_radius_px,
+                    plan.band_radius_px, fold_maps.scales, device,
+                )
+                choice_fold = fold
+            sel = np.nonzero(fold_of[rows] == fold)[0]
+            index = torch.as_tensor(sel, device=batch.images_ft.device)
+            found.choice_scores[rows[sel]] = _choice_scores(
+                batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], choice_ft,
+                found.model_rotations[rows[sel]], found.model_shifts[rows[sel]], band, opts.score,
+            )
+        x = band.gather(batch.images_ft)
+        found.image_power[rows] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
+        if advance is not None:
+            advance(len(rows))
+    return found
 
 
-def load_state(path: Path, n: int, box: int) -> RunState:
-    """The run's state after its last finished iteration; checked against the particles."""
-    if not path.exists():
-        raise InputError(f"{path}: not found; the run has no finished iteration to continue from (start it again)")
-    try:
-        with np.load(path) as f:
-            data = {key: f[key] for key in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: not readable ({exc})") from None
-    if int(data.get("version", 0)) != 1:
-        raise InputError(f"{path}: version {data.get('version')} of the state file; this multirefine reads version 1")
-    maps, table_model = data["maps"], data["table_model"]
-    if len(table_model) != n:
-        raise InputError(f"{path}: the run holds {len(table_model)} particles, its --input has {n} now")
-    if maps.shape[1:] != (box, box, box):
-        raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
-    layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
-    return RunState(int(data["iteration"]), float(data["radius_px"]), maps,
-                  tuple(data[f"table_{name}"] for name in _POSE_FIELDS), layers)
+def _layers(found: _Searched, model: np.ndarray, posteriors: np.ndarray, sep: int) -> list[Layer]:
+    """What each model's map is made from, as layers of one pose per particle.
+
+    ``sep`` 1: per model, every particle at its best pose in that model, weighted by its
+    posterior for it (hard assignment: 1 for its model, 0 elsewhere). ``sep`` S > 1
+    (``--sep``): every particle at each of its S best poses within its chosen model, weight
+    1/S; a pose missing there is filled by that model's best one.
+    """
+    n, k = found.model_scores.shape
+    rows = np.arange(n)
+    if sep == 1:
+        return [
+            (np.full(n, m), found.model_rotations[:, m], found.model_shifts[:, m], found.model_scores[:, m],
+             posteriors[:, m])
+            for m in range(k)
+        ]
+    in_model = found.top_model == model[:, None]
+    pick = np.argsort(~in_model, axis=1, kind="stable")[:, :sep]
+    present = np.take_along_axis(in_model, pick, 1)
+    layers = []
+    for j in range(sep):
+        p, f = pick[:, j], present[:, j]
+        layers.append((
+            model,
+            np.where(f[:, None, None], found.top_rotations[rows, p], found.model_rotations[rows, model]),
+            np.where(f[:, None], found.top_shifts[rows, p], found.model_shifts[rows, model]),
+            np.where(f, found.top_scores[rows, p], found.model_scores[rows, model]),
+            np.full(n, 1 / sep),
+        ))
+    return layers
+
+
+def _align_to_first(maps: list[np.ndarray], apix: float, band_res: float) -> list[np.ndarray]:
+    """Starting maps from different files, each aligned to map 1 (with a hand check) where
+    that fits clearly better (:data:`ALIGNMENT_MARGIN`)."""
+    out = list(maps)
+    for m_index in range(1, len(maps)):
+        aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
+        if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
+            angle = float(rotation_change_deg(np.eye(3)[None], alignment.matrix[None], np.eye(3)[None])[0])
+            log.info(
+                "starting map %d aligned to map 1: rotated %.0f°%s (correlation %.2f -> %.2f)",
+                m_index + 1, angle, ", hand flipped" if alignment.flipped else "",
+                alignment.identity_score, alignment.score,
+            )
+            out[m_index] = aligned
+    return out
 
 
 def write_report_safely(run: Path) -> None:
@@ -598,25 +683,16 @@ def run_refinement(
             _, layer_stacks = _layer_stacks(stack, state.layers, halves, apix)
             last = _reconstruct_models(stack, state.layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep,
                                        device, progress, f"iteration {state.iteration}: rebuilt").last
-        log.info("continuing %s after iteration %d of %d", out, state.iteration, opts.iterations)
+        log.debug("continuing %s after iteration %d of %d", out, state.iteration, opts.iterations)
     elif opts.targetres is not None:
         band_res = opts.targetres
     else:
         from multirefine.refine.seeding import power_limit_angstrom
 
         band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
-    if state is None and opts.align_maps and opts.seeding == "models" and k > 1:
-        for m_index in range(1, k):
-            aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
-            if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
-                angle = float(rotation_change_deg(np.eye(3)[None], alignment.matrix[None], np.eye(3)[None])[0])
-                log.info(
-                    "starting map %d aligned to map 1: rotated %.0f°%s (correlation %.2f -> %.2f)",
-                    m_index + 1, angle, ", hand flipped" if alignment.flipped else "",
-                    alignment.identity_score, alignment.score,
-                )
-                maps[m_index] = aligned
     if state is None:
+        if opts.align_maps and opts.seeding == "models":
+            maps = _align_to_first(maps, apix, band_res)
         for m_index, volume in enumerate(maps, start=1):
             write_map(out / runfolder.map_name(0, m_index), volume, apix)
     for iteration in range(len(stats) + 1, opts.iterations + 1):
@@ -646,98 +722,24 @@ def run_refinement(
                 maps = [m * np.float32(a) for m, a in zip(maps, scales)]
         volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
         references = plan.references(volumes_ft)
-        model_scores = np.zeros((n, k))
-        model_rotations = np.zeros((n, k, 3, 3))
-        model_shifts = np.zeros((n, k, 2))
-        sep = opts.sep
-        top = sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
-        top_model = np.zeros((n, top), dtype=np.int64)
-        top_rotations = np.zeros((n, top, 3, 3))
-        top_shifts = np.zeros((n, top, 2))
-        top_scores = np.zeros((n, top))
-        image_power = np.zeros(n)
-        # The model choice. A particle took part in its model's last reconstruction, so that
-        # map holds its own noise and its score there is biased up: a random split of one
-        # state's particles then stays as it was (measured: 600 adk particles of one state, 2
-        # models from a random split, 18 % and 4 % changed model in iterations 2-3 against the
-        # full maps). Each particle is therefore scored again, at its pose in every model,
-        # against the maps rebuilt without its fold (:data:`CHOICE_FOLDS`), and that score
-        # picks its model. Its poses still come from the full maps. (Against the other
-        # half-set's maps the choice also stopped sticking, but those hold half the particles:
-        # 76.2 % right on the three-state benchmark after 12 iterations, against 98.7 % now
-        # and 94.6 % with the full maps; BENCHMARKS.md.)
-        choice_scores = model_scores if last is None else np.zeros((n, k))
-        band = fine_band
-        advance = progress(f"iteration {iteration}: search", n) if progress else (lambda _: None)
-        edges = _fold_edges(n, CHOICE_FOLDS)
-        fold_of = np.searchsorted(edges, np.arange(n), side="right") - 1
-        choice_fold, choice_ft = -1, None  # folds come in order: each fold's maps are made once
-        for start in range(0, n, opts.batch_size):
-            rows = np.arange(start, min(n, start + opts.batch_size))
-            batch = load_batch(search_stack, rows, device=device, center=False)
-            result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, opts.score, top)
-            if sep > 1:
-                top_model[rows] = result.model.cpu().numpy()
-                top_rotations[rows] = result.rotations.cpu().double().numpy()
-                top_shifts[rows] = result.shift_px.cpu().double().numpy()
-                top_scores[rows] = result.score.cpu().numpy()
-            model_scores[rows] = result.model_scores.cpu().numpy()
-            model_rotations[rows] = result.model_rotations.cpu().double().numpy()
-            model_shifts[rows] = result.model_shift_px.cpu().double().numpy()
-            folds_here = [] if last is None else np.unique(fold_of[rows])
-            for fold in folds_here:
-                if fold != choice_fold:
-                    choice_ft = _leave_out_volumes(
-                        last, edges[fold], edges[fold + 1], operators, mask_radius_px, band_radius, scales, device
-                    )
-                    choice_fold = fold
-                sel = np.nonzero(fold_of[rows] == fold)[0]
-                index = torch.as_tensor(sel, device=batch.images_ft.device)
-                choice_scores[rows[sel]] = _choice_scores(
-                    batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], choice_ft,
-                    model_rotations[rows[sel]], model_shifts[rows[sel]], fine_band, opts.score,
-                )
-            x = band.gather(batch.images_ft)
-            image_power[rows] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
-            advance(len(rows))
-        last = choice_ft = None  # the last maps' accumulators are not needed again
-        posteriors = _posteriors(choice_scores, image_power, float(band.weight.sum()), opts.score)
-        model = np.argmax(choice_scores, axis=1)
+        advance = progress(f"iteration {iteration}: search", n) if progress else None
+        found = _search_particles(search_stack, plan, references, volumes_ft, opts, last,
+                                  _FoldMaps(operators, mask_radius_px, scales), advance)
+        last = None  # the last maps' accumulators are not needed again
+        posteriors = _posteriors(found.choice_scores, found.image_power, float(fine_band.weight.sum()), opts.score)
+        model = np.argmax(found.choice_scores, axis=1)
         if initial_assignment is not None and iteration == 1:
             model = np.asarray(initial_assignment, dtype=np.int64)
             posteriors = np.eye(k)[model]
         if not opts.soft:
             posteriors = np.eye(k)[model]
         rows_n = np.arange(n)
-        score = model_scores[rows_n, model]
-        table_poses = (model, model_rotations[rows_n, model], model_shifts[rows_n, model], score,
+        score = found.model_scores[rows_n, model]
+        table_poses = (model, found.model_rotations[rows_n, model], found.model_shifts[rows_n, model], score,
                        posteriors[rows_n, model])
         table = assignment_table(stack.metadata, *table_poses, halves, apix)
-        # Reconstruction entries ("layers", each one pose per particle): per model, every
-        # particle at that model's pose weighted by its posterior (hard: 1 for its model); or,
-        # with --sep S, every particle at each of its S best poses in its model, weight 1/S.
-        spread = sep > 1 and not (initial_assignment is not None and iteration == 1)  # --randclassify first
-        if spread:
-            # The particle's `sep` best poses within its chosen model (a pose missing is filled
-            # by that model's best one).
-            in_model = top_model == model[:, None]
-            pick = np.argsort(~in_model, axis=1, kind="stable")[:, :sep]
-            found = np.take_along_axis(in_model, pick, 1)
-            layers = []
-            for j in range(sep):
-                p, f = pick[:, j], found[:, j]
-                layers.append((
-                    model,
-                    np.where(f[:, None, None], top_rotations[rows_n, p], model_rotations[rows_n, model]),
-                    np.where(f[:, None], top_shifts[rows_n, p], model_shifts[rows_n, model]),
-                    np.where(f, top_scores[rows_n, p], model_scores[rows_n, model]),
-                    np.full(n, 1 / sep),
-                ))
-        else:
-            layers = [
-                (np.full(n, m), model_rotations[:, m], model_shifts[:, m], model_scores[:, m], posteriors[:, m])
-                for m in range(k)
-            ]
+        spread = opts.sep > 1 and not (initial_assignment is not None and iteration == 1)  # --randclassify first
+        layers = _layers(found, model, posteriors, opts.sep if spread else 1)
         layer_tables, layer_stacks = _layer_stacks(stack, layers, halves, apix)
         made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
                                    progress, f"iteration {iteration}: reconstruct")
@@ -763,7 +765,7 @@ def run_refinement(
         entries, entry_weights = table.reset_index(drop=True), None
         if spread:
             entries = pd.concat([t.reset_index(drop=True) for t in layer_tables])
-            entry_weights = np.full(len(entries), 1 / sep)
+            entry_weights = np.full(len(entries), 1 / opts.sep)
         averages, class_table = class_averages(
             stack, entries, [d[0] for d in directions], [d[1] for d in directions], opts.classkeep,
             classiter=opts.classiter, psi_range_deg=fine, max_shift_px=shift_step_px, weights=entry_weights,
@@ -795,7 +797,7 @@ def run_refinement(
             iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",
             ", ".join(f"{r:.1f} Å" for r in resolutions),
         )
-        _save_state(out / runfolder.STATE, RunState(iteration, radius_px, new_maps, table_poses, layers))
+        save_state(out / runfolder.STATE, RunState(iteration, radius_px, new_maps, table_poses, layers))
         last = made.last
         previous_model, maps = model, new_maps
         band_res = _next_band(band_res, resolutions, opts.targetres)

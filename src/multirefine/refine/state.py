@@ -1,0 +1,71 @@
+"""A run's state after an iteration: what ``multirefine refine --continue`` needs.
+
+``state.npz`` in the run folder (rewritten after every iteration, under a temporary name
+and renamed) holds the last finished iteration, its maps in the particles' units, every
+particle's assignment (what ``particles_II.star`` holds) and the layers each map was made
+from. From these the driver rebuilds the maps' Fourier accumulators, which the next
+model choice needs, exactly as the uninterrupted run had them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from multirefine.errors import InputError
+from multirefine.io.atomic import atomic_path
+
+__all__ = ["Layer", "RunState", "load_state", "save_state"]
+
+Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""One reconstruction entry per particle: (model, rotation (3, 3), shift px (2,), score, weight)."""
+
+VERSION = 1
+
+
+@dataclass
+class RunState:
+    """What ``--continue`` needs of a run after an iteration (``state.npz``)."""
+
+    iteration: int
+    radius_px: float
+    maps: np.ndarray  # (K, D, D, D): the maps made, in particle units (masked; not normalised by --mass)
+    table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
+    layers: list[Layer]  # what the maps were made from
+
+
+_POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")
+
+
+def save_state(path: Path, state: RunState) -> None:
+    """Write ``state`` to ``path`` (atomically: a run killed meanwhile keeps the last one)."""
+    arrays = {f"table_{name}": a for name, a in zip(_POSE_FIELDS, state.table_poses)}
+    arrays |= {f"layers_{name}": np.stack([layer[j] for layer in state.layers]) for j, name in enumerate(_POSE_FIELDS)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, version=VERSION, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
+                 **arrays)
+
+
+def load_state(path: Path, n: int, box: int) -> RunState:
+    """The run's state after its last finished iteration; checked against the particles."""
+    if not path.exists():
+        raise InputError(f"{path}: not found; the run has no finished iteration to continue from (start it again)")
+    try:
+        with np.load(path) as f:
+            data = {key: f[key] for key in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not readable ({exc})") from None
+    if int(data.get("version", 0)) != VERSION:
+        raise InputError(
+            f"{path}: version {data.get('version')} of the state file; this multirefine reads version {VERSION}"
+        )
+    maps, table_model = data["maps"], data["table_model"]
+    if len(table_model) != n:
+        raise InputError(f"{path}: the run holds {len(table_model)} particles, its --input has {n} now")
+    if maps.shape[1:] != (box, box, box):
+        raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
+    layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
+    table_poses = tuple(data[f"table_{name}"] for name in _POSE_FIELDS)
+    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers)
