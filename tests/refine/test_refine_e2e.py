@@ -334,9 +334,9 @@ def test_continue_gives_the_uninterrupted_run(adk, capsys):
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--speed", "3"], "--speed are the run's own"),
+        (["--speed", "3", "--sym", "c2"], "--sym, --speed cannot change"),
         (["--iter", "0"], "--iter 0"),
-        (["--input", "other.star"], "--input are the run's own"),
+        (["--input", "other.star"], "--input cannot change"),
     ],
 )
 def test_continue_takes_the_runs_options(adk, capsys, extra, expected):

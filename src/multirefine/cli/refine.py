@@ -42,7 +42,7 @@ CONTINUE_OPTIONS = ("iter", "nosingle", "singleiter", "singleres", "parallel", "
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     p = parser
-    p.add_argument("--input", help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs")
+    p.add_argument("--input", help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs (needed unless --continue)")
     p.add_argument("--models", help="starting maps, comma-separated, or one file holding K maps")
     p.add_argument("--model", help="one starting map, varied into --nmodels seeds")
     p.add_argument("--nmodels", type=int, default=2, help="number of models made from --model (default 2)")
@@ -229,8 +229,8 @@ def _resolve_continue(args: argparse.Namespace):
                and name not in CONTINUE_OPTIONS]
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-        raise InputError(f"--continue {run}: {flags} are the run's own (its {runfolder.PARAMETERS}); "
-                         "only --iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem change")
+        raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
+                         "only --iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem can")
     parameters = run / runfolder.PARAMETERS
     if not parameters.is_file():
         raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
