@@ -96,8 +96,7 @@ def _split(text: str) -> list[str]:
 
 
 def _resolve(args: argparse.Namespace):
-    """Open and check everything; return (stack, search stack, maps, options, seeding)."""
-
+    """Open and check everything; return (stack, search stack, maps, options, model count)."""
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
     from multirefine.io.particles import open_particles, open_usefilt
