@@ -111,7 +111,13 @@ def relion_result(set_dir: Path) -> dict | None:
     out.update(iterations=iteration, seconds_per_iteration=per_iteration)
     out.update(cpu_per_iteration(sorted(run.glob("cpu*.csv")), stamps))
     out.update(accuracy_per_iteration(set_dir, [p for p in data if not p.name.startswith("run_it000")]))
-    out.update(gnu_time(run / "time.txt"))
+    # Wall time: the iterations' own spans (a run resumed in segments has gaps between them;
+    # a segment killed has no GNU time report). They include any contention on the machine,
+    # so the CPU seconds above are the fair figure. Peak memory: the largest report or sample.
+    out.update(wall_s=float(sum(per_iteration)))
+    peaks = [t["peak_mib"] for t in map(gnu_time, run.glob("time*.txt")) if "peak_mib" in t]
+    if peaks:
+        out.update(peak_mib=float(max(peaks)))
     return out
 
 
