@@ -51,7 +51,8 @@ def save_state(path: Path, state: RunState) -> None:
 def load_state(path: Path, n: int, box: int) -> RunState:
     """The run's state after its last finished iteration; checked against the particles."""
     if not path.exists():
-        raise InputError(f"{path}: not found; the run has no finished iteration to continue from (start it again)")
+        raise InputError(f"{path}: not found; the run stopped before its first iteration ended, or a multirefine "
+                         "older than --continue made it (start it again)")
     try:
         with np.load(path) as f:
             data = {key: f[key] for key in f.files}
