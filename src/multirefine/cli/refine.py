@@ -114,8 +114,7 @@ def _resolve(args: argparse.Namespace):
         raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
     if args.iter is None:
         args.iter = DEFAULT_ITERATIONS
-    if args.iter < 1:
-        raise InputError(f"--iter {args.iter}: expected 1 or more")
+    _check_iterations(args.iter, args.singleiter, args.singleres)
     for name in ("m3dkeep", "classkeep"):
         value = getattr(args, name)
         if not 0 < value <= 1:
@@ -126,10 +125,6 @@ def _resolve(args: argparse.Namespace):
         raise InputError(f"--sep {args.sep} with --soft: --sep spreads a hard assignment; use one of them")
     if args.classiter < 0:
         raise InputError(f"--classiter {args.classiter}: expected 0 or more")
-    if args.singleiter < 1:
-        raise InputError(f"--singleiter {args.singleiter}: expected 1 or more")
-    if not args.singleres > 0:
-        raise InputError(f"--singleres {args.singleres}: expected a resolution in Å")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -182,6 +177,16 @@ def _resolve(args: argparse.Namespace):
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     return stack, search_stack, maps, opts, k
+
+
+def _check_iterations(iterations: int, single_iterations: int, single_resolution: float) -> None:
+    """--iter, --singleiter and --singleres, for a new run and for --continue."""
+    if iterations < 1:
+        raise InputError(f"--iter {iterations}: expected 1 or more")
+    if single_iterations < 1:
+        raise InputError(f"--singleiter {single_iterations}: expected 1 or more")
+    if not single_resolution > 0:
+        raise InputError(f"--singleres {single_resolution}: expected a resolution in Å")
 
 
 def _batch_size(args: argparse.Namespace) -> int:
@@ -241,18 +246,13 @@ def _resolve_continue(args: argparse.Namespace):
         raise InputError(f"{parameters}: not readable ({exc})") from None
     opts.path = str(run)
     if args.iter is not None:
-        if args.iter < 1:
-            raise InputError(f"--iter {args.iter}: expected 1 or more")
         opts.iterations = args.iter
     opts.single = opts.single and not args.nosingle
     if args.singleiter != defaults["singleiter"]:
         opts.single_iterations = args.singleiter
     if args.singleres != defaults["singleres"]:
         opts.single_start_resolution_angstrom = args.singleres
-    if opts.single_iterations < 1:
-        raise InputError(f"--singleiter {opts.single_iterations}: expected 1 or more")
-    if not opts.single_start_resolution_angstrom > 0:
-        raise InputError(f"--singleres {opts.single_start_resolution_angstrom}: expected a resolution in Å")
+    _check_iterations(opts.iterations, opts.single_iterations, opts.single_start_resolution_angstrom)
     if args.lowmem:
         opts.batch_size = _batch_size(args)
     opts.device = _device_and_threads(args)  # the machine's, as for a new run

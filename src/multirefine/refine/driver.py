@@ -773,15 +773,13 @@ def run_refinement(
         write_stack(out / runfolder.classes_name(iteration), averages, apix)
         with atomic_path(out / runfolder.classes_table_name(iteration)) as tmp:
             starfile.write({"classes": class_table}, tmp, overwrite=True)
-        runfolder.write_json(
-            out / runfolder.fsc_name(iteration),
-            {
-                "pixel_size_angstrom": apix,
-                "shell_frequency_per_angstrom": (np.arange(box // 2 + 1) / (box * apix)).tolist(),
-                "half_map_fsc": [c.tolist() for c in fsc_curves],
-                "mutual_fsc": mutual_fsc(new_maps).tolist(),
-            },
-        )
+        fsc = {
+            "pixel_size_angstrom": apix,
+            "shell_frequency_per_angstrom": (np.arange(box // 2 + 1) / (box * apix)).tolist(),
+            "half_map_fsc": [c.tolist() for c in fsc_curves],
+            "mutual_fsc": mutual_fsc(new_maps).tolist(),
+        }
+        runfolder.write_json(out / runfolder.fsc_name(iteration), fsc)
         stat = IterationStats(
             iteration, time.perf_counter() - started, band_res, coarse, fine, counts, changed,
             resolutions, to_previous, float(np.mean(score)),
@@ -789,8 +787,7 @@ def run_refinement(
         stats.append(stat)
         runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
         plot_convergence([asdict(s) for s in stats], out / runfolder.CONVERGENCE_FIGURE)
-        plot_fsc(json.loads((out / runfolder.fsc_name(iteration)).read_text()), out / runfolder.fsc_figure_name(iteration),
-                 f"iteration {iteration}")
+        plot_fsc(fsc, out / runfolder.fsc_figure_name(iteration), f"iteration {iteration}")
         write_report_safely(out)
         log.info(
             "iteration %d done in %.0f s: particles per model %s, changed model %s, resolution %s",
