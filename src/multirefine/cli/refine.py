@@ -337,5 +337,9 @@ def main(args: argparse.Namespace) -> int:
                 )
     finally:
         progress.close()
+    if opts.device.startswith("cuda"):
+        import torch
+
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
     print(f"results in {path}/; the report: {path}/index.html")
     return 0

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole CUDA path on a GPU machine (device tool): each benchmark set refined as
+# bench_refine.py refines it (12 iterations, --randclassify) and then each model on its own
+# (the default; --nosingle off), timed and scored against the truth; the test suite with
+# --device auto (so cuda: the polar pass, the per-model stage and --continue); and the same
+# machine's 16 CPU cores on the conformational set for 2 iterations, the CPU baseline.
+# Carry .whl (mrcfile, starfile, gemmi wheels) and .gpu (each set's true maps in
+# .gpu/maps/SET), both made by bench/gpu_prepare.sh.
+# A dry run on a CPU: DEVICE=cpu N=300 IT=2 SETS=conformational TESTS=0 OUT=/tmp/dry bash bench/gpu_sets.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda} N=${N:-6000} IT=${IT:-12} SETS=${SETS:-conformational three_state compositional}
+TESTS=${TESTS:-1} BASELINE=${BASELINE:-1}
+here=$PWD
+if [ "$DEVICE" = cuda ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  nvidia-smi -L
+  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+fi
+export PYTHONPATH=/tmp/site:$here/src:$here/bench
+w=/tmp/gs; rm -rf $w; mkdir -p $w $OUT
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+python3 bench/datasets.py $w --n $N --maps-from .gpu/maps > /dev/null || exit 1
+stamp "sets simulated"
+for set in $SETS; do
+  k=2; [ $set = three_state ] && k=3
+  /usr/bin/time -v -o $w/time_$set.txt python3 -m multirefine.cli.main refine --input $w/$set/particles.star \
+    --model $w/$set/consensus_lp30.mrc --nmodels $k --randclassify --iter $IT --path $w/run_$set \
+    --device $DEVICE > $w/log_$set.txt 2>&1
+  stamp "$set rc=$? $(grep -E 'Elapsed|Maximum resident' $w/time_$set.txt | sed 's/^\s*//' | tr '\n' ';')"
+  grep -E "^multi-model|on its own|peak GPU" $w/log_$set.txt
+  echo "$set $(python3 bench/score_run.py $w/$set $w/run_$set $IT)" | tee -a $OUT/scores.txt
+done
+if [ "$BASELINE" = 1 ]; then
+  python3 -m multirefine.cli.main refine --input $w/conformational/particles.star \
+    --model $w/conformational/consensus_lp30.mrc --nmodels 2 --randclassify --iter 2 --nosingle \
+    --path $w/cpu16 --device cpu --parallel thread:16 > $w/log_cpu16.txt 2>&1
+  stamp "cpu thread:16 conformational, 2 iterations: $(grep '^multi-model' $w/log_cpu16.txt)"
+  echo "cpu16 $(python3 -c "import json; print([round(c['seconds'], 1) for c in json.load(open('$w/cpu16/convergence.json'))])")" | tee -a $OUT/scores.txt
+fi
+(cd $w && tar czf $OUT/runs.tgz log_*.txt time_*.txt */convergence.json */0_refine_parms.json */model_*/*.json 2>/dev/null)
+if [ "$TESTS" = 1 ]; then
+  timeout 200 python3 -m pytest -q -p no:cacheprovider -n 8 --durations=8 tests > $OUT/tests.txt 2>&1
+  stamp "tests rc=$?"; tail -25 $OUT/tests.txt
+fi
