@@ -115,7 +115,7 @@ def main() -> None:
           f"({ops / args.n / args.iter:.1f} per particle and iteration); host waits {syncs}")
     if cuda:
         print(f"device busy {device_s:.1f} s of {wall:.1f} s ({100 * device_s / wall:.0f} %)")
-        print(events.table(sort_by="self_cuda_time_total", row_limit=args.top))
+        print(events.table(sort_by="self_device_time_total", row_limit=args.top))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
     if args.trace:
         prof.export_chrome_trace(args.trace)
