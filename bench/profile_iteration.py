@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -108,7 +109,8 @@ def main() -> None:
     events = prof.key_averages()
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
     syncs = {e.key: e.count for e in events if e.key in SYNCING}
-    device_s = sum(e.self_device_time_total for e in events) / 1e6 if cuda else 0.0
+    # The kernels themselves (their own events), not the ops that launched them as well.
+    device_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
     print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
           f"{args.threads} threads")
     print(f"wall {warm:.1f} s unprofiled, {wall:.1f} s profiled; {ops} aten ops "
