@@ -3,14 +3,15 @@
 # bench_refine.py refines it (12 iterations, --randclassify) and then each model on its own
 # (the default; --nosingle off), timed and scored against the truth; the test suite with
 # --device auto (so cuda: the polar pass, the per-model stage and --continue); and the same
-# machine's 16 CPU cores on the conformational set for 2 iterations, the CPU baseline.
+# machine's 16 CPU cores on the conformational set for 2 iterations, the CPU baseline; then
+# bench/profile_iteration.py on that set (PROFILE=0 skips it).
 # Carry .whl (mrcfile, starfile, gemmi wheels) and .gpu (each set's true maps in
 # .gpu/maps/SET), both made by bench/gpu_prepare.sh.
 # A dry run on a CPU: DEVICE=cpu N=300 IT=2 SETS=conformational TESTS=0 OUT=/tmp/dry bash bench/gpu_sets.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda} N=${N:-6000} IT=${IT:-12} SETS=${SETS:-conformational three_state compositional}
-TESTS=${TESTS:-1} BASELINE=${BASELINE:-1}
+TESTS=${TESTS:-1} BASELINE=${BASELINE:-1} PROFILE=${PROFILE:-1}
 here=$PWD
 if [ "$DEVICE" = cuda ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -38,6 +39,12 @@ if [ "$BASELINE" = 1 ]; then
     --path $w/cpu16 --device cpu --parallel thread:16 > $w/log_cpu16.txt 2>&1
   stamp "cpu thread:16 conformational, 2 iterations: $(grep '^multi-model' $w/log_cpu16.txt)"
   echo "cpu16 $(python3 -c "import json; print([round(c['seconds'], 1) for c in json.load(open('$w/cpu16/convergence.json'))])")" | tee -a $OUT/scores.txt
+fi
+if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wall against device busy)
+  python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 \
+    --trace $w/trace.json > $OUT/profile.txt 2>&1
+  stamp "profile rc=$?"; grep -E "^wall|^device busy" $OUT/profile.txt
+  gzip -c $w/trace.json > $OUT/trace.json.gz
 fi
 (cd $w && tar czf $OUT/runs.tgz log_*.txt time_*.txt */convergence.json */0_refine_parms.json */model_*/*.json 2>/dev/null)
 if [ "$TESTS" = 1 ]; then
