@@ -45,6 +45,10 @@ if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wa
     --trace $w/trace.json > $OUT/profile.txt 2>&1
   stamp "profile rc=$?"; grep -E "^wall|^device busy" $OUT/profile.txt
   gzip -c $w/trace.json > $OUT/trace.json.gz
+  for b in 2000 6000; do  # larger batches: fewer launches per particle
+    python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 --batch $b \
+      --top 0 2>&1 | grep -E "^wall|^device busy" | sed "s/^/batch $b: /"
+  done | tee -a $OUT/profile.txt
 fi
 (cd $w && tar czf $OUT/runs.tgz log_*.txt time_*.txt */convergence.json */0_refine_parms.json */model_*/*.json 2>/dev/null)
 if [ "$TESTS" = 1 ]; then
