@@ -93,6 +93,42 @@ def test_from_low_passed_true_maps(adk, capsys):
         assert column in assigned.columns
 
 
+def test_continue_keeps_the_models_refined_before(adk, capsys):
+    """A run killed during model 2's own refinement: --continue keeps model 1's refinement
+    as it was, refines model 2 again as the uninterrupted run did, and leaves nothing of
+    the cut attempt."""
+    import shutil
+
+    import mrcfile
+
+    whole = adk / "run_lp"  # made by test_from_low_passed_true_maps
+    if not (whole / "model_02" / "finished.json").exists():
+        pytest.skip("needs the run of test_from_low_passed_true_maps")
+    run = adk / "run_lp_cut"
+    shutil.copytree(whole, run)
+    (run / "model_02" / "finished.json").unlink()
+    (run / "model_02" / "threed_final.mrc").write_bytes(b"half-written by a run that was killed")
+    (run / "model_02" / "threed_07.mrc").write_bytes(b"an iteration the new attempt may not reach")
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "model_01").iterdir()}
+    capsys.readouterr()
+    assert main(["refine", "--continue", str(run), "--parallel", "thread:2"]) == 0
+    out = capsys.readouterr().out
+    assert "model 1 on its own (finished before this --continue, kept)" in out
+    assert "model 2 on its own: " in out
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "model_01").iterdir()} == kept
+    assert not (run / "model_02" / "threed_07.mrc").exists()
+    for name in ("threed_final.mrc", "half1_unfil.mrc", "half2_unfil.mrc"):
+        np.testing.assert_array_equal(mrcfile.read(run / "model_02" / name), mrcfile.read(whole / "model_02" / name),
+                                      err_msg=name)
+    marker = json.loads((run / "model_02" / "finished.json").read_text())
+    assert marker == json.loads((whole / "model_02" / "finished.json").read_text())
+    assert marker["after_iteration"] == 3 and marker["single_iterations"] == 2
+    # Another --singleiter is another refinement: neither model is kept.
+    assert main(["refine", "--continue", str(run), "--singleiter", "1", "--parallel", "thread:2"]) == 0
+    assert "finished before" not in capsys.readouterr().out
+    assert json.loads((run / "model_01" / "finished.json").read_text())["single_iterations"] == 1
+
+
 def test_mass_scales_the_maps_written_not_the_references(adk):
     """``--mass``: threshold 1 of every written map encloses the mass; the search still
     compares particles with references in the particles' units, so the classification is

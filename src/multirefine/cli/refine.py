@@ -331,9 +331,9 @@ def main(args: argparse.Namespace) -> int:
                     print(f"model {m_index}: too few particles to refine on its own")
                     continue
                 print(
-                    f"model {m_index} on its own: {len(single.stats)} iterations in "
-                    f"{sum(s.seconds for s in single.stats):.0f} s, resolution {single.resolution_0143_angstrom:.1f} Å "
-                    f"(FSC 0.143, independent half maps): {folder}/threed_final.mrc"
+                    f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
+                    f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
+                    f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
                 )
     finally:
         progress.close()

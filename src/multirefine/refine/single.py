@@ -30,12 +30,19 @@ has its own), ``threed_II.mrc`` the full map after iteration ``II``, ``fsc_II.js
 ``convergence.json``; at the end ``threed_final.mrc`` (the full map, FSC-weighted and
 masked), ``half1_unfil.mrc`` / ``half2_unfil.mrc`` (the last half maps, neither filtered
 nor masked: for ``relion_postprocess`` or any other sharpening) and
-``particles_final.star`` (the set with its final poses). With ``--mass`` the full maps
-written are normalised by it, as every map of the run is.
+``particles_final.star`` (the set with its final poses), and last ``finished.json``: after
+which multi-model iteration, with how many particles and which ``--singleiter`` and
+``--singleres`` the model was refined. With ``--mass`` the full maps written are
+normalised by it, as every map of the run is.
+
+``multirefine refine --continue`` keeps a model whose ``finished.json`` matches the run
+(the same last iteration, particles and options) and refines the others again, after
+removing what an interrupted attempt left in their folders.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -78,6 +85,9 @@ log = logging.getLogger(__name__)
 
 MIN_PARTICLES = 50  # a model with fewer is not refined on its own
 PATIENCE = 2  # iterations without a 1 % better resolution before a refinement stops
+FINISHED = "finished.json"  # written last: the model's own refinement is complete
+_OUTPUTS = ("threed_*.mrc", "fsc_*.json", runfolder.CONVERGENCE, "half1_unfil.mrc", "half2_unfil.mrc",
+            "particles_final.star", FINISHED)  # what refine_single writes into its folder
 
 
 @dataclass
@@ -97,8 +107,7 @@ class SingleStats:
 class SingleResult:
     stats: list[SingleStats]
     resolution_0143_angstrom: float  # of the last iteration's half maps
-    fsc: np.ndarray  # (D//2+1,) the last half-map FSC
-    full_map: np.ndarray  # (D, D, D) FSC-weighted, masked, particle units
+    earlier: bool = False  # finished by an earlier attempt of the run (--continue), kept as it was
 
 
 def refine_single(
@@ -224,7 +233,7 @@ def refine_single(
     final = normalize_by_mass(full_map, mass_kda, apix) if mass_kda else full_map
     write_map(out / "threed_final.mrc", final, apix)
     write_particles_star(out / "particles_final.star", table, stack.optics)
-    return SingleResult(stats, resolution, result.fsc, full_map)
+    return SingleResult(stats, resolution)
 
 
 def refine_each_model(
@@ -244,12 +253,45 @@ def refine_each_model(
             log.warning("model %d holds %d particles (< %d): not refined on its own", m_index + 1, len(rows), MIN_PARTICLES)
             results.append(None)
             continue
+        folder = Path(opts.path) / runfolder.model_folder_name(m_index + 1)
+        marker = {"after_iteration": multi.stats[-1].iteration if multi.stats else 0, "particles": len(rows),
+                  "single_iterations": opts.single_iterations,
+                  "single_start_resolution_angstrom": opts.single_start_resolution_angstrom}
+        done = _finished(folder, marker)
+        if done is not None:
+            log.info("model %d: refined on its own before (%s), kept", m_index + 1, folder / FINISHED)
+            results.append(done)
+            continue
+        _clear(folder)
         log.info("model %d: %d particles refined on their own (gold standard)", m_index + 1, len(rows))
         subset = stack.with_metadata(multi.table).subset(rows)
         search_subset = subset if search_stack is stack else search_stack.subset(rows)
         results.append(refine_single(
-            subset, search_subset, volume, opts.symmetries[m_index], Path(opts.path) / runfolder.model_folder_name(m_index + 1),
+            subset, search_subset, volume, opts.symmetries[m_index], folder,
             opts, None if not opts.mass_kda else opts.mass_kda[m_index], progress, f"model {m_index + 1}, ",
         ))
+        runfolder.write_json(folder / FINISHED, marker)
         write_report_safely(Path(opts.path))
     return results
+
+
+def _finished(folder: Path, marker: dict) -> SingleResult | None:
+    """The model's own refinement as an earlier attempt of this run finished it, if its
+    ``finished.json`` says it was made from the same particles with the same options."""
+    try:
+        if json.loads((folder / FINISHED).read_text()) != marker:
+            return None
+        stats = [SingleStats(**s) for s in json.loads((folder / runfolder.CONVERGENCE).read_text())]
+    except (OSError, ValueError, TypeError):
+        return None
+    if not stats or not (folder / "threed_final.mrc").exists():
+        return None
+    return SingleResult(stats, stats[-1].resolution_0143_angstrom, earlier=True)
+
+
+def _clear(folder: Path) -> None:
+    """Remove what an earlier, unfinished attempt wrote into a model's folder (its files
+    only), so that no stale iteration outlives the new refinement."""
+    for pattern in _OUTPUTS:
+        for path in folder.glob(pattern):
+            path.unlink()
