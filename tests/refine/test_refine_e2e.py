@@ -367,6 +367,31 @@ def test_continue_gives_the_uninterrupted_run(adk, capsys):
     assert (part / "particles_model_02.star").exists()
 
 
+def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
+    """Classification only (--nosingle, as RELION's Class3D), then --continue --single: each
+    model refined on its own from the run's last iteration, no iteration repeated."""
+    import shutil
+
+    source = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run (--nosingle, 3 iterations)
+    if not (source / "state.npz").exists():
+        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    run = adk / "run_part_single"
+    shutil.copytree(source, run)
+    capsys.readouterr()
+    assert main(["refine", "--continue", str(run), "--single", "--singleiter", "1", "--parallel", "thread:2"]) == 0
+    out = capsys.readouterr().out
+    assert "model 1 on its own: 1 iterations" in out and "model 2 on its own: 1 iterations" in out
+    assert len(json.loads((run / "convergence.json").read_text())) == 3
+    for k in (1, 2):
+        marker = json.loads((run / f"model_{k:02d}" / "finished.json").read_text())
+        assert marker["after_iteration"] == 3
+        own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
+        split = read_particles_star(run / f"particles_model_{k:02d}.star").metadata
+        assert list(own["rlnImageName"]) == list(split["rlnImageName"])
+    assert main(["refine", "--continue", str(run), "--single", "--nosingle"]) == 2
+    assert "--single and --nosingle" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [

@@ -12,12 +12,14 @@ half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
 A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
 --continue RUN: from its last finished iteration, with the options it was started with
 (state.npz, 0_refine_parms.json); the result is the one an uninterrupted run gives. Only
---iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem may change.
+--iter, --single, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem
+may change. A model refined on its own before is kept if nothing it depends on changed.
 
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
   multirefine refine --input particles.star --model consensus.mrc --nmodels 2
   multirefine refine --continue multi_01 --iter 8
+  multirefine refine --continue multi_02 --single     (a --nosingle run: now each model on its own)
   e2refinemulti --input sets/all.lst --models m1.hdf,m2.hdf --sym c1,c2 --mass 200,250 --apix 1.5
 """
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ITERATIONS = 5
 # What --continue may change; every other option is the run's (0_refine_parms.json).
-CONTINUE_OPTIONS = ("iter", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
+CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--nosingle", action="store_true",
                    help="stop after the multi-model iterations (default: then refine each model's particles on "
                    "their own, gold standard, into model_MM/)")
+    p.add_argument("--single", action="store_true",
+                   help="refine each model's particles on their own after the iterations: the default; with "
+                   "--continue, turns it on for a run made with --nosingle")
     p.add_argument("--singleiter", type=int, default=8,
                    help="at most this many iterations of each model's own refinement (default 8; it stops "
                    "earlier when the resolution stops improving)")
@@ -234,7 +239,7 @@ def _resolve_continue(args: argparse.Namespace):
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
-                         "only --iter, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem can")
+                         "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem can")
     parameters = run / runfolder.PARAMETERS
     if not parameters.is_file():
         raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
@@ -247,7 +252,7 @@ def _resolve_continue(args: argparse.Namespace):
     opts.path = str(run)
     if args.iter is not None:
         opts.iterations = args.iter
-    opts.single = opts.single and not args.nosingle
+    opts.single = (opts.single or args.single) and not args.nosingle
     if args.singleiter != defaults["singleiter"]:
         opts.single_iterations = args.singleiter
     if args.singleres != defaults["singleres"]:
@@ -285,6 +290,8 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import refine_each_model
 
+    if args.single and args.nosingle:
+        raise InputError("--single and --nosingle: give one of them")
     resume = args.continue_run is not None
     if resume:
         stack, search_stack, opts, done = _resolve_continue(args)
