@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from multirefine.io.atomic import atomic_path  # noqa: E402
+from multirefine.io.atomic import atomic_path
 
 __all__ = ["plot_class_montage", "plot_convergence", "plot_fsc", "plot_map_sections"]
 
@@ -84,13 +84,26 @@ def plot_map_sections(maps: list[np.ndarray], labels: list[str], path: str | Pat
 
 
 def plot_class_montage(averages: np.ndarray, labels: list[str], path: str | Path, columns: int = 8) -> None:
-    """Class averages ``(C, D, D)`` in a grid, each with its label."""
-    rows = max(1, -(-len(averages) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, label in zip(axes.flat, averages, labels):
-        ax.imshow(image, cmap="gray", origin="lower")
-        ax.set_title(label, fontsize=7)
-    fig.tight_layout()
+    """Class averages ``(C, D, D)`` in a grid, each scaled to its own range, with its label.
+
+    One image on one axes (the tiles laid out here): a figure of many axes costs the run
+    about half a second per iteration, this one a tenth of that."""
+    count, box = len(averages), averages.shape[-1]
+    rows = max(1, -(-count // columns))
+    gap, head = max(1, box // 16), max(6, box // 4)  # between tiles; above each, room for its label
+    cell_w, cell_h = box + gap, box + head
+    canvas = np.full((rows * cell_h, columns * cell_w - gap), np.nan, dtype=np.float32)
+    for i, image in enumerate(averages):
+        low, high = np.percentile(image, (0.5, 99.5))
+        r, c = divmod(i, columns)
+        top, left = r * cell_h + head, c * cell_w
+        canvas[top : top + box, left : left + box] = np.clip((image - low) / max(high - low, 1e-12), 0, 1)[::-1]
+    fig = plt.figure(figsize=(1.3 * columns, 1.45 * rows))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(np.ma.masked_invalid(canvas), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_facecolor("white")
+    ax.axis("off")
+    for i, label in enumerate(labels[:count]):
+        r, c = divmod(i, columns)
+        ax.text(c * cell_w + box / 2, r * cell_h + head - 1, label, ha="center", va="bottom", fontsize=7)
     _save(fig, path)
