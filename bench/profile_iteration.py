@@ -29,16 +29,19 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import multirefine
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.driver import RefineOptions, run_refinement
 
+PACKAGE = str(Path(multirefine.__file__).parent)
 SYNCING = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
 def run(set_dir: Path, args: argparse.Namespace, out: Path) -> float:
     stack = open_particles(set_dir / "particles.star")
-    stack = stack.subset(np.arange(min(args.n, len(stack))))
+    args.n = min(args.n, len(stack))
+    stack = stack.subset(np.arange(args.n))
     k = len(list(set_dir.glob("gt_*.mrc")))
     start = read_map(set_dir / "consensus_lp30.mrc")[0]
     opts = RefineOptions(input=str(set_dir / "particles.star"), path=str(out), symmetries=["C1"] * k,
@@ -63,7 +66,7 @@ class CallSites(TorchDispatchMode):
         self.steps: collections.Counter = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        frames = [f for f in traceback.extract_stack(limit=40) if "multirefine" in f.filename]
+        frames = [f for f in traceback.extract_stack(limit=80) if f.filename.startswith(PACKAGE)]
         if frames:
             self.functions[f"{Path(frames[-1].filename).name} {frames[-1].name}"] += 1
             below = [f.name for f in frames if f.name != "run_refinement"]

@@ -127,6 +127,14 @@ def test_continue_keeps_the_models_refined_before(adk, capsys):
     assert main(["refine", "--continue", str(run), "--singleiter", "1", "--parallel", "thread:2"]) == 0
     assert "finished before" not in capsys.readouterr().out
     assert json.loads((run / "model_01" / "finished.json").read_text())["single_iterations"] == 1
+    # A value given is taken even when it is the default (8), which the run no longer has.
+    assert main(["refine", "--continue", str(run), "--singleiter", "8", "--check"]) == 0
+    assert "at most 8 iterations" in capsys.readouterr().out
+    # More iterations without the per-model stage: the refinements on their own were made
+    # from iteration 3, so the report no longer shows them as the models'.
+    assert main(["refine", "--continue", str(run), "--iter", "4", "--nosingle", "--parallel", "thread:2"]) == 0
+    page = (run / "index.html").read_text()
+    assert "Each model refined on its own" not in page
 
 
 def test_mass_scales_the_maps_written_not_the_references(adk):
@@ -398,6 +406,7 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
         (["--speed", "3", "--sym", "c2"], "--sym, --speed cannot change"),
         (["--iter", "0"], "--iter 0"),
         (["--input", "other.star"], "--input cannot change"),
+        (["--speed", "5"], "--speed cannot change"),  # refused though 5 is the default
     ],
 )
 def test_continue_takes_the_runs_options(adk, capsys, extra, expected):

@@ -11,7 +11,7 @@ from multirefine import __version__
 from multirefine.cli import demo, reconstruct, refine, report, simulate
 from multirefine.errors import InputError
 
-__all__ = ["main", "e2refinemulti", "build_parser"]
+__all__ = ["build_parser", "e2refinemulti", "main"]
 
 # Listed explicitly, in the order of the help text.
 SUBCOMMANDS: dict[str, ModuleType] = {
@@ -44,12 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given(command: str, argv: list[str]) -> set[str]:
+    """The options the command line gives (their ``dest``), told apart from defaults: the
+    command's arguments parsed again with every default suppressed."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("-v", "--verbose", action="count")  # counts from its default: None when not given
+    SUBCOMMANDS[command].add_args(probe)
+    for action in probe._actions:  # argparse has no public way to suppress defaults already given
+        if action.dest != "verbose":
+            action.default = argparse.SUPPRESS
+    known, _ = probe.parse_known_args(argv[argv.index(command) + 1 :])
+    return {name for name, value in vars(known).items() if name != "verbose" or value is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    args.given = _given(args.command, argv)
     level = logging.INFO if args.verbose == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s")
     for noisy in ("matplotlib", "PIL", "h5py", "numexpr"):

@@ -230,12 +230,8 @@ def _resolve_continue(args: argparse.Namespace):
     from multirefine.refine.state import load_state
 
     run = Path(args.continue_run)
-    probe = argparse.ArgumentParser()
-    add_args(probe)
-    defaults = vars(probe.parse_args([]))
-    changed = [name for name, value in vars(args).items()
-               if name in defaults and name != "continue_run" and value != defaults[name]
-               and name not in CONTINUE_OPTIONS]
+    given = args.given  # the options this command line names (cli.main), defaults or not
+    changed = [name for name in vars(args) if name in given and name != "continue_run" and name not in CONTINUE_OPTIONS]
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
@@ -253,9 +249,9 @@ def _resolve_continue(args: argparse.Namespace):
     if args.iter is not None:
         opts.iterations = args.iter
     opts.single = (opts.single or args.single) and not args.nosingle
-    if args.singleiter != defaults["singleiter"]:
+    if "singleiter" in given:
         opts.single_iterations = args.singleiter
-    if args.singleres != defaults["singleres"]:
+    if "singleres" in given:
         opts.single_start_resolution_angstrom = args.singleres
     _check_iterations(opts.iterations, opts.single_iterations, opts.single_start_resolution_angstrom)
     if args.lowmem:

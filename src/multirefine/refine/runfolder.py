@@ -26,6 +26,7 @@ from multirefine.io.atomic import atomic_path
 __all__ = [
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",
+    "MODEL_FINISHED",
     "PARAMETERS",
     "STATE",
     "classes_name",
@@ -44,6 +45,7 @@ PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
 CONVERGENCE_FIGURE = "convergence.png"
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
+MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete
 
 
 def next_free_path(parent: str | Path = ".", prefix: str = "multi") -> Path:

@@ -36,8 +36,10 @@ which multi-model iteration, with how many particles and which ``--singleiter`` 
 normalised by it, as every map of the run is.
 
 ``multirefine refine --continue`` keeps a model whose ``finished.json`` matches the run
-(the same last iteration, particles and options) and refines the others again, after
-removing what an interrupted attempt left in their folders.
+(the same last iteration, number of particles and options) and refines the others again,
+after removing what an earlier attempt wrote in their folders: an interrupted one, or a
+finished one made from an earlier classification or with another ``--singleiter`` or
+``--singleres``. Files of other names in a model's folder are left alone.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -85,9 +88,11 @@ log = logging.getLogger(__name__)
 
 MIN_PARTICLES = 50  # a model with fewer is not refined on its own
 PATIENCE = 2  # iterations without a 1 % better resolution before a refinement stops
-FINISHED = "finished.json"  # written last: the model's own refinement is complete
-_OUTPUTS = ("threed_*.mrc", "fsc_*.json", runfolder.CONVERGENCE, "half1_unfil.mrc", "half2_unfil.mrc",
-            "particles_final.star", FINISHED)  # what refine_single writes into its folder
+FINISHED = runfolder.MODEL_FINISHED  # written last: the model's own refinement is complete
+# What refine_single writes into its folder (and nothing else there): FINISHED first, so that
+# a folder cleared only in part is never taken for a finished one.
+_OUTPUTS = re.compile(r"threed_\d+\.mrc|fsc_\d+\.json|convergence\.json|threed_final\.mrc|half[12]_unfil\.mrc"
+                      r"|particles_final\.star")
 
 
 @dataclass
@@ -249,11 +254,12 @@ def refine_each_model(
     results: list[SingleResult | None] = []
     for m_index, volume in enumerate(multi.maps):
         rows = np.nonzero(classes == m_index + 1)[0]
+        folder = Path(opts.path) / runfolder.model_folder_name(m_index + 1)
         if len(rows) < MIN_PARTICLES:
             log.warning("model %d holds %d particles (< %d): not refined on its own", m_index + 1, len(rows), MIN_PARTICLES)
+            _clear(folder)  # a refinement from an earlier classification of the run is no longer this model's
             results.append(None)
             continue
-        folder = Path(opts.path) / runfolder.model_folder_name(m_index + 1)
         marker = {"after_iteration": multi.stats[-1].iteration if multi.stats else 0, "particles": len(rows),
                   "single_iterations": opts.single_iterations,
                   "single_start_resolution_angstrom": opts.single_start_resolution_angstrom}
@@ -290,8 +296,14 @@ def _finished(folder: Path, marker: dict) -> SingleResult | None:
 
 
 def _clear(folder: Path) -> None:
-    """Remove what an earlier, unfinished attempt wrote into a model's folder (its files
-    only), so that no stale iteration outlives the new refinement."""
-    for pattern in _OUTPUTS:
-        for path in folder.glob(pattern):
-            path.unlink()
+    """Remove what an earlier attempt wrote into a model's folder (an interrupted one, or a
+    finished one made from another classification or with other options): refine_single's
+    files only, so that nothing stale outlives the new refinement. Other files stay."""
+    if not folder.is_dir():
+        return
+    (folder / FINISHED).unlink(missing_ok=True)
+    stale = [path for path in folder.iterdir() if _OUTPUTS.fullmatch(path.name)]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("%s: removed %d files of an earlier refinement of this model", folder, len(stale))

@@ -68,11 +68,16 @@ def _table(header: list[str], rows: list[list], left: int = 0) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _single_runs(run: Path, k: int) -> dict[int, list[dict]]:
-    """Model -> its own refinement's statistics, for the models that have one."""
+def _single_runs(run: Path, k: int, iteration: int) -> dict[int, list[dict]]:
+    """Model -> its own refinement's statistics, for the models that have one made from the
+    run's last iteration (or one in progress); a refinement that ``finished.json`` says was
+    made after an earlier iteration is not this model's any more."""
     found = {}
     for m in range(1, k + 1):
-        path = run / runfolder.model_folder_name(m) / runfolder.CONVERGENCE
+        folder = run / runfolder.model_folder_name(m)
+        path, marker = folder / runfolder.CONVERGENCE, folder / runfolder.MODEL_FINISHED
+        if marker.exists() and json.loads(marker.read_text()).get("after_iteration") != iteration:
+            continue
         if path.exists():
             found[m] = json.loads(path.read_text())
     return found
@@ -116,7 +121,7 @@ def write_report(run: str | Path) -> Path:
     iteration, k = last["iteration"], len(last["particles_per_model"])
     figures = run / FIGURES
     figures.mkdir(exist_ok=True)
-    singles = _single_runs(run, k)
+    singles = _single_runs(run, k, iteration)
     parts = [f"<h1>multirefine run <code>{html.escape(run.name)}</code></h1>"]
     parts.append(
         f"<p>{html.escape(str(parms.get('input', '')))}: {k} models, symmetry "
@@ -163,7 +168,7 @@ def write_report(run: str | Path) -> Path:
             maps.append(read_map(path)[0])
             labels.append(f"model {m}, it. {iteration}")
         final = run / runfolder.model_folder_name(m) / "threed_final.mrc"
-        if final.exists():
+        if m in singles and final.exists():
             maps.append(read_map(final)[0])
             labels.append(f"model {m}, own")
     if maps:
