@@ -70,6 +70,7 @@ def test_from_low_passed_true_maps(adk, capsys):
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (run / src).exists(), src
     assert "Each model refined on its own" in page and "Class averages after iteration 3" in page
+    assert "Viewing directions after iteration 3" in page
     own = json.loads((run / "model_01" / "convergence.json").read_text())[-1]["resolution_0143_angstrom"]
     assert f"<td>{own:.1f}</td>" in page
     # Each model's own refinement keeps its particles: the same images as its set of the split.

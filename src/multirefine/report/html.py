@@ -12,6 +12,7 @@ to ``report/`` in the run folder:
 - the half-map FSC of the last iteration (``fsc_II.png``);
 - central sections and projections of every model's last map and of its refined map;
 - the most populated class averages of every model;
+- each model's particles per viewing direction on a map of the sphere (``directions_II.png``);
 - each model's own refinement: its FSC curve and iterations.
 """
 
@@ -29,7 +30,12 @@ from multirefine.errors import InputError
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import read_map
 from multirefine.refine import runfolder
-from multirefine.report.plots import plot_class_montage, plot_fsc, plot_map_sections
+from multirefine.report.plots import (
+    plot_class_montage,
+    plot_directions,
+    plot_fsc,
+    plot_map_sections,
+)
 
 __all__ = ["REPORT", "write_report"]
 
@@ -83,13 +89,39 @@ def _single_runs(run: Path, k: int, iteration: int) -> dict[int, list[dict]]:
     return found
 
 
+def _classes_table(run: Path, iteration: int):
+    """``classes_II.star``: model, direction and particles of each class average (None: none)."""
+    path = run / runfolder.classes_table_name(iteration)
+    if not path.exists():
+        return None
+    table = starfile.read(path)
+    return table["classes"] if isinstance(table, dict) else table
+
+
+def _directions(run: Path, iteration: int, particles: list[int], figures: Path) -> str | None:
+    """Each model's particles per viewing direction (the class averages' directions and
+    sizes), as one figure (its name); ``particles``: each model's particles in all."""
+    k = len(particles)
+    table = _classes_table(run, iteration)
+    if table is None or not len(table):
+        return None
+    model = table["rlnClassNumber"].to_numpy()
+    directions = [
+        tuple(table[column].to_numpy(dtype=np.float64)[model == m]
+              for column in ("rlnAngleRot", "rlnAngleTilt", "rlnClassDistribution"))
+        for m in range(1, k + 1)
+    ]
+    name = f"directions_{iteration:02d}.png"
+    plot_directions(directions, [f"model {m}: {particles[m - 1]} particles" for m in range(1, k + 1)], figures / name)
+    return name
+
+
 def _class_montage(run: Path, iteration: int, k: int, figures: Path) -> str | None:
     """The most populated class averages of every model, as one figure (its name)."""
-    stack_path, table_path = run / runfolder.classes_name(iteration), run / runfolder.classes_table_name(iteration)
-    if not (stack_path.exists() and table_path.exists()):
+    stack_path = run / runfolder.classes_name(iteration)
+    table = _classes_table(run, iteration)
+    if table is None or not stack_path.exists():
         return None
-    table = starfile.read(table_path)
-    table = table["classes"] if isinstance(table, dict) else table
     with mrcfile.open(stack_path, permissive=True) as mrc:
         averages = np.asarray(mrc.data, dtype=np.float32)
     if averages.ndim == 2:
@@ -181,6 +213,14 @@ def write_report(run: str | Path) -> Path:
         parts.append(f"<h2>Class averages after iteration {iteration}</h2>")
         parts.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
         parts.append(f'<img src="{FIGURES}/{montage}" alt="class averages">')
+    directions = _directions(run, iteration, last["particles_per_model"], figures)
+    if directions:
+        parts.append(f"<h2>Viewing directions after iteration {iteration}</h2>")
+        parts.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
+                     "across, tilt from 0 (top) to 180° (bottom); colour: the particles in that direction's class "
+                     "average (the best <code>--classkeep</code> of them). A region with none is a view the data "
+                     "lack (preferred orientation).</p>")
+        parts.append(f'<img src="{FIGURES}/{directions}" alt="viewing directions">')
     # Each model's own refinement.
     if singles:
         parts.append("<h2>Each model refined on its own</h2>")

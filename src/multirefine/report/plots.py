@@ -13,7 +13,7 @@ import numpy as np
 
 from multirefine.io.atomic import atomic_path
 
-__all__ = ["plot_class_montage", "plot_convergence", "plot_fsc", "plot_map_sections"]
+__all__ = ["plot_class_montage", "plot_convergence", "plot_directions", "plot_fsc", "plot_map_sections"]
 
 
 def plot_convergence(stats: list[dict], path: str | Path) -> None:
@@ -106,4 +106,24 @@ def plot_class_montage(averages: np.ndarray, labels: list[str], path: str | Path
     for i, label in enumerate(labels[:count]):
         r, c = divmod(i, columns)
         ax.text(c * cell_w + box / 2, r * cell_h + head - 1, label, ha="center", va="bottom", fontsize=7)
+    _save(fig, path)
+
+
+def plot_directions(directions: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: list[str],
+                    path: str | Path) -> None:
+    """Particles per viewing direction, one equal-area (Mollweide) map of the sphere per
+    model, titled by ``labels``: ``directions[m]`` = (rot °, tilt °, particles) of each
+    direction; rot across, 90° - tilt up, so the top is tilt 0 and the bottom tilt 180 (what
+    the data lack shows as an empty region)."""
+    fig = plt.figure(figsize=(4.2 * len(directions), 2.9))
+    for i, ((rot, tilt, count), label) in enumerate(zip(directions, labels)):
+        ax = fig.add_subplot(1, len(directions), i + 1, projection="mollweide")
+        order = np.argsort(count, kind="stable")  # the fullest directions drawn last, on top
+        points = ax.scatter(np.radians(rot[order]), np.radians(90.0 - tilt[order]), c=count[order], s=9,
+                            cmap="viridis", vmin=0, linewidths=0)
+        ax.set_title(label, fontsize=8, pad=10)
+        ax.set_xticklabels([])
+        ax.tick_params(labelsize=6)
+        ax.grid(True, lw=0.3)
+        fig.colorbar(points, ax=ax, orientation="horizontal", fraction=0.05, pad=0.06).ax.tick_params(labelsize=6)
     _save(fig, path)
