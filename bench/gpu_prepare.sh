@@ -34,4 +34,22 @@ simulate_dataset(root / "sim", maps, SimulationParameters(n_particles=600, snr=0
 consensus = reconstruct_from_stack(open_particles(root / "sim" / "truth.star")).full_map
 write_map(root / "consensus_lp20.mrc", lowpass_volume(torch.from_numpy(consensus), 20.0, apix).numpy(), apix)
 PY
+# The two adenylate kinase models the end-to-end tests and the demo take from mdanalysistests
+# (113 MB, too big to carry): a package of that name holding only them, put on PYTHONPATH by
+# bench/gpu_sets.sh for the tests.
+mkdir -p .gpu/stubs/MDAnalysisTests/data
+for f in adk_open.pdb adk_closed.pdb; do
+  .venv/bin/python -c "import os, MDAnalysisTests as m; print(os.path.join(os.path.dirname(m.__file__), 'data', '$f'))" \
+    | xargs -I{} cp {} .gpu/stubs/MDAnalysisTests/data/
+done
+cat > .gpu/stubs/MDAnalysisTests/__init__.py <<'PY'
+"""The two files of mdanalysistests that multirefine's tests use, for a machine without it."""
+PY
+cat > .gpu/stubs/MDAnalysisTests/datafiles.py <<'PY'
+import os
+
+_DATA = os.path.join(os.path.dirname(__file__), "data")
+PDB_small = os.path.join(_DATA, "adk_open.pdb")
+PDB_closed = os.path.join(_DATA, "adk_closed.pdb")
+PY
 du -sh .whl .variants .gpu

@@ -2,8 +2,8 @@
 # The whole CUDA path on a GPU machine (device tool): each benchmark set refined as
 # bench_refine.py refines it (12 iterations, --randclassify) and then each model on its own
 # (the default; --nosingle off), timed and scored against the truth; the test suite with
-# --device auto (so cuda; the end-to-end tests need mdanalysistests, which that machine
-# lacks, and skip: the runs above cover the driver and the per-model stage); and the same
+# --device auto (so cuda; the end-to-end tests take the adenylate kinase models from the
+# two-file stand-in for mdanalysistests in .gpu/stubs); --continue on cuda; and the same
 # machine's 16 CPU cores on the conformational set for 2 iterations, the CPU baseline; then
 # bench/profile_iteration.py on that set (PROFILE=0 skips it).
 # Carry .whl (mrcfile, starfile, gemmi wheels) and .gpu (each set's true maps in
@@ -34,6 +34,12 @@ for set in $SETS; do
   grep -E "^multi-model|on its own|peak GPU" $w/log_$set.txt
   echo "$set $(python3 bench/score_run.py $w/$set $w/run_$set $IT)" | tee -a $OUT/scores.txt
 done
+if [ -d $w/run_conformational ]; then  # --continue on this device: one more iteration from state.npz
+  python3 -m multirefine.cli.main refine --continue $w/run_conformational --iter $((IT + 1)) --nosingle \
+    --device $DEVICE > $w/log_continue.txt 2>&1
+  stamp "continue rc=$? $(grep -E '^multi-model' $w/log_continue.txt)"
+  echo "continued $(python3 bench/score_run.py $w/conformational $w/run_conformational $((IT + 1)))" | tee -a $OUT/scores.txt
+fi
 if [ "$BASELINE" = 1 ]; then
   python3 -m multirefine.cli.main refine --input $w/conformational/particles.star \
     --model $w/conformational/consensus_lp30.mrc --nmodels 2 --randclassify --iter 2 --nosingle \
@@ -53,6 +59,7 @@ if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wa
 fi
 (cd $w && tar czf $OUT/runs.tgz log_*.txt time_*.txt */convergence.json */0_refine_parms.json */model_*/*.json 2>/dev/null)
 if [ "$TESTS" = 1 ]; then
-  timeout 200 python3 -m pytest -q -p no:cacheprovider -n 14 --durations=8 tests > $OUT/tests.txt 2>&1
+  PYTHONPATH=$PYTHONPATH:$here/.gpu/stubs timeout 240 python3 -m pytest -q -p no:cacheprovider -n 14 --durations=8 \
+    tests > $OUT/tests.txt 2>&1
   stamp "tests rc=$?"; tail -25 $OUT/tests.txt
 fi

@@ -2,8 +2,9 @@
 
     python bench/score_run.py SIM_DIR RUN_DIR ITERATION
 
-When the run also refined each model on its own (``model_MM/threed_final.mrc``), those maps
-are scored too, each against the true map its model's particles were matched to.
+When the run also refined each model on its own after this iteration
+(``model_MM/threed_final.mrc``, ``finished.json``), those maps are scored too, each against
+the true map its model's particles were matched to.
 """
 
 import json
@@ -23,7 +24,10 @@ maps = [read_map(run / f"threed_{iteration:02d}_{i:02d}.mrc")[0] for i in range(
 apix = float(json.loads((sim / "simulation.json").read_text())["pixel_size_angstrom"])
 result = score(sim, classes, maps, apix)
 finals = [run / f"model_{i:02d}" / "threed_final.mrc" for i in range(1, k + 1)]
-if all(f.exists() for f in finals):
+markers = [run / f"model_{i:02d}" / "finished.json" for i in range(1, k + 1)]
+if all(f.exists() for f in finals) and all(
+    json.loads(m.read_text())["after_iteration"] == iteration for m in markers if m.exists()
+):  # made from this iteration's classes (older runs have no finished.json)
     truth = read_particles_star(sim / "truth.star").metadata["rlnClassNumber"].to_numpy()
     matching = classification_accuracy(truth, classes).matching
     result["refined_resolution_0143_angstrom"] = [

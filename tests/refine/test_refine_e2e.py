@@ -118,9 +118,14 @@ def test_continue_keeps_the_models_refined_before(adk, capsys):
     assert "model 2 on its own: " in out
     assert {p.name: p.stat().st_mtime_ns for p in (run / "model_01").iterdir()} == kept
     assert not (run / "model_02" / "threed_07.mrc").exists()
+    # Bit for bit on the CPU; a GPU sums in no fixed order (README, --continue).
+    exact = json.loads((whole / "0_refine_parms.json").read_text())["device"] == "cpu"
     for name in ("threed_final.mrc", "half1_unfil.mrc", "half2_unfil.mrc"):
-        np.testing.assert_array_equal(mrcfile.read(run / "model_02" / name), mrcfile.read(whole / "model_02" / name),
-                                      err_msg=name)
+        a, b = mrcfile.read(run / "model_02" / name), mrcfile.read(whole / "model_02" / name)
+        if exact:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99, name
     marker = json.loads((run / "model_02" / "finished.json").read_text())
     assert marker == json.loads((whole / "model_02" / "finished.json").read_text())
     assert marker["after_iteration"] == 3 and marker["single_iterations"] == 2
@@ -351,14 +356,15 @@ def test_continue_gives_the_uninterrupted_run(adk, capsys):
     accumulators of iteration 1, which --continue rebuilds from state.npz)."""
     import mrcfile
 
+    # On the CPU, where sums run in a fixed order (on a GPU they do not: README, --continue).
     common = ["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
-              "--nosingle", "--parallel", "thread:2"]
+              "--nosingle", "--parallel", "thread:2", "--device", "cpu"]
     whole, part = adk / "run_whole", adk / "run_part"
     assert main([*common, "--iter", "3", "--path", str(whole)]) == 0
     assert main([*common, "--iter", "1", "--path", str(part)]) == 0
     (part / "threed_02_01.mrc").write_bytes(b"half-written by a run that was killed")
     capsys.readouterr()
-    assert main(["refine", "--continue", str(part), "--iter", "3", "--parallel", "thread:2"]) == 0
+    assert main(["refine", "--continue", str(part), "--iter", "3", "--parallel", "thread:2", "--device", "cpu"]) == 0
     assert f"continuing {part} after iteration 1 of 3" in capsys.readouterr().out
     a = read_particles_star(whole / "particles_03.star").metadata
     b = read_particles_star(part / "particles_03.star").metadata
