@@ -115,9 +115,11 @@ def plot_directions(directions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     model, titled by ``labels``: ``directions[m]`` = (rot °, tilt °, particles) of each
     direction; rot across, 90° - tilt up, so the top is tilt 0 and the bottom tilt 180 (what
     the data lack shows as an empty region)."""
-    fig = plt.figure(figsize=(4.2 * len(directions), 2.9))
+    columns = min(len(directions), 4)
+    rows = -(-len(directions) // columns)
+    fig = plt.figure(figsize=(4.2 * columns, 2.9 * rows))
     for i, ((rot, tilt, count), label) in enumerate(zip(directions, labels)):
-        ax = fig.add_subplot(1, len(directions), i + 1, projection="mollweide")
+        ax = fig.add_subplot(rows, columns, i + 1, projection="mollweide")
         order = np.argsort(count, kind="stable")  # the fullest directions drawn last, on top
         points = ax.scatter(np.radians(rot[order]), np.radians(90.0 - tilt[order]), c=count[order], s=9,
                             cmap="viridis", vmin=0, linewidths=0)
