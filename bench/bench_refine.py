@@ -13,7 +13,7 @@ map against its matched true map, wall and CPU seconds per iteration and per run
 memory. CPU seconds compare the programs fairly when they share the machine (both use two
 threads). Results go to ``bench/results/SET.json``.
 
-    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--threads 2] [--skip-run]
+    python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--threads 2] [--skip-run | --rerun]
 
 ``--randclassify`` (particles aligned to the one map, then split at random) is how RELION's
 Class3D seeds K classes from one reference (``do_generate_seeds``), so both programs start alike.
@@ -121,11 +121,14 @@ def relion_result(set_dir: Path) -> dict | None:
     return out
 
 
-def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str, threads: int = 2) -> dict:
+def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str, threads: int = 2,
+                    rerun: bool = False) -> dict:
     out_dir = set_dir / "multirefine"
     k = K_OF[set_dir.name]
     if not skip:
-        if (out_dir / "0_refine_parms.json").exists():  # the benchmark's own earlier run
+        if (out_dir / "0_refine_parms.json").exists():  # the benchmark's own earlier run: minutes to hours
+            if not rerun:
+                sys.exit(f"{out_dir} holds a finished run: --skip-run reads it, --rerun replaces it")
             shutil.rmtree(out_dir)
         cmd = [sys.executable, str(ROOT / "cpu_log.py"), str(set_dir / "multirefine_cpu.csv"), "--",
                "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",
@@ -158,13 +161,14 @@ def main() -> None:
     parser.add_argument("--seeding", default="randclassify", choices=["randclassify", "randphase", "mapfragment"])
     parser.add_argument("--threads", type=int, default=2, help="multirefine's --parallel thread:N")
     parser.add_argument("--skip-run", action="store_true", help="only read existing results")
+    parser.add_argument("--rerun", action="store_true", help="run multirefine again where a run exists")
     args = parser.parse_args()
     results_dir = ROOT / "results"
     results_dir.mkdir(exist_ok=True)
     rows = []
     for name in args.sets.split(","):
         set_dir = Path(args.work) / name
-        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads)
+        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads, args.rerun)
         theirs = relion_result(set_dir)
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
