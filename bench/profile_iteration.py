@@ -10,14 +10,19 @@ On a GPU, device time far below wall time means the host is the bottleneck.
 ``--sites`` instead counts the torch calls the run makes by the multirefine function that
 makes them (the launches a GPU waits on the host for), with no profiler.
 
+``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
+``DEFAULT_MAX_ELEMENTS``, and sample points per slice call, ``SLICE_POINTS``, both 2**23 /
+2**22 in the program) for this run only, to see what larger chunks buy on a device.
+
     python bench/profile_iteration.py bench/work/conformational [--n 6000] [--iter 2]
-        [--device cuda] [--batch 500] [--threads 16] [--trace trace.json] [--sites]
+        [--device cuda] [--batch 500] [--threads 16] [--trace trace.json] [--sites] [--chunk N]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import tempfile
 import time
 import traceback
@@ -32,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import multirefine
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
+from multirefine.refine import driver, search
 from multirefine.refine.driver import RefineOptions, run_refinement
 
 PACKAGE = str(Path(multirefine.__file__).parent)
@@ -98,8 +104,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--trace", help="also write a Chrome trace here")
     parser.add_argument("--sites", action="store_true", help="count torch calls by function instead")
+    parser.add_argument("--chunk", type=int, help="the search's chunk budget (score entries; slice points / 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.chunk:  # the driver's search with another budget (an experiment: the program has no option for it)
+        driver.refine_assignments = functools.partial(search.refine_assignments, max_elements=args.chunk)
+        search.SLICE_POINTS = args.chunk // 2
     if args.sites:
         count_sites(args)
         return
@@ -115,7 +125,7 @@ def main() -> None:
     # The kernels themselves (their own events), not the ops that launched them as well.
     device_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
     print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, chunk {args.chunk or search.DEFAULT_MAX_ELEMENTS}")
     print(f"wall {warm:.1f} s unprofiled, {wall:.1f} s profiled; {ops} aten ops "
           f"({ops / args.n / args.iter:.1f} per particle and iteration); host waits {syncs}")
     if cuda:
