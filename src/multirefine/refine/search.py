@@ -498,9 +498,12 @@ def search_local(
         rows_idx = torch.arange(nc, device=device)[:, None]
         poses = delta[None, None] @ centers[sl, :, None]  # (nc, C, L, 3, 3)
         models = center_models[sl]
+        # A candidate repeated (same model, pose, shift) is scored once: its slices are not
+        # made (they stay zero) and its scores are masked below.
+        repeated = _repeated(models, centers[sl], center_shifts[sl]) if n_cand > 1 else None
         refs = torch.zeros((nc, n_cand, n_local, m), dtype=torch.complex64, device=device)
         for k in range(n_models):
-            sel = models == k
+            sel = models == k if repeated is None else (models == k) & ~repeated
             if sel.any():
                 refs[sel] = band_slices(volumes_ft[k], poses[sel], band, pad)
         shifts = center_shifts[sl, :, None, :] + offsets  # (nc, C, S, 2)
@@ -511,8 +514,8 @@ def search_local(
         s = score_matrix(
             cross.reshape(nc, 1, -1), refpower.reshape(nc, -1), x_power[sl], score
         ).reshape(nc, n_cand, n_local)
-        if n_cand > 1:  # a candidate repeated (same model, pose, shift) is scored once
-            s = torch.where(_repeated(models, centers[sl], center_shifts[sl])[..., None], -math.inf, s)
+        if repeated is not None:
+            s = torch.where(repeated[..., None], -math.inf, s)
 
         def pick(cand: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, ...]:
             shift = shift_i[rows_idx, cand, local]
