@@ -69,8 +69,15 @@ def test_from_low_passed_true_maps(adk, capsys):
     page = (run / "index.html").read_text()
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (run / src).exists(), src
-    assert "Each model refined on its own" in page and "Class averages after iteration 3" in page
-    assert "Viewing directions after iteration 3" in page
+    assert "Each model refined on its own" in page and "Class averages after iteration" in page
+    assert 'Viewing directions after iteration <span class="iteration">3</span>' in page
+    # The iteration slider offers iterations 1-3, and every figure it swaps in is there.
+    assert 'data-iterations="[1, 2, 3]"' in page
+    patterns = re.findall(r'data-pattern="([^"]+)"', page)
+    assert len(patterns) == 4, patterns  # FSC, maps, class averages, viewing directions
+    for pattern in patterns:
+        for it in (1, 2, 3):
+            assert (run / pattern.replace("_II.png", f"_{it:02d}.png")).exists(), (pattern, it)
     own = json.loads((run / "model_01" / "convergence.json").read_text())[-1]["resolution_0143_angstrom"]
     assert f"<td>{own:.1f}</td>" in page
     # Each model's own refinement keeps its particles: the same images as its set of the split.

@@ -13,7 +13,9 @@ to ``report/`` in the run folder:
 - central sections and projections of every model's last map and of its refined map;
 - the most populated class averages of every model;
 - each model's particles per viewing direction on a map of the sphere (``directions_II.png``);
-- each model's own refinement: its FSC curve and iterations.
+- each model's own refinement: its FSC curve and iterations;
+- a slider over the iterations (when the run folder holds their figures): the FSC, maps,
+  class averages and viewing directions of any iteration, in the page itself.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ th { background: #f2f2f2; }
 td.left, th.left { text-align: left; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+p.control { position: sticky; top: 0; background: #fff; padding: 0.4em 0; margin: 0; border-bottom: 1px solid #ddd; }
 """
 
 
@@ -72,6 +75,41 @@ def _table(header: list[str], rows: list[list], left: int = 0) -> str:
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _number(iteration: int) -> str:
+    """An iteration number in a heading, which the iteration control changes."""
+    return f'<span class="iteration">{iteration}</span>'
+
+
+def _per_iteration(src: str, iteration: int, alt: str, patterns: list[str]) -> str:
+    """An image made for every iteration (``src`` names this one), listed in ``patterns``."""
+    pattern = src.replace(f"_{iteration:02d}.png", "_II.png")
+    patterns.append(pattern)
+    return f'<img src="{src}" data-pattern="{pattern}" alt="{html.escape(alt)}">'
+
+
+def _iteration_control(run: Path, iteration: int, patterns: list[str]) -> str | None:
+    """A slider over the iterations whose figures are all in the run folder (the driver
+    rebuilds the report after each, so a run keeps every iteration's), or None when only
+    the last has them. It swaps each figure and the iteration in its heading; no server,
+    no library: the page stays one file with its figures beside it."""
+    done = [i for i in range(1, iteration + 1)
+            if all((run / p.replace("_II.png", f"_{i:02d}.png")).exists() for p in patterns)]
+    if len(done) < 2:
+        return None
+    return (
+        f'<p class="control">Figures after iteration <input type="range" id="iteration" min="0" '
+        f'max="{len(done) - 1}" value="{len(done) - 1}" data-iterations="{json.dumps(done)}"> '
+        f'<b>{_number(iteration)}</b> (slide to see how the run got there)</p>'
+        "<script>(() => { const slider = document.getElementById('iteration');"
+        " const done = JSON.parse(slider.dataset.iterations);"
+        " slider.addEventListener('input', () => { const it = done[slider.value];"
+        " document.querySelectorAll('img[data-pattern]').forEach(img => {"
+        " img.src = img.dataset.pattern.replace('_II.png', '_' + String(it).padStart(2, '0') + '.png'); });"
+        " document.querySelectorAll('span.iteration').forEach(span => { span.textContent = it; }); }); })();"
+        "</script>"
+    )
 
 
 def _single_runs(run: Path, k: int, iteration: int) -> dict[int, list[dict]]:
@@ -189,9 +227,10 @@ def write_report(run: str | Path) -> Path:
           ", ".join(str(c) for c in s["particles_per_model"]),
           ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"])] for s in stats],
     ))
+    patterns = []  # the figures made for every iteration ("II" for its number), shown for one at a time
     if (run / runfolder.fsc_figure_name(iteration)).exists():
-        parts.append(f"<h2>FSC after iteration {iteration}</h2>")
-        parts.append(f'<img src="{runfolder.fsc_figure_name(iteration)}" alt="FSC">')
+        parts.append(f"<h2>FSC after iteration {_number(iteration)}</h2>")
+        parts.append(_per_iteration(runfolder.fsc_figure_name(iteration), iteration, "FSC", patterns))
     # Maps.
     maps, labels = [], []
     for m in range(1, k + 1):
@@ -206,21 +245,21 @@ def write_report(run: str | Path) -> Path:
     if maps:
         name = f"maps_{iteration:02d}.png"
         plot_map_sections(maps, labels, figures / name)
-        parts.append("<h2>Maps</h2>")
-        parts.append(f'<img src="{FIGURES}/{name}" alt="map sections">')
+        parts.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
+        parts.append(_per_iteration(f"{FIGURES}/{name}", iteration, "map sections", patterns))
     montage = _class_montage(run, iteration, k, figures)
     if montage:
-        parts.append(f"<h2>Class averages after iteration {iteration}</h2>")
+        parts.append(f"<h2>Class averages after iteration {_number(iteration)}</h2>")
         parts.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
-        parts.append(f'<img src="{FIGURES}/{montage}" alt="class averages">')
+        parts.append(_per_iteration(f"{FIGURES}/{montage}", iteration, "class averages", patterns))
     directions = _directions(run, iteration, last["particles_per_model"], figures)
     if directions:
-        parts.append(f"<h2>Viewing directions after iteration {iteration}</h2>")
+        parts.append(f"<h2>Viewing directions after iteration {_number(iteration)}</h2>")
         parts.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
                      "across, tilt from 0 (top) to 180° (bottom); colour: the particles in that direction's class "
                      "average (the best <code>--classkeep</code> of them). A region with none is a view the data "
                      "lack (preferred orientation).</p>")
-        parts.append(f'<img src="{FIGURES}/{directions}" alt="viewing directions">')
+        parts.append(_per_iteration(f"{FIGURES}/{directions}", iteration, "viewing directions", patterns))
     # Each model's own refinement.
     if singles:
         parts.append("<h2>Each model refined on its own</h2>")
@@ -244,6 +283,10 @@ def write_report(run: str | Path) -> Path:
             plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
                      "each model on its own", labels=[f"model {m}" for m in names])
             parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
+    control = _iteration_control(run, iteration, patterns)
+    if control:
+        first = next(i for i, part in enumerate(parts) if "data-pattern" in part) - 1  # that figure's heading
+        parts.insert(first, control)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>multirefine {html.escape(run.name)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     out = run / REPORT
