@@ -10,12 +10,14 @@ On a GPU, device time far below wall time means the host is the bottleneck.
 ``--sites`` instead counts the torch calls the run makes by the multirefine function that
 makes them (the launches a GPU waits on the host for), with no profiler.
 
-``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
+``--memory`` runs once without the profiler and prints the wall time and the process's peak
+resident memory. ``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
 ``DEFAULT_MAX_ELEMENTS``, and sample points per slice call, ``SLICE_POINTS``, both 2**23 /
 2**22 in the program) for this run only, to see what larger chunks buy on a device.
 
     python bench/profile_iteration.py bench/work/conformational [--n 6000] [--iter 2]
-        [--device cuda] [--batch 500] [--threads 16] [--trace trace.json] [--sites] [--chunk N]
+        [--device cuda] [--batch 500] [--threads 16] [--trace trace.json] [--sites] [--memory]
+        [--targetres 5] [--chunk N]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import resource
 import tempfile
 import time
 import traceback
@@ -52,7 +55,7 @@ def run(set_dir: Path, args: argparse.Namespace, out: Path) -> float:
     start = read_map(set_dir / "consensus_lp30.mrc")[0]
     opts = RefineOptions(input=str(set_dir / "particles.star"), path=str(out), symmetries=["C1"] * k,
                          iterations=args.iter, batch_size=args.batch, device=args.device, seeding="randclassify",
-                         single=False)
+                         single=False, targetres=args.targetres)
     out.mkdir(parents=True)
     initial = np.random.default_rng(0).integers(0, k, len(stack))
     started = time.perf_counter()
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--trace", help="also write a Chrome trace here")
     parser.add_argument("--sites", action="store_true", help="count torch calls by function instead")
+    parser.add_argument("--memory", action="store_true", help="only time one run and report its peak memory")
+    parser.add_argument("--targetres", type=float, help="search band fixed at this resolution, Å (a late iteration's)")
     parser.add_argument("--chunk", type=int, help="the search's chunk budget (score entries; slice points / 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +117,14 @@ def main() -> None:
         search.SLICE_POINTS = args.chunk // 2
     if args.sites:
         count_sites(args)
+        return
+    if args.memory:  # one run, no profiler: its wall time and the process's peak resident memory
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = run(args.set_dir, args, Path(tmp) / "run")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
+              f"targetres {args.targetres}, chunk {args.chunk or search.DEFAULT_MAX_ELEMENTS}: wall {wall:.1f} s, "
+              f"peak resident memory {peak:.0f} MiB")
         return
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
