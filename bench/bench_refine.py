@@ -128,7 +128,7 @@ def run_multirefine(set_dir: Path, iterations: int, skip: bool, seeding: str, th
     if not skip:
         if (out_dir / "0_refine_parms.json").exists():  # the benchmark's own earlier run: minutes to hours
             if not rerun:
-                sys.exit(f"{out_dir} holds a finished run: --skip-run reads it, --rerun replaces it")
+                sys.exit(f"{out_dir} holds a run (finished or cut): --skip-run reads it, --rerun replaces it")
             shutil.rmtree(out_dir)
         cmd = [sys.executable, str(ROOT / "cpu_log.py"), str(set_dir / "multirefine_cpu.csv"), "--",
                "/usr/bin/time", "-v", "-o", str(set_dir / "multirefine_time.txt"), sys.executable, "-m",

@@ -50,23 +50,23 @@ if [ "$BASELINE" = 1 ]; then
   stamp "cpu thread:16 conformational, 2 iterations: $(grep '^multi-model' $w/log_cpu16.txt)"
   echo "cpu16 $(python3 -c "import json; print([round(c['seconds'], 1) for c in json.load(open('$w/cpu16/convergence.json'))])")" | tee -a $OUT/scores.txt
 fi
-if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wall against device busy)
-  python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 \
-    --trace $w/trace.json > $OUT/profile.txt 2>&1
-  stamp "profile rc=$?"; grep -E "^wall|^device busy" $OUT/profile.txt
-  gzip -c $w/trace.json > $OUT/trace.json.gz
-  for b in 2000 6000; do  # larger batches: fewer launches per particle
-    python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 --batch $b \
-      --top 0 2>&1 | grep -E "^wall|^device busy" | sed "s/^/batch $b: /"
-  done | tee -a $OUT/profile.txt
-  for c in 67108864 268435456; do  # larger search chunks (2**26, 2**28 entries): fewer, bigger kernels
-    python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 --batch 2000 \
-      --chunk $c --top 0 2>&1 | grep -E "^wall|^device busy" | sed "s/^/batch 2000, chunk $c: /"
-  done | tee -a $OUT/profile.txt
-fi
 (cd $w && tar czf $OUT/runs.tgz log_*.txt time_*.txt */convergence.json */0_refine_parms.json */model_*/*.json 2>/dev/null)
 if [ "$TESTS" = 1 ]; then
   PYTHONPATH=$PYTHONPATH:$here/.gpu/stubs timeout 240 python3 -m pytest -q -p no:cacheprovider -n 14 --durations=8 \
     tests > $OUT/tests.txt 2>&1
   stamp "tests rc=$?"; tail -25 $OUT/tests.txt
+fi
+if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wall against device busy)
+  python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 \
+    --trace $w/trace.json > $OUT/profile.txt 2>&1
+  stamp "profile rc=$?"; grep -E "^wall|^device busy" $OUT/profile.txt
+  gzip -c $w/trace.json > $OUT/trace.json.gz
+  for b in 2000; do  # larger batches: fewer launches per particle
+    python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 --batch $b \
+      --top 0 2>&1 | grep -E "^wall|^device busy" | sed "s/^/batch $b: /"
+  done | tee -a $OUT/profile.txt
+  for c in 67108864; do  # larger search chunks (2**26 entries): fewer, bigger kernels
+    python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 --batch 2000 \
+      --chunk $c --top 0 2>&1 | grep -E "^wall|^device busy" | sed "s/^/batch 2000, chunk $c: /"
+  done | tee -a $OUT/profile.txt
 fi

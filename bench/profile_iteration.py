@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import multirefine
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
-from multirefine.refine import driver, search
+from multirefine.refine import driver, polar, search
 from multirefine.refine.driver import RefineOptions, run_refinement
 
 PACKAGE = str(Path(multirefine.__file__).parent)
@@ -114,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.chunk:  # the driver's search with another budget (an experiment: the program has no option for it)
         driver.refine_assignments = functools.partial(search.refine_assignments, max_elements=args.chunk)
-        search.SLICE_POINTS = args.chunk // 2
+        search.SLICE_POINTS = polar.SLICE_POINTS = args.chunk // 2  # polar.py holds its own copy
     if args.sites:
         count_sites(args)
         return

@@ -99,7 +99,7 @@ def _iteration_control(run: Path, iteration: int, patterns: list[str]) -> str | 
     if len(done) < 2:
         return None
     return (
-        f'<p class="control">Figures after iteration <input type="range" id="iteration" min="0" '
+        f'<p class="control">Figures after iteration <input type="range" id="iteration" autocomplete="off" min="0" '
         f'max="{len(done) - 1}" value="{len(done) - 1}" data-iterations="{json.dumps(done)}"> '
         f'<b>{_number(iteration)}</b> (slide to see how the run got there)</p>'
         "<script>(() => { const slider = document.getElementById('iteration');"
@@ -136,19 +136,38 @@ def _classes_table(run: Path, iteration: int):
     return table["classes"] if isinstance(table, dict) else table
 
 
-def _directions(run: Path, iteration: int, particles: list[int], figures: Path) -> str | None:
+def _with_symmetry_mates(rot: np.ndarray, tilt: np.ndarray, count: np.ndarray, symmetry: str):
+    """Directions over a symmetry's asymmetric unit and their mates under its operators,
+    each mate with its direction's particles: the whole sphere, as the map sees it."""
+    from multirefine.geometry.symmetry import symmetry_operators
+
+    operators = symmetry_operators(symmetry)
+    if len(operators) == 1:
+        return rot, tilt, count
+    r, t = np.radians(rot), np.radians(tilt)
+    # The view direction of Euler angles (rot, tilt, psi) is (cos rot sin tilt, sin rot sin tilt,
+    # cos tilt) (RELION's Euler_angles2direction); its mates are L d for every L of the group.
+    d = np.stack([np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)], -1)
+    mates = np.einsum("gij,nj->gni", operators, d).reshape(-1, 3)
+    return (np.degrees(np.arctan2(mates[:, 1], mates[:, 0])), np.degrees(np.arccos(np.clip(mates[:, 2], -1, 1))),
+            np.tile(count, len(operators)))
+
+
+def _directions(run: Path, iteration: int, particles: list[int], symmetries: list[str], figures: Path) -> str | None:
     """Each model's particles per viewing direction (the class averages' directions and
-    sizes), as one figure (its name); ``particles``: each model's particles in all."""
+    sizes, with their symmetry mates), as one figure (its name); ``particles``: each model's
+    particles in all."""
     k = len(particles)
     table = _classes_table(run, iteration)
     if table is None or not len(table):
         return None
     model = table["rlnClassNumber"].to_numpy()
-    directions = [
-        tuple(table[column].to_numpy(dtype=np.float64)[model == m]
-              for column in ("rlnAngleRot", "rlnAngleTilt", "rlnClassDistribution"))
-        for m in range(1, k + 1)
-    ]
+    directions = []
+    for m in range(1, k + 1):
+        rot, tilt, count = (table[column].to_numpy(dtype=np.float64)[model == m]
+                            for column in ("rlnAngleRot", "rlnAngleTilt", "rlnClassDistribution"))
+        symmetry = symmetries[m - 1] if len(symmetries) == k else "c1"
+        directions.append(_with_symmetry_mates(rot, tilt, count, symmetry))
     name = f"directions_{iteration:02d}.png"
     plot_directions(directions, [f"model {m}: {particles[m - 1]} particles" for m in range(1, k + 1)], figures / name)
     return name
@@ -227,10 +246,11 @@ def write_report(run: str | Path) -> Path:
           ", ".join(str(c) for c in s["particles_per_model"]),
           ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"])] for s in stats],
     ))
-    patterns = []  # the figures made for every iteration ("II" for its number), shown for one at a time
+    # The figures made for every iteration ("II" for its number in patterns), one iteration at a time.
+    patterns, shown = [], []
     if (run / runfolder.fsc_figure_name(iteration)).exists():
-        parts.append(f"<h2>FSC after iteration {_number(iteration)}</h2>")
-        parts.append(_per_iteration(runfolder.fsc_figure_name(iteration), iteration, "FSC", patterns))
+        shown.append(f"<h2>FSC after iteration {_number(iteration)}</h2>")
+        shown.append(_per_iteration(runfolder.fsc_figure_name(iteration), iteration, "FSC", patterns))
     # Maps.
     maps, labels = [], []
     for m in range(1, k + 1):
@@ -245,21 +265,25 @@ def write_report(run: str | Path) -> Path:
     if maps:
         name = f"maps_{iteration:02d}.png"
         plot_map_sections(maps, labels, figures / name)
-        parts.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
-        parts.append(_per_iteration(f"{FIGURES}/{name}", iteration, "map sections", patterns))
+        shown.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
+        shown.append(_per_iteration(f"{FIGURES}/{name}", iteration, "map sections", patterns))
     montage = _class_montage(run, iteration, k, figures)
     if montage:
-        parts.append(f"<h2>Class averages after iteration {_number(iteration)}</h2>")
-        parts.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
-        parts.append(_per_iteration(f"{FIGURES}/{montage}", iteration, "class averages", patterns))
-    directions = _directions(run, iteration, last["particles_per_model"], figures)
+        shown.append(f"<h2>Class averages after iteration {_number(iteration)}</h2>")
+        shown.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
+        shown.append(_per_iteration(f"{FIGURES}/{montage}", iteration, "class averages", patterns))
+    directions = _directions(run, iteration, last["particles_per_model"], parms.get("symmetries", []), figures)
     if directions:
-        parts.append(f"<h2>Viewing directions after iteration {_number(iteration)}</h2>")
-        parts.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
+        shown.append(f"<h2>Viewing directions after iteration {_number(iteration)}</h2>")
+        shown.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
                      "across, tilt from 0 (top) to 180° (bottom); colour: the particles in that direction's class "
-                     "average (the best <code>--classkeep</code> of them). A region with none is a view the data "
-                     "lack (preferred orientation).</p>")
-        parts.append(_per_iteration(f"{FIGURES}/{directions}", iteration, "viewing directions", patterns))
+                     "average (the best <code>--classkeep</code> of them). A symmetric model's directions are "
+                     "drawn with their symmetry mates. A region with none is a view the data lack (preferred "
+                     "orientation).</p>")
+        shown.append(_per_iteration(f"{FIGURES}/{directions}", iteration, "viewing directions", patterns))
+    control = _iteration_control(run, iteration, patterns)
+    # The slider stays on screen over these figures only (sticky within their division).
+    parts.append(f'<div class="iterations">{control or ""}{"".join(shown)}</div>')
     # Each model's own refinement.
     if singles:
         parts.append("<h2>Each model refined on its own</h2>")
@@ -283,10 +307,6 @@ def write_report(run: str | Path) -> Path:
             plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
                      "each model on its own", labels=[f"model {m}" for m in names])
             parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
-    control = _iteration_control(run, iteration, patterns)
-    if control:
-        first = next(i for i, part in enumerate(parts) if "data-pattern" in part) - 1  # that figure's heading
-        parts.insert(first, control)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>multirefine {html.escape(run.name)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     out = run / REPORT
