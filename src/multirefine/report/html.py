@@ -139,18 +139,16 @@ def _classes_table(run: Path, iteration: int):
 def _with_symmetry_mates(rot: np.ndarray, tilt: np.ndarray, count: np.ndarray, symmetry: str):
     """Directions over a symmetry's asymmetric unit and their mates under its operators,
     each mate with its direction's particles: the whole sphere, as the map sees it."""
+    from multirefine.geometry.euler import viewing_direction
+    from multirefine.geometry.grids import directions_to_angles
     from multirefine.geometry.symmetry import symmetry_operators
 
     operators = symmetry_operators(symmetry)
     if len(operators) == 1:
         return rot, tilt, count
-    r, t = np.radians(rot), np.radians(tilt)
-    # The view direction of Euler angles (rot, tilt, psi) is (cos rot sin tilt, sin rot sin tilt,
-    # cos tilt) (RELION's Euler_angles2direction); its mates are L d for every L of the group.
-    d = np.stack([np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)], -1)
-    mates = np.einsum("gij,nj->gni", operators, d).reshape(-1, 3)
-    return (np.degrees(np.arctan2(mates[:, 1], mates[:, 0])), np.degrees(np.arccos(np.clip(mates[:, 2], -1, 1))),
-            np.tile(count, len(operators)))
+    # A direction d's mates are L d for every L of the group.
+    mates = np.einsum("gij,nj->gni", operators, viewing_direction(rot, tilt)).reshape(-1, 3)
+    return (*directions_to_angles(mates), np.tile(count, len(operators)))
 
 
 def _directions(run: Path, iteration: int, particles: list[int], symmetries: list[str], figures: Path) -> str | None:
