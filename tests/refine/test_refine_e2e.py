@@ -319,6 +319,35 @@ def test_nan_images_are_reported_by_check(tmp_path, adk, capsys):
     assert "bad.mrcs" in err and len(err.splitlines()) == 1, err
 
 
+def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, capsys, monkeypatch):
+    """A NaN image that the pre-run sample misses stops the first iteration with the same
+    one-line error, and the run folder it had begun is removed; the inputs are untouched."""
+    import hashlib
+
+    import mrcfile
+
+    from multirefine.io.particles import ParticleStack
+    from multirefine.io.star import write_particles_star
+
+    meta = read_particles_star(adk / "sim" / "particles.star").metadata.iloc[:40].copy()
+    images = np.random.default_rng(0).normal(size=(40, BOX, BOX)).astype(np.float32)
+    images[33, 5, 5] = np.nan
+    with mrcfile.new(tmp_path / "bad.mrcs") as f:
+        f.set_data(images)
+        f.voxel_size = APIX
+    meta["rlnImageName"] = [f"{i + 1}@bad.mrcs" for i in range(40)]
+    write_particles_star(tmp_path / "bad.star", meta)
+    digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(ParticleStack, "check", lambda self, sample=None, batch_size=256: None)  # the sample missed it
+    argv = ["refine", "--input", str(tmp_path / "bad.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
+            "--iter", "1", "--nosingle", "--path", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "bad.mrcs" in err[-1] and "NaN" in err[-1], err
+    assert not (tmp_path / "run").exists()
+    assert digest == {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+
+
 def test_usefilt_must_match_the_input(tmp_path, adk, capsys):
     from multirefine.io.maps import write_stack
 

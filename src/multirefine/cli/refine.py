@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -280,6 +282,16 @@ def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.nda
     return [base] * k  # randclassify: the split happens after the first search
 
 
+def _remove_unfinished(path: Path, created: bool) -> None:
+    """Remove what a new run wrote before its first iteration finished (the folder too if it made it)."""
+    for entry in path.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if created:
+        path.rmdir()
+    print(f"{path}: {'removed' if created else 'emptied'}, the run stopped before its first iteration finished "
+          "(nothing to --continue)", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from multirefine.progress import StageProgress
     from multirefine.refine import runfolder
@@ -310,6 +322,7 @@ def main(args: argparse.Namespace) -> int:
         print("check: files, sizes, symmetries and options are consistent; nothing was run")
         return 0
     path = Path(opts.path)
+    created = not path.exists()  # a new run's folder is new or empty (_resolve): all in it is this run's
     path.mkdir(parents=True, exist_ok=True)
     start, initial = None, None
     if not resume:
@@ -319,7 +332,12 @@ def main(args: argparse.Namespace) -> int:
     runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
     progress = StageProgress()
     try:
-        multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume)
+        try:
+            multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume)
+        except BaseException:
+            if not resume and not (path / runfolder.STATE).exists():
+                _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
+            raise
         last = multi.stats[-1]
         print(
             f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
