@@ -461,6 +461,23 @@ def test_continue_takes_the_runs_options(adk, capsys, extra, expected):
     assert expected in err and len(err.splitlines()) == 1, err
 
 
+def test_continue_lowmem_is_the_commands(adk):
+    """--lowmem, like --device, is this command's: given, small batches; not given, full ones."""
+    from multirefine.cli.main import _given, build_parser
+    from multirefine.cli.refine import _resolve_continue
+
+    run = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run
+    if not (run / "state.npz").exists():
+        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    sizes = []
+    for extra in (["--lowmem"], []):
+        argv = ["refine", "--continue", str(run), *extra]
+        args = build_parser().parse_args(argv)
+        args.given = _given("refine", argv)
+        sizes.append(_resolve_continue(args)[2].batch_size)
+    assert sizes == [200, 500]
+
+
 def test_continue_needs_a_finished_iteration(adk, tmp_path, capsys):
     assert main(["refine", "--continue", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

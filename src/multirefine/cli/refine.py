@@ -256,8 +256,7 @@ def _resolve_continue(args: argparse.Namespace):
     if "singleres" in given:
         opts.single_start_resolution_angstrom = args.singleres
     _check_iterations(opts.iterations, opts.single_iterations, opts.single_start_resolution_angstrom)
-    if args.lowmem:
-        opts.batch_size = _batch_size(args)
+    opts.batch_size = _batch_size(args)  # like the device, this command's: --lowmem or not
     opts.device = _device_and_threads(args)  # the machine's, as for a new run
     stack = open_particles(opts.input, apix=opts.apix)
     search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
