@@ -10,8 +10,8 @@ On a GPU, device time far below wall time means the host is the bottleneck.
 ``--sites`` instead counts the torch calls the run makes by the multirefine function that
 makes them (the launches a GPU waits on the host for), with no profiler.
 
-``--memory`` runs once without the profiler and prints the wall time and the process's peak
-resident memory. ``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
+``--memory`` runs once without the profiler and prints the wall time, the process's peak
+resident memory, and where the run was each time its memory reached a new high. ``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
 ``DEFAULT_MAX_ELEMENTS``, and sample points per slice call, ``SLICE_POINTS``, both 2**23 /
 2**22 in the program) for this run only, to see what larger chunks buy on a device.
 
@@ -25,8 +25,11 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import os
 import resource
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -96,6 +99,38 @@ def count_sites(args: argparse.Namespace) -> None:
             print(f"  {count:8d} {100 * count / total:5.1f} %  {key}")
 
 
+class PeakSites:
+    """Samples the process's resident memory every ``interval`` s from a thread, and keeps the
+    main thread's multirefine stack each time the memory reaches a new high: where the peak
+    is reached, and the steps up to it."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.highs = interval, []  # (MiB, stack) at each new high of 32 MiB or more
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE") / 2**20
+        high = 0.0
+        while not self._stop.wait(self.interval):
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            if rss > high + 32:
+                high = rss
+                frame = sys._current_frames().get(self._main)
+                stack = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)
+                         if f.filename.startswith(PACKAGE)]
+                self.highs.append((rss, stack))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("set_dir", type=Path)
@@ -119,12 +154,18 @@ def main() -> None:
         count_sites(args)
         return
     if args.memory:  # one run, no profiler: its wall time and the process's peak resident memory
+        sites = PeakSites()
+        sites.start()
         with tempfile.TemporaryDirectory() as tmp:
             wall = run(args.set_dir, args, Path(tmp) / "run")
+        sites.stop()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
               f"targetres {args.targetres}, chunk {args.chunk or search.DEFAULT_MAX_ELEMENTS}: wall {wall:.1f} s, "
               f"peak resident memory {peak:.0f} MiB")
+        print("new highs of resident memory (sampled every 20 ms) and where the run was:")
+        for rss, stack in sites.highs:
+            print(f"  {rss:7.0f} MiB  {' > '.join(stack[-4:]) or '(outside multirefine)'}")
         return
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -89,3 +89,19 @@ def test_polar_search_finds_model_pose_and_shift(volumes_ft, device, snr):
     # Per-model bests: the chosen model's is the best overall.
     torch.testing.assert_close(found.model_scores.amax(1), found.score[:, 0])
     torch.testing.assert_close(found.model_rotations[torch.arange(n), found.model[:, 0].cpu()], found.rotations[:, 0])
+
+
+def test_polar_search_in_particle_chunks_gives_the_same_result(volumes_ft):
+    """A budget smaller than one batch's shifted polar images splits the particles (here into
+    chunks of 3 of 10): every field of the result is the whole batch's."""
+    n = 10
+    rng = np.random.default_rng(8)
+    ft, ctf = simulate(volumes_ft, rng.integers(0, 2, n), random_rotations(n, 9), torch.zeros(n, 2), snr=1.0, seed=3)
+    grid = make_polar_grid(BOX, BAND, 15.0)
+    polar = make_polar_references(volumes_ft, directions(15.0), grid)
+    shifts = shift_grid(2.0, 1.0)
+    whole = search_global_polar(ft, ctf, polar, shifts, score="ls", top=3)
+    budget = 3 * len(shifts) * grid.kx.numel()
+    chunked = search_global_polar(ft, ctf, polar, shifts, score="ls", top=3, max_elements=budget)
+    for name in vars(whole):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
