@@ -89,3 +89,41 @@ def test_folds_cover_every_row_once():
         edges = _fold_edges(n, folds)
         assert edges[0] == 0 and edges[-1] == n and np.all(np.diff(edges) > 0)
         assert len(edges) - 1 == min(folds, n)
+
+
+def test_sep_layers_take_the_best_poses_within_the_chosen_model():
+    """--sep 2: each particle enters its chosen model at its two best poses there, weight 1/2;
+    a particle with one pose in that model among its best gets the model's best pose twice.
+    --sep 1: every model, at its best pose, weighted by the posterior."""
+    from multirefine.refine.driver import _layers, _Searched
+
+    def turn(angle):  # a rotation about z, to tell poses apart
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+    n, k = 2, 2
+    top_model = np.array([[0, 1, 0], [1, 0, 0]])  # particle 0: poses in 0, 1, 0; particle 1: 1, 0, 0
+    top_rot = np.array([[turn(a) for a in (0.1, 0.2, 0.3)], [turn(a) for a in (0.4, 0.5, 0.6)]])
+    top_shift = np.arange(n * 3 * 2, dtype=float).reshape(n, 3, 2)
+    model_rot = np.array([[turn(0.1), turn(0.2)], [turn(0.5), turn(0.4)]])
+    model_shift = np.array([[top_shift[0, 0], top_shift[0, 1]], [top_shift[1, 1], top_shift[1, 0]]])
+    found = _Searched(np.array([[3.0, 2.0], [2.5, 2.9]]), model_rot, model_shift, np.zeros((n, k)), np.ones(n),
+                      top_model, top_rot, top_shift, np.array([[3.0, 2.0, 1.0], [2.9, 2.5, 2.0]]))
+    chosen = np.array([0, 1])
+    layers = _layers(found, chosen, np.eye(k)[chosen], sep=2)
+    assert len(layers) == 2
+    for models, _, _, _, weights in layers:
+        np.testing.assert_array_equal(models, chosen)
+        np.testing.assert_allclose(weights, 0.5)
+    # particle 0 in model 0: its poses 0 and 2 (turns 0.1 and 0.3)
+    np.testing.assert_allclose(layers[0][1][0], turn(0.1))
+    np.testing.assert_allclose(layers[1][1][0], turn(0.3))
+    np.testing.assert_allclose(layers[1][2][0], top_shift[0, 2])
+    # particle 1 in model 1: only its first pose is there; the second layer is model 1's best
+    np.testing.assert_allclose(layers[0][1][1], turn(0.4))
+    np.testing.assert_allclose(layers[1][1][1], model_rot[1, 1])
+    np.testing.assert_allclose(layers[1][3][1], 2.9)
+    hard = _layers(found, chosen, np.eye(k)[chosen], sep=1)
+    assert len(hard) == k
+    np.testing.assert_allclose(hard[1][1], model_rot[:, 1])
+    np.testing.assert_allclose(hard[1][4], [0.0, 1.0])

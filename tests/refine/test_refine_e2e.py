@@ -319,6 +319,25 @@ def test_nan_images_are_reported_by_check(tmp_path, adk, capsys):
     assert "bad.mrcs" in err and len(err.splitlines()) == 1, err
 
 
+def test_mass_with_no_pixel_size_anywhere(tmp_path, adk, capsys):
+    """No pixel size in the STAR file nor in the image header: one line that asks for --apix."""
+    import mrcfile
+
+    from multirefine.io.star import write_particles_star
+
+    meta = read_particles_star(adk / "sim" / "particles.star").metadata.iloc[:20].copy()
+    meta = meta.drop(columns=[c for c in meta.columns if c in ("rlnImagePixelSize", "rlnOpticsGroup")])
+    with mrcfile.new(tmp_path / "plain.mrcs") as f:
+        f.set_data(np.zeros((20, BOX, BOX), np.float32))  # header voxel size 0
+    meta["rlnImageName"] = [f"{i + 1}@plain.mrcs" for i in range(20)]
+    write_particles_star(tmp_path / "plain.star", meta)
+    argv = ["refine", "--input", str(tmp_path / "plain.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
+            "--mass", "24", "--check"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "plain.star: pixel size unknown" in err and "--apix" in err and len(err.splitlines()) == 1, err
+
+
 def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, capsys, monkeypatch):
     """A NaN image that the pre-run sample misses stops the first iteration with the same
     one-line error, and the run folder it had begun is removed; the inputs are untouched."""

@@ -169,8 +169,7 @@ def _resolve(args: argparse.Namespace):
             mass *= k
         elif len(mass) != k:
             raise InputError(f"--mass {args.mass}: {len(mass)} masses for {k} models")
-        if not stack.pixel_size_angstrom:
-            raise InputError("--mass needs a pixel size: none in the particle file; give --apix")
+        # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
     device = _device_and_threads(args)
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
     if path.exists() and any(path.iterdir()):
