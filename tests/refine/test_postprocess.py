@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import random_atoms_map
+
 from multirefine.geometry.euler import euler_to_matrix
 from multirefine.refine.postprocess import (
     ANGSTROM3_PER_DALTON,

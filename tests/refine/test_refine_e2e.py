@@ -29,7 +29,12 @@ def hungarian_accuracy(truth: np.ndarray, assigned: np.ndarray) -> float:
 def adk(tmp_path_factory):
     from multirefine.cli.demo import adenylate_kinase_models
     from multirefine.io.particles import open_particles
-    from multirefine.simulate import SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
+    from multirefine.simulate import (
+        SimulationParameters,
+        maps_from_models,
+        read_atomic_model,
+        simulate_dataset,
+    )
 
     root = tmp_path_factory.mktemp("adk")
     maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], BOX, APIX, 2 * APIX)
@@ -231,7 +236,12 @@ def one_state(tmp_path_factory):
     """600 particles of one state (adk open), and their consensus map low-passed to 20 Å."""
     from multirefine.cli.demo import adenylate_kinase_models
     from multirefine.io.particles import open_particles
-    from multirefine.simulate import SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
+    from multirefine.simulate import (
+        SimulationParameters,
+        maps_from_models,
+        read_atomic_model,
+        simulate_dataset,
+    )
 
     root = tmp_path_factory.mktemp("one_state")
     maps = maps_from_models([read_atomic_model(adenylate_kinase_models()[0])], BOX, APIX, 2 * APIX)

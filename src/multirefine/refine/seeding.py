@@ -35,7 +35,7 @@ def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, 
     out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     size = out.shape[-1]
     if voxel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
-        new = max(2, int(round(size * voxel_size / pixel_size)))
+        new = max(2, round(size * voxel_size / pixel_size))
         log.info("%s: resampled from %.4g to %.4g Å/px (%d -> %d px)", name, voxel_size, pixel_size, size, new)
         out = resample_volume(out, new)
         size = new
