@@ -1,4 +1,4 @@
-"""Progress on the terminal (tqdm on stderr; silent when stderr is not a terminal or with -q)."""
+"""Progress on the terminal (tqdm on stderr; silent when stderr is not a terminal)."""
 
 from __future__ import annotations
 

@@ -40,6 +40,19 @@ def sim(tmp_path_factory):
     return root
 
 
+def test_e2refinemulti_is_refine_with_its_options(sim, capsys):
+    """The console alias takes e2refinemulti's options and runs ``multirefine refine``."""
+    from multirefine.cli.main import e2refinemulti
+
+    argv = ["--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
+            "--sym", "c1", "--sep", "2", "--classkeep", "0.8", "--check"]
+    assert e2refinemulti(argv) == 0
+    out = capsys.readouterr().out
+    assert "400 particles, box 32" in out and "2 models (models)" in out and "nothing was run" in out
+    assert e2refinemulti(["--input", str(sim / "nope.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc"]) == 2
+    assert "multirefine refine: error:" in capsys.readouterr().err
+
+
 def test_simulate_writes_what_a_user_has_and_the_truth(sim):
     folder = sim / "sim"
     for name in ("particles.mrcs", "particles.star", "truth.star", "gt_01.mrc", "gt_02.mrc", "simulation.json"):

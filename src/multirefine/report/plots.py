@@ -42,15 +42,21 @@ def plot_convergence(stats: list[dict], path: str | Path) -> None:
 
 
 def plot_fsc(fsc: dict, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:
-    """Half-map FSC of every model against spatial frequency, with 0.143 and 0.5 marked."""
+    """Half-map FSC of every model against spatial frequency, with 0.143 and 0.5 marked, and
+    (dotted) the FSC between every pair of models where ``fsc`` holds it (``mutual_fsc``):
+    where two models' curve falls below their half-map curves, the maps differ."""
     freq = np.asarray(fsc["shell_frequency_per_angstrom"])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for m, curve in enumerate(fsc["half_map_fsc"]):
         ax.plot(freq[1:], np.asarray(curve)[1:], label=labels[m] if labels else f"model {m + 1}")
+    mutual = np.asarray(fsc.get("mutual_fsc", []))
+    for i in range(len(mutual)):
+        for j in range(i + 1, len(mutual)):
+            ax.plot(freq[1:], mutual[i, j, 1:], ls=":", lw=1.2, label=f"model {i + 1} vs {j + 1}")
     for level in (0.5, 0.143):
         ax.axhline(level, color="grey", lw=0.7, ls="--")
-    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC (half maps)", ylim=(-0.1, 1.05), title=title)
-    ax.legend()
+    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", ylim=(-0.1, 1.05), title=title)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
