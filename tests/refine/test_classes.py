@@ -78,3 +78,14 @@ def test_weighted_entries_and_repeated_particles(atoms_map):
     twice, info_twice = class_averages(stack, pd.concat([table, table]), *grid, 1.0, weights=np.full(2 * len(table), 0.5))
     np.testing.assert_allclose(twice, once, atol=1e-5 * np.abs(once).max())
     assert info_twice["rlnClassDistribution"].iloc[0] == info_once["rlnClassDistribution"].iloc[0] == len(table)
+
+
+def test_classkeep_keeps_the_best_fraction_of_each_class():
+    """--classkeep 0.5: in each class the better-scoring half (rounded up), at least one."""
+    from multirefine.refine.classes import _keep_best
+
+    classes = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    score = np.array([0.1, 0.9, 0.5, 0.7, 3.0, 1.0, 2.0, -5.0])
+    keep = _keep_best(classes, score, 0.5)
+    np.testing.assert_array_equal(keep, [False, True, False, True, True, False, True, True])
+    assert _keep_best(classes, score, 1.0).all()

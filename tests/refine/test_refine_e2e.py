@@ -516,3 +516,43 @@ def test_continue_needs_a_finished_iteration(adk, tmp_path, capsys):
     assert main(["refine", "--continue", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "state.npz: not found" in err and len(err.splitlines()) == 1, err
+
+
+def turn_z_180(volume: np.ndarray) -> np.ndarray:
+    """The map turned 180° about z (axes z, y, x; the centre at D//2 stays)."""
+    return np.roll(volume[:, ::-1, ::-1], 1, axis=(1, 2))
+
+
+def test_one_symmetric_and_one_asymmetric_model(tmp_path):
+    """--sym c2,c1: model 1's map is C2 (imposed), model 2's is not forced to be; the
+    particles still go to their models."""
+    from helpers import random_atoms_map
+
+    from multirefine.simulate import SimulationParameters, simulate_dataset
+
+    box, apix = 32, 2.0
+    symmetric = random_atoms_map(box, 150, seed=11, spread_px=3.5)
+    symmetric = symmetric + turn_z_180(symmetric)
+    # a second state unlike the first at low resolution too: a lobe off the axis
+    lobe = np.roll(random_atoms_map(box, 100, seed=13, spread_px=2.0), 6, axis=2)
+    asymmetric = random_atoms_map(box, 300, seed=12, spread_px=3.5) + lobe
+    simulate_dataset(tmp_path / "sim", [symmetric, asymmetric],
+                     SimulationParameters(n_particles=400, snr=0.5, fractions=[0.5, 0.5], pixel_size_angstrom=apix,
+                                          seed=4))
+    for k, volume in enumerate((symmetric, asymmetric), 1):
+        write_map(tmp_path / f"lp_{k}.mrc", lowpass_volume(torch.from_numpy(volume), 12.0, apix).numpy(), apix)
+    run = tmp_path / "run"
+    assert main(["refine", "--input", str(tmp_path / "sim" / "particles.star"), "--models",
+                 f"{tmp_path}/lp_1.mrc,{tmp_path}/lp_2.mrc", "--sym", "c2,c1", "--iter", "2", "--nosingle",
+                 "--path", str(run)]) == 0
+    assigned = read_particles_star(run / "particles_02.star").metadata["rlnClassNumber"].to_numpy()
+    truth = read_particles_star(tmp_path / "sim" / "truth.star").metadata["rlnClassNumber"].to_numpy()
+    assert hungarian_accuracy(truth, assigned) >= 0.95
+    maps = [read_map(run / f"threed_02_0{k}.mrc")[0] for k in (1, 2)]
+
+    def self_correlation(volume):
+        return np.corrcoef(volume.ravel(), turn_z_180(volume).ravel())[0, 1]
+
+    assert self_correlation(maps[0]) > 0.999  # imposed
+    assert self_correlation(maps[1]) < 0.8  # not imposed: the asymmetric state's own map
+    assert np.corrcoef(maps[1].ravel(), asymmetric.ravel())[0, 1] > 0.8
