@@ -262,7 +262,9 @@ def test_one_state_split_at_random_does_not_stick(one_state):
                  str(one_state / "consensus_lp20.mrc"), "--nmodels", "2", "--randclassify", "--nosingle", "--iter", "3",
                  "--targetres", "12", "--path", str(run), "--parallel", "thread:2"])
     assert code == 0
-    changed = [s["fraction_changed_model"] for s in json.loads((run / "convergence.json").read_text())[1:]]
+    stats = json.loads((run / "convergence.json").read_text())
+    assert [s["band_resolution_angstrom"] for s in stats] == [12.0] * 3  # --targetres: every iteration's band
+    changed = [s["fraction_changed_model"] for s in stats[1:]]
     print(changed)
     assert changed[0] >= 0.4 and changed[1] >= 0.25, changed
 
