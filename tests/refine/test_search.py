@@ -156,8 +156,11 @@ def test_scale_terms_give_the_least_squares_intensity_factor(clean_case, volumes
     c = clean_case
     factors = torch.tensor([0.01, 5.0])[:, None, None, None]
     refs = make_references(volumes_ft * factors, grid_rotations, BAND)
-    model, cross, refpower = scale_terms(c["ft"], c["ctf"], refs, c["shifts"])
+    found = search_global(c["ft"], c["ctf"], refs, c["shifts"], score="cc")
+    model = found.model[:, 0]
     assert model.tolist() == c["models"].tolist()  # found by cc, which ignores the scale
+    cross, refpower = scale_terms(c["ft"], c["ctf"], volumes_ft * factors, refs.band, model, found.rotations[:, 0],
+                                  found.shift_px[:, 0])
     for k, expected in ((0, 100.0), (1, 0.2)):
         own = model == k
         assert float(cross[own].sum() / refpower[own].sum()) == pytest.approx(expected, rel=1e-3)

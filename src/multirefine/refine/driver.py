@@ -31,7 +31,8 @@ particle radius (``--speed`` scales them).
 Intensity scale. The least-squares score compares particles with references in the same
 units. Starting maps come in any units and particles are normalised (noise variance 1), so
 before the first search each starting map is scaled to the particles by least squares
-(:func:`multirefine.refine.search.scale_terms`, poses by ``cc`` on a sample); after that the
+(:func:`multirefine.refine.search.scale_terms`, poses by ``cc`` from the polar global pass
+on a sample); after that the
 references are the reconstructions, which are in the units of the raw particles by
 construction (``--mass`` rescales only the maps written). With ``--usefilt`` the references
 are also put in the filtered stack's units (a regression of filtered on raw images).
@@ -57,7 +58,7 @@ from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler, rotation_change_deg
-from multirefine.geometry.grids import orientation_grid, projection_directions
+from multirefine.geometry.grids import projection_directions
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import write_map, write_stack
@@ -70,6 +71,7 @@ from multirefine.refine.polar import (
     PolarReferences,
     make_polar_grid,
     make_polar_references,
+    search_global_polar,
 )
 from multirefine.refine.postprocess import (
     ALIGNMENT_MARGIN,
@@ -87,7 +89,6 @@ from multirefine.refine.search import (
     Band,
     SearchResult,
     make_band,
-    make_references,
     refine_assignments,
     scale_terms,
     search_local,
@@ -225,17 +226,23 @@ def _sample_rows(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, SCALE_SAMPLE)).round().astype(np.int64))
 
 
-def _reference_scales(search_stack, references, shifts_px: torch.Tensor, batch_size: int, device) -> np.ndarray:
-    """Per model, the least-squares factor from reference to particle units ``(K,)``.
+def _reference_scales(search_stack, plan: SearchPlan, volumes_ft: torch.Tensor, batch_size: int,
+                      device) -> np.ndarray:
+    """Per model of ``volumes_ft``, the least-squares factor from reference to particle units ``(K,)``.
 
-    Particles of a sample are given to the model they correlate with best; a model chosen
-    by fewer than 50 (or with a non-positive fit) gets the factor fitted over all of them.
+    Particles of a sample are given to the model, pose and shift they correlate with best
+    (``cc``, the polar global pass of ``plan``); a model chosen by fewer than 50 (or with a
+    non-positive fit) gets the factor fitted over all of them.
     """
-    k = references.n_models
+    k = volumes_ft.shape[0]
+    references = plan.references(volumes_ft)
     models, crosses, powers = [], [], []
     for chunk in np.array_split(_sample_rows(len(search_stack)), max(1, math.ceil(SCALE_SAMPLE / batch_size))):
         batch = load_batch(search_stack, chunk, device=device, center=False)
-        m, c, p = scale_terms(batch.images_ft, batch.ctf, references, shifts_px)
+        found = search_global_polar(batch.images_ft, batch.ctf, references, plan.coarse_shifts_px, score="cc")
+        m = found.model[:, 0]
+        c, p = scale_terms(batch.images_ft, batch.ctf, volumes_ft, plan.band, m, found.rotations[:, 0],
+                           found.shift_px[:, 0])
         models.append(m.cpu().numpy())
         crosses.append(c.double().cpu().numpy())
         powers.append(p.double().cpu().numpy())
@@ -357,18 +364,11 @@ class SearchPlan:
         """Polar references of ``volumes_ft`` ``(K, P, P, P//2+1)``, model m over ``directions[m]``."""
         return make_polar_references(volumes_ft, self.directions, self.polar_grid)
 
-    def intensity_scales(self, search_stack, volumes: torch.Tensor, symmetries: list[str], batch_size: int) -> np.ndarray:
+    def intensity_scales(self, search_stack, volumes: torch.Tensor, batch_size: int) -> np.ndarray:
         """Per map of ``volumes`` ``(K, D, D, D)``, the least-squares factor to the units of the
-        particles of ``search_stack`` ``(K,)`` (:func:`_reference_scales`, Cartesian
-        references on the coarse grid)."""
-        device = volumes.device
-        poses = [
-            torch.as_tensor(euler_to_matrix(*orientation_grid(self.coarse_step_deg, sym)), dtype=torch.float32,
-                            device=device)
-            for sym in symmetries
-        ]
-        references = make_references(volumes, poses, self.band_radius_px)
-        return _reference_scales(search_stack, references, self.coarse_shifts_px, batch_size, device)
+        particles of ``search_stack`` ``(K,)`` (:func:`_reference_scales`)."""
+        volumes_ft = torch.stack([prepare_volume_ft(v) for v in volumes])
+        return _reference_scales(search_stack, self, volumes_ft, batch_size, volumes.device)
 
     def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
                volumes_ft: torch.Tensor, score: str, top: int = 1) -> SearchResult:
@@ -708,7 +708,7 @@ def run_refinement(
             iteration, band_res, band_radius, coarse, fine,
         )
         if iteration == 1:
-            scales = plan.intensity_scales(search_stack, volumes, opts.symmetries, opts.batch_size)
+            scales = plan.intensity_scales(search_stack, volumes, opts.batch_size)
             log.info("starting maps scaled to the particles' intensity: %s",
                      ", ".join(f"x{a:.3g}" for a in scales))
         elif search_stack is not stack:

@@ -423,30 +423,36 @@ def search_global(
 def scale_terms(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
-    references: References,
-    shifts_px: torch.Tensor,
+    volumes_ft: torch.Tensor,
+    band: Band,
+    model: torch.Tensor,
+    rotations: torch.Tensor,
+    shift_px: torch.Tensor,
     *,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pad: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The terms of the least-squares intensity scale between particles and references.
 
-    Each particle's best (model, pose, shift) by ``cc``, which does not depend on the scale,
-    then at that pose ``cross = Re sum c X_s conj(P)`` and ``refpower = sum c^2 |P|^2``
-    (band, full plane). Returns ``(model, cross, refpower)``, each ``(n,)``: over a set of
-    particles, ``sum cross / sum refpower`` is the factor ``a`` that minimises
+    At each particle's pose (``model`` ``(n,)``, ``rotations`` ``(n, 3, 3)``, ``shift_px``
+    ``(n, 2)``, found by ``cc``, which does not depend on the scale) in the half volumes
+    ``volumes_ft`` ``(K, P, P, P//2+1)``: ``cross = Re sum c X_s conj(P)`` and
+    ``refpower = sum c^2 |P|^2`` over the band. Returns ``(cross, refpower)``, each ``(n,)``:
+    over a set of particles, ``sum cross / sum refpower`` is the factor ``a`` that minimises
     ``sum |X_s - a c P|^2``, the factor to put references in the particles' units (what
     RELION's first iteration with ``--firstiter_cc`` and its scale correction do).
     """
-    found = search_global(images_ft, ctf, references, shifts_px, score="cc", max_elements=max_elements)
-    band = references.band
-    device = references.slices.device
+    device = volumes_ft.device
     x, wc, wc2, _ = _particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
-    model, pose = found.model[:, 0], found.pose_index[:, 0]
-    p = references.slices[model, pose]  # (n, M)
-    xs = x * band_phase_ramp(found.shift_px[:, 0], band)
+    model, rotations = model.to(device), rotations.to(device=device, dtype=torch.float32)
+    p = torch.zeros(x.shape, dtype=torch.complex64, device=device)
+    for k in range(volumes_ft.shape[0]):
+        own = model == k
+        if own.any():
+            p[own] = band_slices(volumes_ft[k], rotations[own], band, pad)
+    xs = x * band_phase_ramp(shift_px.to(device), band)
     cross = (wc * (xs * p.conj()).real).sum(-1)
-    refpower = (wc2 * references.power[model, pose]).sum(-1)
-    return model, cross, refpower
+    refpower = (wc2 * (p.real**2 + p.imag**2)).sum(-1)
+    return cross, refpower
 
 
 def search_local(

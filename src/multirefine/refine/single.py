@@ -163,7 +163,7 @@ def refine_single(
             scales = [
                 float(plan.intensity_scales(
                     search_stack.subset(np.nonzero(halves == h)[0]),
-                    torch.from_numpy(references[h - 1]).to(device)[None], [symmetry], opts.batch_size,
+                    torch.from_numpy(references[h - 1]).to(device)[None], opts.batch_size,
                 )[0])
                 for h in (1, 2)
             ]
