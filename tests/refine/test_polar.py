@@ -91,15 +91,17 @@ def test_polar_search_finds_model_pose_and_shift(volumes_ft, device, snr):
     torch.testing.assert_close(found.model_rotations[torch.arange(n), found.model[:, 0].cpu()], found.rotations[:, 0])
 
 
-def test_polar_search_in_particle_chunks_gives_the_same_result(volumes_ft):
+@pytest.mark.parametrize("with_ctf", [True, False])
+def test_polar_search_in_particle_chunks_gives_the_same_result(volumes_ft, device, with_ctf):
     """A budget smaller than one batch's shifted polar images splits the particles (here into
     chunks of 3 of 10): every field of the result is the whole batch's."""
     n = 10
     rng = np.random.default_rng(8)
     ft, ctf = simulate(volumes_ft, rng.integers(0, 2, n), random_rotations(n, 9), torch.zeros(n, 2), snr=1.0, seed=3)
-    grid = make_polar_grid(BOX, BAND, 15.0)
-    polar = make_polar_references(volumes_ft, directions(15.0), grid)
-    shifts = shift_grid(2.0, 1.0)
+    ft, ctf = ft.to(device), ctf.to(device) if with_ctf else None
+    grid = make_polar_grid(BOX, BAND, 15.0, device=device)
+    polar = make_polar_references(volumes_ft.to(device), directions(15.0).to(device), grid)
+    shifts = shift_grid(2.0, 1.0, device=device)
     whole = search_global_polar(ft, ctf, polar, shifts, score="ls", top=3)
     budget = 3 * len(shifts) * grid.kx.numel()
     chunked = search_global_polar(ft, ctf, polar, shifts, score="ls", top=3, max_elements=budget)

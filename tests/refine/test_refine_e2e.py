@@ -350,9 +350,11 @@ def test_mass_with_no_pixel_size_anywhere(tmp_path, adk, capsys):
     assert "plain.star: pixel size unknown" in err and "--apix" in err and len(err.splitlines()) == 1, err
 
 
-def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, capsys, monkeypatch):
+@pytest.mark.parametrize("given_empty_folder", [False, True])
+def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, capsys, monkeypatch, given_empty_folder):
     """A NaN image that the pre-run sample misses stops the first iteration with the same
-    one-line error, and the run folder it had begun is removed; the inputs are untouched."""
+    one-line error, and the run folder it had begun is removed (an empty folder given as
+    --path is emptied and kept); the inputs are untouched."""
     import hashlib
 
     import mrcfile
@@ -368,15 +370,20 @@ def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, 
         f.voxel_size = APIX
     meta["rlnImageName"] = [f"{i + 1}@bad.mrcs" for i in range(40)]
     write_particles_star(tmp_path / "bad.star", meta)
-    digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    if given_empty_folder:
+        (tmp_path / "run").mkdir()
+    digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
     monkeypatch.setattr(ParticleStack, "check", lambda self, sample=None, batch_size=256: None)  # the sample missed it
     argv = ["refine", "--input", str(tmp_path / "bad.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
             "--iter", "1", "--nosingle", "--path", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "bad.mrcs" in err[-1] and "NaN" in err[-1], err
-    assert not (tmp_path / "run").exists()
-    assert digest == {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    if given_empty_folder:
+        assert (tmp_path / "run").is_dir() and not any((tmp_path / "run").iterdir())
+    else:
+        assert not (tmp_path / "run").exists()
+    assert digest == {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
 
 
 def test_usefilt_must_match_the_input(tmp_path, adk, capsys):
@@ -492,20 +499,36 @@ def test_continue_takes_the_runs_options(adk, capsys, extra, expected):
     assert expected in err and len(err.splitlines()) == 1, err
 
 
-def test_continue_lowmem_is_the_commands(adk):
-    """--lowmem, like --device, is this command's: given, small batches; not given, full ones."""
+def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_path, monkeypatch):
+    """A run stopped in iteration 2 keeps its folder (iteration 1's state for --continue).
+    --lowmem, like --device, is the continuing command's: given, small batches; not, full ones."""
     from multirefine.cli.main import _given, build_parser
     from multirefine.cli.refine import _resolve_continue
+    from multirefine.refine import driver
 
-    run = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run
-    if not (run / "state.npz").exists():
-        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    calls = []
+    search = driver._search_particles
+
+    def stop_in_iteration_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped in iteration 2")
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "_search_particles", stop_in_iteration_2)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="iteration 2"):
+        main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
+              "--iter", "2", "--nosingle", "--path", str(run)])
+    assert (run / "state.npz").exists() and (run / "threed_01_01.mrc").exists()
     sizes = []
     for extra in (["--lowmem"], []):
         argv = ["refine", "--continue", str(run), *extra]
         args = build_parser().parse_args(argv)
         args.given = _given("refine", argv)
-        sizes.append(_resolve_continue(args)[2].batch_size)
+        _, _, opts, done = _resolve_continue(args)
+        assert done == 1
+        sizes.append(opts.batch_size)
     assert sizes == [200, 500]
 
 

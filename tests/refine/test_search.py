@@ -237,3 +237,23 @@ def test_off_grid_global_then_local(volumes_ft, grid_rotations, snr, max_median_
     assert np.median(error) < 0.5 * np.median(coarse_error)
     assert np.median(shift_error) < 0.25 and np.quantile(shift_error, 0.9) < 0.5, shift_error
     assert bool(torch.isfinite(result.model_scores).all())
+
+
+def test_intensity_scales_put_the_starting_maps_in_the_particles_units(tmp_path):
+    """The first iteration's factors (poses by ``cc`` in the polar pass, then least squares
+    at each particle's pose): maps given x 0.01 and x 5 get 100 and 0.2 times the factors of
+    the maps as they are, each model its own."""
+    from multirefine.io.particles import open_particles
+    from multirefine.refine.driver import plan_search
+    from multirefine.simulate import SimulationParameters, simulate_dataset
+
+    maps = [random_atoms_map(seed) for seed in (0, 2)]
+    simulate_dataset(tmp_path / "sim", maps, SimulationParameters(n_particles=300, snr=1.0, fractions=[0.5, 0.5],
+                                                                  pixel_size_angstrom=1.0, seed=2))
+    stack = open_particles(tmp_path / "sim" / "particles.star")
+    plan = plan_search(32, 1.0, 6.0, 8.0, 5, ["C1", "C1"], 2.0)
+    volumes = torch.as_tensor(np.stack(maps))
+    base = plan.intensity_scales(stack, volumes, 500)
+    scaled = plan.intensity_scales(stack, volumes * torch.tensor([0.01, 5.0])[:, None, None, None], 500)
+    assert np.all(base > 0)
+    np.testing.assert_allclose(scaled / base, [100.0, 0.2], rtol=1e-3)

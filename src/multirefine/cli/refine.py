@@ -281,11 +281,19 @@ def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.nda
 
 
 def _remove_unfinished(path: Path, created: bool) -> None:
-    """Remove what a new run wrote before its first iteration finished (the folder too if it made it)."""
-    for entry in path.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    if created:
-        path.rmdir()
+    """Remove what a new run wrote before its first iteration finished (the folder too if it
+    made it). A failure here is reported, never raised over the error that stopped the run."""
+    try:
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if created:
+            path.rmdir()
+    except OSError as exc:
+        print(f"{path}: the unfinished run could not be removed ({exc})", file=sys.stderr)
+        return
     print(f"{path}: {'removed' if created else 'emptied'}, the run stopped before its first iteration finished "
           "(nothing to --continue)", file=sys.stderr)
 
@@ -320,17 +328,21 @@ def main(args: argparse.Namespace) -> int:
         print("check: files, sizes, symmetries and options are consistent; nothing was run")
         return 0
     path = Path(opts.path)
-    created = not path.exists()  # a new run's folder is new or empty (_resolve): all in it is this run's
-    path.mkdir(parents=True, exist_ok=True)
-    start, initial = None, None
-    if not resume:
-        start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
-        if opts.seeding == "randclassify":
-            initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
-    runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+    # A new run's folder is new, or empty (_resolve): all that is in it is this run's.
+    created = not resume and not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=not created)
+    except FileExistsError:
+        raise InputError(f"--path {path}: another command made this folder meanwhile (choose another)") from None
     progress = StageProgress()
     try:
         try:
+            start, initial = None, None
+            if not resume:
+                start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
+                if opts.seeding == "randclassify":
+                    initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
+            runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
             multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume)
         except BaseException:
             if not resume and not (path / runfolder.STATE).exists():

@@ -38,12 +38,15 @@ pre-centred), ``rlnOriginXAngst = shift_px[..., 0] * pixel_size`` and
 :func:`multirefine.geometry.grids.local_rotations` (a rotation in the particle frame, as
 :func:`multirefine.geometry.grids.local_orientation_grid`).
 
-Coarse to fine: :func:`make_references` projects every model over a global orientation
-grid once per iteration; :func:`search_global` scores a batch against all of them at a
-coarse shift grid; :func:`search_local` refines candidate poses per particle with
-projections made on the fly; :func:`refine_assignments` chains the two. References are
-processed in chunks within a ``max_elements`` budget (score-matrix entries), keeping a
-running top-``k``, so memory stays bounded whatever the grid.
+Coarse to fine: a global pass scores a batch against every model over a global
+orientation grid at a coarse shift grid; :func:`search_local` refines candidate poses per
+particle with projections made on the fly; :func:`refine_assignments` chains the two.
+The program's global pass is the polar one (:mod:`multirefine.refine.polar`: every
+in-plane angle from one FFT). :func:`make_references` and :func:`search_global` are the
+same pass on Cartesian references, one slice per pose: the direct form the polar pass is
+tested against. Work goes in chunks within a ``max_elements`` budget (entries of the
+largest arrays: scores, shifted images), keeping a running top-``k``, so memory stays
+bounded whatever the grid.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ __all__ = [
 ]
 
 Score = Literal["cc", "ls"]
-DEFAULT_MAX_ELEMENTS = 2**23  # score-matrix entries per chunk (32 MiB of float32)
+DEFAULT_MAX_ELEMENTS = 2**23  # entries per chunk: 32 MiB of float32 scores, 64 MiB of complex64 images
 SLICE_POINTS = 2**22  # sample points per interpolation call in band_slices
 
 

@@ -80,8 +80,8 @@ def randomize_phases(volume: np.ndarray, pixel_size: float, beyond_angstrom: flo
     # transform holds both of a pair; irfftn keeps the map real by taking one of each pair,
     # so there (2 of the box's 33 planes at 64) the amplitudes are not kept. White noise's
     # phases would keep them, but give other draws: on the 1000-particle test set the
-    # --randphase split then reached 67.9 % instead of 79.9 % (one draw each; ninth session),
-    # so the change waits for a measurement over several seeds.
+    # --randphase split then reached 67.9 % instead of 79.9 % (one draw each), so the
+    # change waits for a measurement over several seeds (BENCHMARKS.md).
     return irfftn3_centered(ft, box).numpy().astype(np.float32)
 
 

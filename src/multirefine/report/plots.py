@@ -52,10 +52,12 @@ def plot_fsc(fsc: dict, path: str | Path, title: str = "", labels: list[str] | N
     mutual = np.asarray(fsc.get("mutual_fsc", []))
     for i in range(len(mutual)):
         for j in range(i + 1, len(mutual)):
-            ax.plot(freq[1:], mutual[i, j, 1:], ls=":", lw=1.2, label=f"model {i + 1} vs {j + 1}")
+            names = (labels[i], labels[j]) if labels else (f"model {i + 1}", f"{j + 1}")
+            ax.plot(freq[1:], mutual[i, j, 1:], ls=":", lw=1.2, label=f"{names[0]} vs {names[1]}")
     for level in (0.5, 0.143):
         ax.axhline(level, color="grey", lw=0.7, ls="--")
-    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", ylim=(-0.1, 1.05), title=title)
+    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC" if len(mutual) > 1 else "FSC (half maps)", ylim=(-0.1, 1.05),
+           title=title)
     ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
