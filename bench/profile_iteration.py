@@ -13,7 +13,8 @@ makes them (the launches a GPU waits on the host for), with no profiler.
 ``--memory`` runs once without the profiler and prints the wall time, the process's peak
 resident memory, and where the run was each time its memory reached a new high. ``--chunk N`` sets the search's chunk budget (score-matrix entries per chunk of particles,
 ``DEFAULT_MAX_ELEMENTS``, and sample points per slice call, ``SLICE_POINTS``, both 2**23 /
-2**22 in the program) for this run only, to see what larger chunks buy on a device.
+2**22 in the program) for this run only, to see what larger chunks buy on a device (the
+first iteration's intensity-scale pass keeps the program's budget).
 
     python bench/profile_iteration.py bench/work/conformational [--n 6000] [--iter 2]
         [--device cuda] [--batch 500] [--threads 16] [--trace trace.json] [--sites] [--memory]
