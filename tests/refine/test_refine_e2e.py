@@ -47,6 +47,22 @@ def adk(tmp_path_factory):
     return root
 
 
+def write_stack_of(adk, folder, images: np.ndarray, name: str = "bad"):
+    """``folder/name.mrcs`` holding ``images`` and ``folder/name.star`` naming them, with the
+    first rows of the adk set's metadata (its CTFs); returns the STAR file's path."""
+    import mrcfile
+
+    from multirefine.io.star import write_particles_star
+
+    meta = read_particles_star(adk / "sim" / "particles.star").metadata.iloc[: len(images)].copy()
+    with mrcfile.new(folder / f"{name}.mrcs") as f:
+        f.set_data(images)
+        f.voxel_size = APIX
+    meta["rlnImageName"] = [f"{i + 1}@{name}.mrcs" for i in range(len(images))]
+    write_particles_star(folder / f"{name}.star", meta)
+    return folder / f"{name}.star"
+
+
 def truth_classes(root) -> np.ndarray:
     return read_particles_star(root / "sim" / "truth.star").metadata["rlnClassNumber"].to_numpy()
 
@@ -313,18 +329,9 @@ def test_bad_options_give_one_line_errors(adk, capsys, extra, expected):
 
 
 def test_nan_images_are_reported_by_check(tmp_path, adk, capsys):
-    import mrcfile
-
-    from multirefine.io.star import write_particles_star
-
-    meta = read_particles_star(adk / "sim" / "particles.star").metadata.iloc[:20].copy()
     images = np.zeros((20, BOX, BOX), np.float32)
     images[7, 3, 3] = np.nan
-    with mrcfile.new(tmp_path / "bad.mrcs") as f:
-        f.set_data(images)
-        f.voxel_size = APIX
-    meta["rlnImageName"] = [f"{i + 1}@bad.mrcs" for i in range(20)]
-    write_particles_star(tmp_path / "bad.star", meta)
+    write_stack_of(adk, tmp_path, images)
     argv = ["refine", "--input", str(tmp_path / "bad.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--check"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -357,19 +364,11 @@ def test_nan_image_found_during_the_run_leaves_no_partial_folder(tmp_path, adk, 
     --path is emptied and kept); the inputs are untouched."""
     import hashlib
 
-    import mrcfile
-
     from multirefine.io.particles import ParticleStack
-    from multirefine.io.star import write_particles_star
 
-    meta = read_particles_star(adk / "sim" / "particles.star").metadata.iloc[:40].copy()
     images = np.random.default_rng(0).normal(size=(40, BOX, BOX)).astype(np.float32)
     images[33, 5, 5] = np.nan
-    with mrcfile.new(tmp_path / "bad.mrcs") as f:
-        f.set_data(images)
-        f.voxel_size = APIX
-    meta["rlnImageName"] = [f"{i + 1}@bad.mrcs" for i in range(40)]
-    write_particles_star(tmp_path / "bad.star", meta)
+    write_stack_of(adk, tmp_path, images)
     if given_empty_folder:
         (tmp_path / "run").mkdir()
     digest = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
