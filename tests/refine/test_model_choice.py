@@ -127,3 +127,40 @@ def test_sep_layers_take_the_best_poses_within_the_chosen_model():
     assert len(hard) == k
     np.testing.assert_allclose(hard[1][1], model_rot[:, 1])
     np.testing.assert_allclose(hard[1][4], [0.0, 1.0])
+
+
+def test_m3dkeep_makes_each_map_from_its_best_scored_particles(stack):
+    """--m3dkeep 0.5: each model's map comes from the half of its particles with the best
+    scores, and is the map made from those particles alone; the count made from is reported."""
+    from multirefine.geometry.euler import euler_to_matrix
+    from multirefine.refine.driver import _layer_stacks, _reconstruct_models
+
+    meta, n = stack.metadata, len(stack)
+    rotations = euler_to_matrix(meta["rlnAngleRot"], meta["rlnAngleTilt"], meta["rlnAnglePsi"])
+    shifts = meta[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / APIX
+    model = (np.arange(n) >= n // 2).astype(np.int64)  # two models, 120 particles each
+    score = np.random.default_rng(0).random(n)
+    halves = np.arange(n) % 2 + 1
+    mask = soft_sphere_mask(BOX, BOX / 2 - 2, 3.0)
+    start = [np.zeros((BOX,) * 3, np.float32)] * 2
+
+    def made(models, keep):
+        layers = [(models, rotations, shifts, score, np.ones(n))]
+        _, layer_stacks = _layer_stacks(stack, layers, halves, APIX)
+        return _reconstruct_models(stack, layers, layer_stacks, halves, start, [torch.eye(3)[None]] * 2, mask, keep,
+                                   "cpu", None, "test")
+
+    kept = made(model, 0.5)
+    assert kept.particles_in_maps == [n // 4, n // 4]
+    best_half = model.copy()
+    for m in (0, 1):
+        own = np.nonzero(model == m)[0]
+        best_half[own[score[own] < np.median(score[own])]] = -1  # in no model
+    alone = made(best_half, 1.0)
+    assert alone.particles_in_maps == [n // 4, n // 4]
+    for a, b in zip(kept.maps, alone.maps):
+        assert np.abs(a).max() > 0
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()))
+    every = made(model, 1.0)
+    assert every.particles_in_maps == [n // 2, n // 2]
+    assert not np.allclose(every.maps[0], kept.maps[0], atol=1e-3 * float(np.abs(every.maps[0]).max()))

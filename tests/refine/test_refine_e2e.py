@@ -108,6 +108,9 @@ def test_from_low_passed_true_maps(adk, capsys):
         assert list(own["rlnImageName"]) == list(split["rlnImageName"])
     convergence = json.loads((run / "convergence.json").read_text())
     assert len(convergence) == 3 and convergence[-1]["fraction_changed_model"] < 0.1
+    # --m3dkeep 0.9 (the default): each map from the best-scored 90 % of its particles.
+    for stat in convergence:
+        np.testing.assert_allclose(stat["particles_in_maps"], 0.9 * np.array(stat["particles_per_model"]), atol=1)
     # Each map is closer to its own true map than to the other state's.
     for k in (1, 2):
         ours = torch.from_numpy(read_map(run / f"threed_03_{k:02d}.mrc")[0])

@@ -257,3 +257,26 @@ def test_intensity_scales_put_the_starting_maps_in_the_particles_units(tmp_path)
     scaled = plan.intensity_scales(stack, volumes * torch.tensor([0.01, 5.0])[:, None, None, None], 500)
     assert np.all(base > 0)
     np.testing.assert_allclose(scaled / base, [100.0, 0.2], rtol=1e-3)
+
+
+def test_shrink_and_speed_set_the_band_and_the_angular_steps():
+    """--shrink N keeps the search within the Nyquist of a box N times smaller (5 % short of
+    it, as the full box is); --speed scales the angular steps (5: the fine step moves the
+    particle's edge by a third of the band's resolution)."""
+    from multirefine.refine.driver import plan_search
+
+    def plan(band_res, speed=5, shrink=1):
+        return plan_search(64, 1.0, band_res, 20.0, speed, ["C1"], 2.0, shrink=shrink)
+
+    assert plan(2.0).band_resolution_angstrom == pytest.approx(2.1)
+    shrunk = plan(2.0, shrink=2)
+    assert shrunk.band_resolution_angstrom == pytest.approx(4.2)
+    assert shrunk.band_radius_px < 64 / 4
+    assert plan(8.0, shrink=2).band_resolution_angstrom == 8.0  # coarser than that: as asked
+    normal, fast, slow = plan(4.0), plan(4.0, speed=10), plan(4.0, speed=1)
+    assert normal.fine_step_deg == pytest.approx(np.degrees(4.0 / (3 * 20.0)))
+    assert fast.fine_step_deg == pytest.approx(2 * normal.fine_step_deg)
+    assert slow.fine_step_deg == pytest.approx(0.76394, rel=1e-4)
+    assert fast.coarse_step_deg == pytest.approx(2.5 * fast.fine_step_deg)
+    assert slow.coarse_step_deg == 7.5  # the global step's floor
+    assert len(fast.directions[0]) < len(normal.directions[0]) < len(slow.directions[0])

@@ -158,6 +158,9 @@ class IterationStats:
     resolution_0143_angstrom: list[float]
     fsc_to_previous_0143_angstrom: list[float] | None
     mean_score: float
+    # The particles each map was made from (weights summed) after the --m3dkeep cut; None in
+    # convergence.json files written before this field existed.
+    particles_in_maps: list[float] | None = None
 
 
 @dataclass
@@ -443,6 +446,7 @@ class _Reconstruction:
     fsc_curves: list[np.ndarray]  # half-map FSC per model
     resolutions: list[float]  # FSC 0.143 per model (inf: the map was kept)
     last: _LastReconstruction
+    particles_in_maps: list[float]  # weights summed over what each map was made from
 
 
 def _reconstruct_models(
@@ -496,7 +500,8 @@ def _reconstruct_models(
         fsc_curves.append(result.fsc)
         resolutions.append(resolution_at_threshold(result.fsc, apix, 0.143))
     entries = [(m_index, s, g, w) for (m_index, _), s, g, w in zip(group_model, stacks, groups, weights)]
-    return _Reconstruction(new_maps, fsc_curves, resolutions, _LastReconstruction(totals, inverse_ssnr, new_maps, entries))
+    last = _LastReconstruction(totals, inverse_ssnr, new_maps, entries)
+    return _Reconstruction(new_maps, fsc_curves, resolutions, last, effective_of.tolist())
 
 
 @dataclass
@@ -782,7 +787,7 @@ def run_refinement(
         runfolder.write_json(out / runfolder.fsc_name(iteration), fsc)
         stat = IterationStats(
             iteration, time.perf_counter() - started, band_res, coarse, fine, counts, changed,
-            resolutions, to_previous, float(np.mean(score)),
+            resolutions, to_previous, float(np.mean(score)), made.particles_in_maps,
         )
         stats.append(stat)
         runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])

@@ -238,10 +238,11 @@ def write_report(run: str | Path) -> Path:
         parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
     parts.append(_table(
         ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
-         "particles per model", "half maps, FSC 0.143 (Å)"],
+         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)"],
         [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
           None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
           ", ".join(str(c) for c in s["particles_per_model"]),
+          ", ".join(f"{c:.0f}" for c in s.get("particles_in_maps") or []),
           ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"])] for s in stats],
     ))
     # The figures made for every iteration ("II" for its number in patterns), one iteration at a time.
