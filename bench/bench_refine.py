@@ -170,6 +170,9 @@ def main() -> None:
         set_dir = Path(args.work) / name
         ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads, args.rerun)
         theirs = relion_result(set_dir)
+        earlier = results_dir / f"{name}.json"
+        if theirs is None and earlier.exists():  # RELION's run is not on this machine: keep what was read of it
+            theirs = json.loads(earlier.read_text()).get("relion")
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
         rows.append(record)

@@ -1,17 +1,50 @@
-"""Progress on the terminal (tqdm on stderr; silent when stderr is not a terminal)."""
+"""Progress of each stage: a bar on the terminal (tqdm on stderr), or with ``-v 2`` a log
+line per batch (for a cluster job's log, where there is no terminal); otherwise silent.
+
+``-v N`` (EMAN2's ``--verbose``): 0, the default, logs what was resolved, a line per
+iteration and warnings; 1 adds each iteration's search grid and the time of each stage
+(DEBUG); 2 and more add a line per batch (``BATCH``).
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["progress_bar", "StageProgress"]
+__all__ = ["BATCH", "StageProgress", "logging_level", "progress_bar"]
+
+BATCH = 5  # below DEBUG: a log line per batch of particles
+logging.addLevelName(BATCH, "BATCH")
+log = logging.getLogger(__name__)
+
+
+def logging_level(verbose: int) -> int:
+    """The logging level for ``-v verbose``."""
+    return logging.INFO if verbose <= 0 else logging.DEBUG if verbose == 1 else BATCH
+
+
+def _logged(total: int, description: str) -> Callable[[int], None]:
+    """``advance(n)`` that logs the particles done so far and the time since the stage began."""
+    done, started = 0, time.perf_counter()
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        log.log(BATCH, "%s: %d of %d particles, %.1f s", description, done, total, time.perf_counter() - started)
+
+    return advance
 
 
 @contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a bar on an interactive stderr, otherwise nothing."""
+    """Yield ``advance(n)``: a log line per call at ``-v 2``, else a bar on an interactive
+    stderr, else nothing."""
+    if log.isEnabledFor(BATCH):
+        yield _logged(total, description)
+        return
     if not sys.stderr.isatty():
         yield lambda n: None
         return
@@ -29,6 +62,8 @@ class StageProgress:
 
     def __call__(self, label: str, total: int) -> Callable[[int], None]:
         self.close()
+        if log.isEnabledFor(BATCH):
+            return _logged(total, label)
         if not sys.stderr.isatty():
             return lambda n: None
         from tqdm import tqdm

@@ -79,6 +79,26 @@ def test_reconstruct_from_truth(sim, capsys):
     assert read_map(out)[0].shape == (32, 32, 32)
 
 
+def test_verbose_takes_eman2s_levels(sim, caplog):
+    """``-v N`` as EMAN2's ``--verbose``; ``-v`` alone is 1, ``-vv`` 2, and ``-v`` never takes
+    the next argument unless it is a number. Level 2 logs a line per batch, lower levels none."""
+    from multirefine.cli.main import _counted_verbose
+    from multirefine.progress import BATCH
+
+    assert _counted_verbose(["report", "-v", "run_01"]) == ["report", "-v1", "run_01"]
+    assert _counted_verbose(["refine", "-vv", "--check"]) == ["refine", "-v2", "--check"]
+    assert _counted_verbose(["refine", "--verbose", "3"]) == ["refine", "--verbose", "3"]
+    folder = sim / "sim"
+    for extra, batches in (([], False), (["-v"], False), (["-v", "2"], True), (["-vv"], True)):
+        caplog.clear()
+        argv = ["reconstruct", str(folder / "truth.star"), "--class", "1", "-o", str(sim / "v.mrc"), *extra]
+        assert main(argv) == 0
+        lines = [r.getMessage() for r in caplog.records if r.levelno == BATCH]
+        assert bool(lines) == batches, (extra, lines)
+        if batches:
+            assert lines[-1].startswith("inserting: ") and " of " in lines[-1]
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [

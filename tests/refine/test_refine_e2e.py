@@ -67,12 +67,16 @@ def truth_classes(root) -> np.ndarray:
     return read_particles_star(root / "sim" / "truth.star").metadata["rlnClassNumber"].to_numpy()
 
 
-def test_from_low_passed_true_maps(adk, capsys):
+def test_from_low_passed_true_maps(adk, capsys, caplog):
     run = adk / "run_lp"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
                  f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--singleiter", "2", "--path", str(run),
-                 "--parallel", "thread:2"])
+                 "--parallel", "thread:2", "-v"])
     assert code == 0
+    logged = caplog.text  # -v: each iteration's grid and the time of each stage
+    for iteration in (1, 2, 3):
+        assert f"iteration {iteration}: global pass over " in logged
+        assert f"iteration {iteration} stages: search " in logged
     assert f"the report: {run}/index.html" in capsys.readouterr().out
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())

@@ -10,6 +10,7 @@ from types import ModuleType
 from multirefine import __version__
 from multirefine.cli import demo, reconstruct, refine, report, simulate
 from multirefine.errors import InputError
+from multirefine.progress import logging_level
 
 __all__ = ["build_parser", "e2refinemulti", "main"]
 
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more output (debug detail)")
+        p.add_argument("-v", "--verbose", type=int, nargs="?", const=1, default=0, metavar="N",
+                       help="0 (default): a line per iteration and warnings; 1 (-v): also each stage's time and "
+                            "the search grid; 2 (-vv): also a line per batch")
         module.add_args(p)
         p.set_defaults(func=module.main)
     return parser
@@ -48,7 +51,7 @@ def _given(command: str, argv: list[str]) -> set[str]:
     """The options the command line gives (their ``dest``), told apart from defaults: the
     command's arguments parsed again with every default suppressed."""
     probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("-v", "--verbose", action="count")  # counts from its default: None when not given
+    probe.add_argument("-v", "--verbose", type=int, nargs="?", const=1)  # None when not given
     SUBCOMMANDS[command].add_args(probe)
     for action in probe._actions:  # argparse has no public way to suppress defaults already given
         if action.dest != "verbose":
@@ -57,16 +60,29 @@ def _given(command: str, argv: list[str]) -> set[str]:
     return {name for name, value in vars(known).items() if name != "verbose" or value is not None}
 
 
+def _counted_verbose(argv: list[str]) -> list[str]:
+    """``-v N`` takes a level, as EMAN2's ``--verbose`` does; ``-vv`` is ``-v2``, and a ``-v``
+    followed by no number is ``-v1`` (so it does not take the next argument, a run folder)."""
+    out = []
+    for i, a in enumerate(argv):
+        if len(a) > 2 and a.startswith("-") and set(a[1:]) == {"v"}:
+            a = f"-v{len(a) - 1}"
+        elif a in ("-v", "--verbose") and not (i + 1 < len(argv) and argv[i + 1].isdigit()):
+            a = "-v1"
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _counted_verbose(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     args.given = _given(args.command, argv)
-    level = logging.INFO if args.verbose == 0 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger().setLevel(logging_level(args.verbose))  # also where handlers were set before
     for noisy in ("matplotlib", "PIL", "h5py", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

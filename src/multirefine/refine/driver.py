@@ -363,6 +363,15 @@ class SearchPlan:
     shift_offsets_px: list[torch.Tensor]  # one per local pass
     band: Band  # the local passes' pixels
 
+    def describe(self) -> str:
+        """The grid searched, in words (``-v 1``)."""
+        grid = self.polar_grid
+        return (f"global pass over {', '.join(str(len(d)) for d in self.directions)} directions (per model) x "
+                f"{grid.n_inplane} in-plane angles x {len(self.coarse_shifts_px)} shifts, "
+                f"{len(grid.radii)} radii x {grid.n_angles} angles; local passes at "
+                f"{self.coarse_step_deg / 3:.2f} and {self.fine_step_deg:.2f} deg, shifts in steps of "
+                f"{self.shift_step_px / 2:.2f} and {self.shift_step_px / 4:.2f} px")
+
     def references(self, volumes_ft: torch.Tensor) -> PolarReferences:
         """Polar references of ``volumes_ft`` ``(K, P, P, P//2+1)``, model m over ``directions[m]``."""
         return make_polar_references(volumes_ft, self.directions, self.polar_grid)
@@ -712,6 +721,7 @@ def run_refinement(
             "iteration %d: search to %.1f Å (band %.1f px), global step %.1f°, local step %.1f°",
             iteration, band_res, band_radius, coarse, fine,
         )
+        log.debug("iteration %d: %s", iteration, plan.describe())
         if iteration == 1:
             scales = plan.intensity_scales(search_stack, volumes, opts.batch_size)
             log.info("starting maps scaled to the particles' intensity: %s",
@@ -731,6 +741,7 @@ def run_refinement(
         found = _search_particles(search_stack, plan, references, volumes_ft, opts, last,
                                   _FoldMaps(operators, mask_radius_px, scales), advance)
         last = None  # the last maps' accumulators are not needed again
+        searched = time.perf_counter()
         posteriors = _posteriors(found.choice_scores, found.image_power, float(fine_band.weight.sum()), opts.score)
         model = np.argmax(found.choice_scores, axis=1)
         if initial_assignment is not None and iteration == 1:
@@ -749,6 +760,7 @@ def run_refinement(
         made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
                                    progress, f"iteration {iteration}: reconstruct")
         new_maps, fsc_curves, resolutions = made.maps, made.fsc_curves, made.resolutions
+        reconstructed = time.perf_counter()
         counts = np.bincount(model, minlength=k).tolist()
         changed = None if previous_model is None else float(np.mean(previous_model != model))
         to_previous = None
@@ -775,6 +787,7 @@ def run_refinement(
             stack, entries, [d[0] for d in directions], [d[1] for d in directions], opts.classkeep,
             classiter=opts.classiter, psi_range_deg=fine, max_shift_px=shift_step_px, weights=entry_weights,
         )
+        averaged = time.perf_counter()
         write_stack(out / runfolder.classes_name(iteration), averages, apix)
         with atomic_path(out / runfolder.classes_table_name(iteration)) as tmp:
             starfile.write({"classes": class_table}, tmp, overwrite=True)
@@ -794,6 +807,11 @@ def run_refinement(
         plot_convergence([asdict(s) for s in stats], out / runfolder.CONVERGENCE_FIGURE)
         plot_fsc(fsc, out / runfolder.fsc_figure_name(iteration), f"iteration {iteration}")
         write_report_safely(out)
+        log.debug(
+            "iteration %d stages: search %.1f s, reconstruction %.1f s, class averages %.1f s, files and report %.1f s",
+            iteration, searched - started, reconstructed - searched, averaged - reconstructed,
+            time.perf_counter() - averaged,
+        )
         log.info(
             "iteration %d done in %.0f s: particles per model %s, changed model %s, resolution %s",
             iteration, stat.seconds, counts, "-" if changed is None else f"{100 * changed:.1f} %",
