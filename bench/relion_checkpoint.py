@@ -73,9 +73,8 @@ def pack(set_dir: Path) -> Path:
         for path in sorted(run.iterdir()):
             m = re.fullmatch(r"run_it(\d+)_(\w+?)(\d*)\.(star|mrc)", path.name)
             logs = re.fullmatch(r"(cpu.*\.csv|time.*\.txt|stdout\.txt)", path.name)
-            if m and int(m.group(1)) == last and m.group(2) in ("optimiser", "model", "sampling", "data", "class"):
-                tar.add(path, arcname=path.name)
-            elif m and m.group(2) == "optimiser" or logs:
+            needed = m and int(m.group(1)) == last and m.group(2) in ("optimiser", "model", "sampling", "data", "class")
+            if needed or logs or (m and m.group(2) == "optimiser"):  # every optimiser file: its time ends an iteration
                 tar.add(path, arcname=path.name)
             elif m and m.group(2) == "data" and int(m.group(1)) in done:
                 body = _thin_data(path)
