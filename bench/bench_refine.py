@@ -11,7 +11,9 @@ which logs the same; whatever iterations exist) and prints, side by side: classi
 accuracy (Hungarian matching against ``truth.star``), FSC-0.143 resolution of every output
 map against its matched true map, wall and CPU seconds per iteration and per run, and peak
 memory. CPU seconds compare the programs fairly when they share the machine (both use two
-threads). Results go to ``bench/results/SET.json``.
+threads). Results go to ``bench/results/SET.json``; a run that is not on this machine
+(``bench/work`` is not kept from one machine to the next) keeps what that file holds of it.
+``bench/relion_checkpoint.py`` carries an unfinished RELION run to the next machine.
 
     python bench/bench_refine.py [--sets conformational,...] [--iter 10] [--seeding randphase] [--threads 2] [--skip-run | --rerun]
 
@@ -168,11 +170,14 @@ def main() -> None:
     rows = []
     for name in args.sets.split(","):
         set_dir = Path(args.work) / name
-        ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads, args.rerun)
-        theirs = relion_result(set_dir)
-        earlier = results_dir / f"{name}.json"
-        if theirs is None and earlier.exists():  # RELION's run is not on this machine: keep what was read of it
-            theirs = json.loads(earlier.read_text()).get("relion")
+        # A run not on this machine (bench/work is not kept between machines): what was read of it before.
+        earlier_file = results_dir / f"{name}.json"
+        earlier = json.loads(earlier_file.read_text()) if earlier_file.exists() else {}
+        if args.skip_run and not (set_dir / "multirefine" / "convergence.json").exists() and earlier.get("multirefine"):
+            ours = earlier["multirefine"]
+        else:
+            ours = run_multirefine(set_dir, args.iter, args.skip_run, args.seeding, args.threads, args.rerun)
+        theirs = relion_result(set_dir) or earlier.get("relion")
         record = {"set": name, "multirefine": ours, "relion": theirs, "when": time.strftime("%Y-%m-%d %H:%M")}
         (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
         rows.append(record)
