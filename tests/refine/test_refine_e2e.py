@@ -77,6 +77,7 @@ def test_from_low_passed_true_maps(adk, capsys, caplog):
     for iteration in (1, 2, 3):
         assert f"iteration {iteration}: global pass over " in logged
         assert f"iteration {iteration} stages: search " in logged
+    assert "model 1, iteration 1 stages: search " in logged  # each model on its own, too
     assert f"the report: {run}/index.html" in capsys.readouterr().out
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())

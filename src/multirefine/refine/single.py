@@ -176,6 +176,7 @@ def refine_single(
             "%siteration %d: search to %.1f Å, global step %.1f°, local step %.1f°",
             label, iteration, plan.band_resolution_angstrom, plan.coarse_step_deg, plan.fine_step_deg,
         )
+        log.debug("%siteration %d: %s", label, iteration, plan.describe())
         rotations, shifts, scores = np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n)
         advance = progress(f"{label}iteration {iteration}: search", n) if progress else (lambda _: None)
         for h in (1, 2):
@@ -197,6 +198,7 @@ def refine_single(
             rows_h = np.nonzero(halves == h)[0]
             cut = np.quantile(scores[rows_h], 1 - opts.m3dkeep) if len(rows_h) and opts.m3dkeep < 1 else -np.inf
             groups.append(rows_h[scores[rows_h] >= cut])
+        searched = time.perf_counter()
         advance = progress(f"{label}iteration {iteration}: reconstruct", sum(len(g) for g in groups)) if progress else None
         acc1, acc2 = accumulate(stack.with_metadata(table), groups, 256, device, progress=advance)
         result = gold_standard_reconstruction(acc1, acc2, ops)
@@ -221,6 +223,8 @@ def refine_single(
             "half_map_fsc": [result.fsc.tolist()],
         })
         runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
+        log.debug("%siteration %d stages: search %.1f s, reconstruction and files %.1f s", label, iteration,
+                  searched - started, time.perf_counter() - searched)
         log.info(
             "%siteration %d done in %.0f s: resolution %.2f Å (FSC 0.143, half maps), median rotation change %s",
             label, iteration, stat.seconds, resolution, "-" if change is None else f"{change:.1f}°",
