@@ -28,6 +28,13 @@ def _summary(module: ModuleType) -> str:
     return (module.__doc__ or "").strip().splitlines()[0]
 
 
+def _add_verbose(parser: argparse.ArgumentParser, default: int | None) -> None:
+    """``-v N`` (EMAN2's ``--verbose``), as the command and :func:`_given`'s probe parse it."""
+    parser.add_argument("-v", "--verbose", type=int, nargs="?", const=1, default=default, metavar="N",
+                        help="0 (default): a line per iteration and warnings; 1 (-v): also each stage's time and "
+                             "the search grid; 2 (-vv): also a line per batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multirefine", description=__doc__)
     parser.add_argument("--version", action="version", version=f"multirefine {__version__}")
@@ -39,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("-v", "--verbose", type=int, nargs="?", const=1, default=0, metavar="N",
-                       help="0 (default): a line per iteration and warnings; 1 (-v): also each stage's time and "
-                            "the search grid; 2 (-vv): also a line per batch")
+        _add_verbose(p, default=0)
         module.add_args(p)
         p.set_defaults(func=module.main)
     return parser
@@ -51,7 +56,7 @@ def _given(command: str, argv: list[str]) -> set[str]:
     """The options the command line gives (their ``dest``), told apart from defaults: the
     command's arguments parsed again with every default suppressed."""
     probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("-v", "--verbose", type=int, nargs="?", const=1)  # None when not given
+    _add_verbose(probe, default=None)  # None when not given
     SUBCOMMANDS[command].add_args(probe)
     for action in probe._actions:  # argparse has no public way to suppress defaults already given
         if action.dest != "verbose":
