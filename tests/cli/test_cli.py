@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import random_atoms_map
+
 from multirefine import __version__
 from multirefine.cli.main import main
 from multirefine.io.maps import read_map, write_map
@@ -79,6 +79,72 @@ def test_reconstruct_from_truth(sim, capsys):
     assert read_map(out)[0].shape == (32, 32, 32)
 
 
+def test_split_writes_one_set_per_class_or_the_chosen_ones_together(sim, tmp_path, capsys, monkeypatch):
+    """Each class of a particle table goes to its own STAR file with every row as it was;
+    --join keeps chosen classes together; a run folder splits its last (or a given)
+    iteration; nothing that exists is overwritten. Image names are written as read, so (as
+    with RELION) they resolve from the project folder."""
+    import shutil
+
+    from multirefine.io.star import read_particles_star
+
+    truth = sim / "sim" / "truth.star"
+    table = read_particles_star(truth).metadata
+    assert main(["split", str(truth), "--out", str(tmp_path / "each")]) == 0
+    for k in (1, 2):
+        part = read_particles_star(tmp_path / "each" / f"particles_model_{k:02d}.star").metadata
+        expected = table[table["rlnClassNumber"] == k].reset_index(drop=True)
+        assert len(part) == len(expected) > 0
+        for column in ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnOriginXAngst", "rlnDefocusU"):
+            np.testing.assert_array_equal(part[column].to_numpy(), expected[column].to_numpy())
+        with monkeypatch.context() as project:
+            project.chdir(sim / "sim")
+            stack = open_particles(tmp_path / "each" / f"particles_model_{k:02d}.star")
+            assert stack.read(np.array([0])).shape == (1, 32, 32)
+    # Chosen classes together, in their input order.
+    assert main(["split", str(truth), "--classes", "2,1", "--join", "--out", str(tmp_path / "both")]) == 0
+    joined = read_particles_star(tmp_path / "both" / "particles_models_01_02.star").metadata
+    np.testing.assert_array_equal(joined["rlnImageName"].to_numpy(), table["rlnImageName"].to_numpy())
+    # Existing files are kept, and nothing is written.
+    kept = (tmp_path / "each" / "particles_model_01.star").read_bytes()
+    (tmp_path / "each" / "particles_model_02.star").unlink()
+    assert main(["split", str(truth), "--out", str(tmp_path / "each")]) == 2
+    assert "particles_model_01.star: exists" in capsys.readouterr().err
+    assert (tmp_path / "each" / "particles_model_01.star").read_bytes() == kept
+    assert not (tmp_path / "each" / "particles_model_02.star").exists()
+    # A run folder: the last iteration's table by default, or the one asked for.
+    run = tmp_path / "multi_01"
+    run.mkdir()
+    shutil.copy(truth, run / "particles_01.star")
+    only_two = table[table["rlnClassNumber"] == 2]
+    from multirefine.io.star import write_particles_star
+
+    write_particles_star(run / "particles_03.star", only_two, read_particles_star(truth).optics)
+    assert main(["split", str(run)]) == 0
+    assert sorted(p.name for p in (run / "split_03").iterdir()) == ["particles_model_02.star"]
+    assert main(["split", str(run), "--iteration", "1", "--classes", "1"]) == 0
+    assert sorted(p.name for p in (run / "split_01").iterdir()) == ["particles_model_01.star"]
+    assert main(["split", str(run), "--iteration", "2"]) == 2
+    assert "iterations here: 1, 3" in capsys.readouterr().err
+
+
+def test_split_keeps_relion_optics_groups(tmp_path):
+    """A RELION 3.1 file with six optics groups: each particle keeps its group and the
+    optics table its values."""
+    from pathlib import Path
+
+    from multirefine.io.star import read_particles_star
+
+    source = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "relion31.6opticsgroups.star"
+    if not source.exists():
+        pytest.skip("../shared/testdata is not here")
+    assert main(["split", str(source), "--out", str(tmp_path)]) == 0
+    before, after = read_particles_star(source), read_particles_star(tmp_path / "particles_model_01.star")
+    np.testing.assert_array_equal(after.metadata["rlnOpticsGroup"], before.metadata["rlnOpticsGroup"])
+    np.testing.assert_allclose(after.metadata["rlnImagePixelSize"], before.metadata["rlnImagePixelSize"])
+    assert len(after.optics) == len(before.optics) == 6
+
+
 def test_verbose_takes_eman2s_levels(sim, caplog):
     """``-v N`` as EMAN2's ``--verbose``; ``-v`` alone is 1, ``-vv`` 2, and ``-v`` never takes
     the next argument unless it is a number. Level 2 logs a line per batch, lower levels none."""
@@ -108,6 +174,12 @@ def test_verbose_takes_eman2s_levels(sim, caplog):
         (["simulate", "{tmp}/out", "--maps", "{tmp}/nan.mrc", "--n", "10", "--snr", "1"], "nan.mrc"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "-1"], "--snr"),
         (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1"], "none.pdb"),
+        (["split", "{tmp}/missing.star"], "missing.star"),
+        (["split", "{sim}/particles.star", "--out", "{tmp}/s"], "no rlnClassNumber column"),
+        (["split", "{sim}/truth.star", "--classes", "1,9", "--out", "{tmp}/s"], "no class 9"),
+        (["split", "{sim}/truth.star", "--classes", "one", "--out", "{tmp}/s"], "--classes"),
+        (["split", "{sim}/truth.star", "--iteration", "2"], "--iteration needs a run folder"),
+        (["split", "{tmp}"], "no particles_II.star"),
     ],
 )
 def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):

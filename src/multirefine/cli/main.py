@@ -8,7 +8,7 @@ import sys
 from types import ModuleType
 
 from multirefine import __version__
-from multirefine.cli import demo, reconstruct, refine, report, simulate
+from multirefine.cli import demo, reconstruct, refine, report, simulate, split
 from multirefine.errors import InputError
 from multirefine.progress import logging_level
 
@@ -17,6 +17,7 @@ __all__ = ["build_parser", "e2refinemulti", "main"]
 # Listed explicitly, in the order of the help text.
 SUBCOMMANDS: dict[str, ModuleType] = {
     "refine": refine,
+    "split": split,
     "simulate": simulate,
     "reconstruct": reconstruct,
     "report": report,
