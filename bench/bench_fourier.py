@@ -176,7 +176,7 @@ def ref_project(re: np.ndarray, im: np.ndarray, rotations: np.ndarray, box: int,
     size = re.shape[0]
     xyz, _, mask = ref_slice_coords(rotations, box, pad)
     idx = (xyz[..., ::-1] + size // 2).reshape(-1, 3).T  # (z, y, x) indices
-    kw = dict(order=1, mode="grid-constant", cval=0.0, prefilter=False, output=np.float32)
+    kw = {"order": 1, "mode": "grid-constant", "cval": 0.0, "prefilter": False, "output": np.float32}
     out = map_coordinates(re, idx, **kw) + 1j * map_coordinates(im, idx, **kw)
     return out.reshape(xyz.shape[:-1]).astype(np.complex64) * mask
 

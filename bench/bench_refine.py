@@ -24,6 +24,7 @@ Class3D seeds K classes from one reference (``do_generate_seeds``), so both prog
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -33,8 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cpu_log import cpu_seconds_at, describe_machine, machine_file, read_log
 
-from cpu_log import cpu_seconds_at, read_log
 from multirefine.evaluate import classification_accuracy, map_resolution_against
 from multirefine.io.maps import read_map
 from multirefine.io.star import read_particles_star
@@ -68,7 +69,8 @@ def score(set_dir: Path, classes: np.ndarray, maps: list[np.ndarray], apix: floa
 
 def cpu_per_iteration(csvs: list[Path], stamps: list[float]) -> dict:
     """CPU seconds per iteration between successive file times, CPU seconds in all and the
-    peak memory sampled (bench/cpu_log.py; a run resumed in segments has one log each)."""
+    peak memory sampled (bench/cpu_log.py; a run resumed in segments has one log each), and
+    the processor of each log: CPU seconds compare only between runs on one kind of machine."""
     csvs = [c for c in csvs if c.exists()]
     if not csvs or len(stamps) < 2:
         return {}
@@ -78,6 +80,11 @@ def cpu_per_iteration(csvs: list[Path], stamps: list[float]) -> dict:
         "cpu_seconds_per_iteration": np.diff(cpu).tolist(),
         "cpu_s": float(sum(rows[-1, 2] for rows in logs)),
         "peak_sampled_mib": float(max(rows[:, 3].max() for rows in logs)),
+        "machines": {
+            c.name: describe_machine(json.loads(machine_file(c).read_text()))
+            if machine_file(c).exists() else "not recorded"
+            for c in csvs
+        },
     }
 
 
@@ -108,7 +115,7 @@ def relion_result(set_dir: Path) -> dict | None:
     # A run resumed with --continue: an iteration's wall time starts when its segment did.
     starts = [read_log(c)[0, 0] for c in run.glob("cpu*.csv")]
     per_iteration = [
-        b - max([a] + [s for s in starts if a < s < b]) for a, b in zip(stamps[:-1], stamps[1:])
+        b - max([a] + [s for s in starts if a < s < b]) for a, b in itertools.pairwise(stamps)
     ]
     out.update(iterations=iteration, seconds_per_iteration=per_iteration)
     out.update(cpu_per_iteration(sorted(run.glob("cpu*.csv")), stamps))

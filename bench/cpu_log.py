@@ -5,12 +5,15 @@
 Every ``--every`` seconds one row: the time (Unix seconds), wall seconds since start, CPU seconds (user + system)
 of the whole process tree so far, resident memory of the tree (MiB), and the machine's
 load average. CPU seconds per iteration, read against the times the iteration files
-appear, compare programs fairly when the machine is shared (wall time does not).
+appear, compare programs fairly when the machine is shared (wall time does not). Beside
+``OUT.csv``, ``OUT.machine.json`` says which processor ran it: a session's machine is not
+always the same kind, and CPU seconds compare only on one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +59,31 @@ def tree_usage(root: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def machine() -> dict:
+    """The processor and cores this runs on (from ``/proc/cpuinfo``), to tell machines apart."""
+    fields = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block is enough
+        fields[key.strip()] = value.strip()
+    return {
+        "cpu": fields.get("model name", "unknown"),
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "cores": os.cpu_count(),
+    }
+
+
+def describe_machine(info: dict) -> str:
+    """``AMD EPYC (family 25, model 1), 2 cores``."""
+    return f"{info['cpu']} (family {info['family']}, model {info['model']}), {info['cores']} cores"
+
+
+def machine_file(csv: Path) -> Path:
+    return Path(csv).with_suffix(".machine.json")
+
+
 def read_log(csv: Path):
     """Rows ``(time_unix, wall_s, cpu_s, rss_mib, load1)`` of one log (numpy array)."""
     import numpy as np
@@ -68,13 +96,21 @@ def read_log(csv: Path):
 
 
 def cpu_seconds_at(csvs: Path | list[Path], times: list[float]) -> list[float]:
-    """CPU seconds at the given Unix times, over one log or the logs of a run resumed in
-    segments (each segment's CPU added to the ones before; linear between rows)."""
+    """CPU seconds at the given Unix times (the ends of iterations), over one log or the logs
+    of a run resumed in segments (linear between rows). A segment that a later one follows
+    was stopped inside an iteration, and the next segment did that iteration again from the
+    last one finished: what the stopped segment spent after its last finished iteration is
+    left out, so that each iteration counts the CPU of the work that finished it."""
     import numpy as np
 
     segments = sorted((read_log(c) for c in ([csvs] if isinstance(csvs, Path) else csvs)), key=lambda r: r[0, 0])
+    times_sorted = np.sort(np.asarray(times, dtype=float))
     clock, cpu, done = [], [], 0.0
-    for rows in segments:
+    for i, rows in enumerate(segments):
+        if i + 1 < len(segments):
+            finished = times_sorted[(times_sorted >= rows[0, 0]) & (times_sorted <= rows[-1, 0])]
+            end = finished[-1] if finished.size else rows[0, 0]
+            rows = np.vstack([rows[rows[:, 0] < end], [end, 0.0, np.interp(end, rows[:, 0], rows[:, 2]), 0.0, 0.0]])
         clock.append(rows[:, 0])
         cpu.append(rows[:, 2] + done)
         done += rows[-1, 2]
@@ -90,6 +126,7 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
+    machine_file(args.out).write_text(json.dumps(machine()) + "\n")
     start = time.time()
     proc = subprocess.Popen(command)
     with open(args.out, "w") as log:

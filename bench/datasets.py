@@ -25,7 +25,13 @@ from multirefine.fourier.filters import lowpass_volume
 from multirefine.io.maps import read_map, write_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.reconstruct import reconstruct_from_stack
-from multirefine.simulate import AtomicModel, SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
+from multirefine.simulate import (
+    AtomicModel,
+    SimulationParameters,
+    maps_from_models,
+    read_atomic_model,
+    simulate_dataset,
+)
 
 
 def _data(name: str) -> str:

@@ -72,7 +72,7 @@ def pack(set_dir: Path) -> Path:
     with tarfile.open(partial, "w:xz") as tar:
         for path in sorted(run.iterdir()):
             m = re.fullmatch(r"run_it(\d+)_(\w+?)(\d*)\.(star|mrc)", path.name)
-            logs = re.fullmatch(r"(cpu.*\.csv|time.*\.txt|stdout\.txt)", path.name)
+            logs = re.fullmatch(r"(cpu.*\.csv|cpu.*\.machine\.json|time.*\.txt|stdout\.txt)", path.name)
             needed = m and int(m.group(1)) == last and m.group(2) in ("optimiser", "model", "sampling", "data", "class")
             if needed or logs or (m and m.group(2) == "optimiser"):  # every optimiser file: its time ends an iteration
                 tar.add(path, arcname=path.name)

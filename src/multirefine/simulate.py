@@ -26,7 +26,12 @@ import torch
 
 from multirefine.errors import InputError
 from multirefine.fourier.ctf import calculate_ctf_2d
-from multirefine.fourier.fft import frequency_grid_3d, irfft2_centered, irfftn3_centered, rfftn3_centered
+from multirefine.fourier.fft import (
+    frequency_grid_3d,
+    irfft2_centered,
+    irfftn3_centered,
+    rfftn3_centered,
+)
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix

@@ -9,7 +9,11 @@ import torch
 from multirefine.fourier.crop import crop_ft_2d, fourier_crop_images, pad_ft_2d, resample_volume
 from multirefine.fourier.fft import irfft2_centered, rfft2_centered
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
-from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft, slice_coordinates
+from multirefine.fourier.projection import (
+    extract_central_slices,
+    prepare_volume_ft,
+    slice_coordinates,
+)
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix

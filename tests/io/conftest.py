@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from helpers import SHARED_TESTDATA as TESTDATA
 from io_helpers import ctf_table
+
 from multirefine.io.maps import write_stack
 from multirefine.io.star import write_particles_star
-
-from helpers import SHARED_TESTDATA as TESTDATA
 
 
 @pytest.fixture(scope="session")

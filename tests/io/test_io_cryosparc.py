@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from multirefine.errors import InputError
-from multirefine.geometry.euler import euler_to_matrix
-from multirefine.io import open_particles, write_stack
 from multirefine.geometry.conversions import (
     axis_angle_to_matrix,
     csparc_pose_to_relion,
     matrix_to_axis_angle,
     relion_to_csparc_pose,
 )
+from multirefine.geometry.euler import euler_to_matrix
+from multirefine.io import open_particles, write_stack
 from multirefine.io.cryosparc import read_cs
 
 

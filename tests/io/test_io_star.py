@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from io_helpers import ctf_table
+
 from multirefine.errors import InputError
 from multirefine.io import open_particles, read_particles_star, write_particles_star
 from multirefine.io.columns import CTF_COLUMNS
@@ -217,7 +217,7 @@ def test_relion5(testdata: Path) -> None:
     assert len(meta) == 17
     np.testing.assert_allclose(meta["rlnImagePixelSize"], 0.89)
     np.testing.assert_allclose(meta["rlnVoltage"], 100.0)
-    assert set(c for c in CTF_COLUMNS) <= set(meta.columns)
+    assert set(CTF_COLUMNS) <= set(meta.columns)
     assert meta["rlnImageName"].iloc[1] == "2@toy_images_b.mrcs"
 
 

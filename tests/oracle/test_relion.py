@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import random_atoms_map, relion_binary
 
 from multirefine.fourier.fft import frequency_grid_2d, rfft2_centered
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
@@ -21,7 +22,6 @@ from multirefine.io.star import write_particles_star
 from multirefine.refine.batch import ctf_for_rows
 from multirefine.refine.reconstruct import reconstruct_from_stack
 from multirefine.simulate import SimulationParameters, simulate_dataset
-from helpers import random_atoms_map, relion_binary
 
 pytestmark = pytest.mark.relion
 

@@ -95,7 +95,7 @@ def clean_case(volumes_ft, grid_rotations):
     shift = shifts[torch.as_tensor(rng.integers(0, len(shifts), n))]
     ft, ctf = simulate(volumes_ft, models, grid_rotations[pose], shift)
     refs = make_references(volumes_ft, grid_rotations, BAND)
-    return dict(ft=ft, ctf=ctf, models=models, pose=pose, shift=shift, shifts=shifts, refs=refs)
+    return {"ft": ft, "ctf": ctf, "models": models, "pose": pose, "shift": shift, "shifts": shifts, "refs": refs}
 
 
 def test_band_helpers_match_full_size_functions(volumes_ft):

@@ -44,15 +44,20 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from multirefine.cli.main import main as multirefine
-    from multirefine.fourier.filters import lowpass_volume
     from multirefine.evaluate import classification_accuracy, map_resolution_against
+    from multirefine.fourier.filters import lowpass_volume
     from multirefine.io.maps import read_map, write_map
     from multirefine.io.particles import open_particles
     from multirefine.io.star import read_particles_star
     from multirefine.progress import progress_bar
     from multirefine.refine import runfolder
     from multirefine.refine.reconstruct import reconstruct_from_stack
-    from multirefine.simulate import SimulationParameters, maps_from_models, read_atomic_model, simulate_dataset
+    from multirefine.simulate import (
+        SimulationParameters,
+        maps_from_models,
+        read_atomic_model,
+        simulate_dataset,
+    )
 
     out = Path(args.out)
     data = out / "data"

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from multirefine.fourier.fft import irfft2_centered, irfftn3_centered, rfft2_centered, rfftn3_centered
+from multirefine.fourier.fft import (
+    irfft2_centered,
+    irfftn3_centered,
+    rfft2_centered,
+    rfftn3_centered,
+)
 
 __all__ = ["crop_ft_2d", "pad_ft_2d", "crop_ft_3d", "pad_ft_3d", "fourier_crop_images", "resample_volume"]
 

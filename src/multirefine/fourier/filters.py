@@ -11,7 +11,12 @@ import math
 import numpy as np
 import torch
 
-from multirefine.fourier.fft import frequency_grid_2d, frequency_grid_3d, irfftn3_centered, rfftn3_centered
+from multirefine.fourier.fft import (
+    frequency_grid_2d,
+    frequency_grid_3d,
+    irfftn3_centered,
+    rfftn3_centered,
+)
 
 __all__ = [
     "cosine_lowpass_profile",

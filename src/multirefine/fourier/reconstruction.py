@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from multirefine.fourier.fft import frequency_grid_2d
-from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.interpolate import (
     gridding_correction,
     hermitian_symmetrise_x0,
     sample_half_volume,
     splat_half_volume,
 )
+from multirefine.fourier.masks import soft_sphere_mask
 from multirefine.fourier.projection import slice_coordinates
 
 __all__ = [

@@ -69,7 +69,7 @@ def _text(values: np.ndarray) -> list[str]:
     out = []
     for v in values:
         s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-        out.append(s[1:] if s.startswith(">") else s)
+        out.append(s.removeprefix(">"))
     return out
 
 

@@ -161,7 +161,7 @@ def _open_hdf(path: Path) -> h5py.File:
 
 def _image_count(fh: h5py.File, path: Path) -> int:
     group = fh[_IMAGES]
-    names = [k for k in group.keys() if k.isdigit()]
+    names = [k for k in group if k.isdigit()]
     n = len(names)
     if n and max(int(k) for k in names) != n - 1:
         raise InputError(f"{path}: EMAN2 images are not numbered 0..{n - 1}")

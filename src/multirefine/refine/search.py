@@ -51,6 +51,7 @@ bounded whatever the grid.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -525,16 +526,7 @@ def search_local(
         ).reshape(nc, n_cand, n_local)
         if repeated is not None:
             s = torch.where(repeated[..., None], -math.inf, s)
-
-        def pick(cand: torch.Tensor, local: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            shift = shift_i[rows_idx, cand, local]
-            return (
-                models[rows_idx, cand],
-                cand * n_local + local,
-                poses[rows_idx, cand, local],
-                shifts[rows_idx, cand, shift],
-            )
-
+        pick = functools.partial(_pick, models, poses, shifts, shift_i)
         best_score, best_i = torch.topk(s.reshape(nc, -1), min(top, n_cand * n_local), dim=1)
         b_model, b_pose, b_rot, b_shift = pick(best_i // n_local, best_i % n_local)
         # Best per model: over the candidates of that model (-inf where there is none).
@@ -547,6 +539,26 @@ def search_local(
         _, _, m_rot, m_shift = pick(model_cand, cand_local[rows_idx, model_cand])
         out.append((b_model, b_pose, b_rot, b_shift, best_score, model_score, m_rot, m_shift))
     return SearchResult(*(torch.cat(parts) for parts in zip(*out)))
+
+
+def _pick(
+    models: torch.Tensor,
+    poses: torch.Tensor,
+    shifts: torch.Tensor,
+    shift_i: torch.Tensor,
+    cand: torch.Tensor,
+    local: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Model, pose index, rotation and shift of candidate ``cand``'s local pose ``local``,
+    per particle (``cand``, ``local``: ``(n, k)``)."""
+    rows = torch.arange(cand.shape[0], device=cand.device)[:, None]
+    n_local = poses.shape[2]
+    return (
+        models[rows, cand],
+        cand * n_local + local,
+        poses[rows, cand, local],
+        shifts[rows, cand, shift_i[rows, cand, local]],
+    )
 
 
 def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
