@@ -16,7 +16,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 for commit in "$a" "$b"; do
   tree=$(mktemp -d)
-  git -C "$repo" worktree add --detach "$tree" "$commit" > /dev/null
+  git -C "$repo" worktree add --quiet --detach "$tree" "$commit"
   dir="$out/$commit"
   rm -rf "$dir" && mkdir -p "$dir"
   /usr/bin/time -v -o "$dir/time.txt" env PYTHONPATH="$tree/src" "$python" -m multirefine.cli.main refine \
@@ -24,5 +24,5 @@ for commit in "$a" "$b"; do
   git -C "$repo" worktree remove --force "$tree"
   wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$dir/time.txt")
   peak=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$dir/time.txt")
-  echo "$commit: wall $wall, peak $((peak / 1024)) MiB; $(grep -E '^done:' "$dir/log.txt" | cut -c1-160)"
+  echo "$commit: wall $wall, peak $((peak / 1024)) MiB; $(grep -E '^(done|multi-model):' "$dir/log.txt" | cut -c1-160)"
 done
