@@ -111,7 +111,10 @@ def relion_result(set_dir: Path) -> dict | None:
     apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
     out = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
     # Time per iteration from the files' modification times (iteration 0 is the start).
-    stamps = [p.stat().st_mtime for p in sorted(run.glob("run_it*_optimiser.star"))]
+    # (relion/stamps.json, where run_relion.sh recorded them before a --continue rewrote them.)
+    recorded = json.loads((run / "stamps.json").read_text()) if (run / "stamps.json").exists() else {}
+    stamps = [recorded.get(str(int(re.search(r"it(\d+)", p.name).group(1))), p.stat().st_mtime)
+              for p in sorted(run.glob("run_it*_optimiser.star"))]
     # A run resumed with --continue: an iteration's wall time starts when its segment did.
     starts = [read_log(c)[0, 0] for c in run.glob("cpu*.csv")]
     per_iteration = [

@@ -13,6 +13,7 @@ after checking that its particles are the same (md5 of ``particles.star`` and
     python bench/relion_checkpoint.py pack bench/work/three_state
     python bench/datasets.py bench/work --only three_state
     python bench/relion_checkpoint.py unpack bench/work/three_state
+    python bench/relion_checkpoint.py stamps bench/work/three_state   # run_relion.sh does this
     bench/run_relion.sh bench/work/three_state 3 80 25 2 N    # N: the iteration unpack names
 """
 
@@ -49,6 +50,23 @@ def _finished(run: Path) -> list[int]:
                   if (m := re.fullmatch(r"run_it(\d+)_optimiser\.star", p.name)))
 
 
+STAMPS = "stamps.json"  # in relion/: when each iteration ended (Unix seconds), kept once read
+
+
+def record_stamps(run: Path) -> dict[int, float]:
+    """Each finished iteration's end: its optimiser file's time, recorded in ``relion/stamps.json``
+    the first time it is seen and never changed after. ``relion_refine --continue`` writes
+    the files of the iteration it continues from again when it starts (seen with 3.1.3), so
+    their time stamps say when the next segment began, not when that iteration ended.
+    ``run_relion.sh`` calls this before every continued segment."""
+    path = run / STAMPS
+    stamps = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+    for i in _finished(run):
+        stamps.setdefault(i, (run / f"run_it{i:03d}_optimiser.star").stat().st_mtime)
+    path.write_text(json.dumps({str(k): stamps[k] for k in sorted(stamps)}, indent=1) + "\n")
+    return stamps
+
+
 def _thin_data(path: Path) -> bytes:
     """An earlier iteration's data STAR file with only what the benchmark reads from it."""
     blocks = starfile.read(path, always_dict=True)
@@ -65,6 +83,7 @@ def pack(set_dir: Path) -> Path:
     if not done:
         sys.exit(f"{run}: no finished iteration (no run_itNNN_optimiser.star)")
     last = done[-1]
+    record_stamps(run)
     OUT.mkdir(parents=True, exist_ok=True)
     target = OUT / f"{set_dir.name}.tar.xz"
     partial = target.with_suffix(".partial")
@@ -72,7 +91,7 @@ def pack(set_dir: Path) -> Path:
     with tarfile.open(partial, "w:xz") as tar:
         for path in sorted(run.iterdir()):
             m = re.fullmatch(r"run_it(\d+)_(\w+?)(\d*)\.(star|mrc)", path.name)
-            logs = re.fullmatch(r"(cpu.*\.csv|cpu.*\.machine\.json|time.*\.txt|stdout\.txt)", path.name)
+            logs = re.fullmatch(r"(cpu.*\.csv|cpu.*\.machine\.json|time.*\.txt|stdout\.txt|stamps\.json)", path.name)
             needed = m and int(m.group(1)) == last and m.group(2) in ("optimiser", "model", "sampling", "data", "class")
             if needed or logs or (m and m.group(2) == "optimiser"):  # every optimiser file: its time ends an iteration
                 tar.add(path, arcname=path.name)
@@ -114,10 +133,13 @@ def unpack(set_dir: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("pack", "unpack"))
+    parser.add_argument("action", choices=("pack", "unpack", "stamps"))
     parser.add_argument("set_dir", type=Path)
     args = parser.parse_args()
-    (pack if args.action == "pack" else unpack)(args.set_dir)
+    if args.action == "stamps":
+        record_stamps(args.set_dir / "relion")
+    else:
+        (pack if args.action == "pack" else unpack)(args.set_dir)
 
 
 if __name__ == "__main__":

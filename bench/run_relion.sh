@@ -11,6 +11,8 @@ set_dir=$1; k=$2; diameter=$3; iter=${4:-25}; threads=${5:-2}; from=${6:-}
 mkdir -p "$set_dir/relion"
 cd "$set_dir"
 if [ -n "$from" ]; then
+  # --continue writes iteration $from's files again: keep when each iteration really ended.
+  "$python" "$here/relion_checkpoint.py" stamps .
   tag=$(printf "_from%03d" "$from")
   "$python" "$here/cpu_log.py" "relion/cpu$tag.csv" -- \
     /usr/bin/time -v -o "relion/time$tag.txt" relion_refine --continue "$(printf "relion/run_it%03d_optimiser.star" "$from")" \
