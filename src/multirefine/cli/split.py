@@ -16,7 +16,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from multirefine.errors import InputError
@@ -32,7 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def source_star(source: Path, iteration: int | None) -> tuple[Path, Path]:
     """The particle table to split and the default output folder."""
-    from multirefine.refine import runfolder
+    from multirefine.refine import runfolder  # imports the package: kept off the CLI's start-up
 
     if source.is_file():
         if iteration is not None:
@@ -40,9 +39,7 @@ def source_star(source: Path, iteration: int | None) -> tuple[Path, Path]:
         return source, source.with_name(f"{source.stem}_split")
     if not source.is_dir():
         raise InputError(f"{source}: no such run folder or STAR file")
-    found = sorted(
-        int(m.group(1)) for p in source.iterdir() if (m := re.fullmatch(r"particles_(\d+)\.star", p.name))
-    )
+    found = runfolder.particles_iterations(source)
     if not found:
         raise InputError(f"{source}: no particles_II.star in the folder; is it a run folder of multirefine refine?")
     if iteration is None:
@@ -91,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     chosen = parse_classes(args.classes, sorted(set(classes.tolist())), star)
     out = Path(args.out) if args.out else default_out
     if args.join:
-        groups = {"particles_models_" + "_".join(f"{c:02d}" for c in chosen) + ".star": chosen}
+        groups = {runfolder.joined_particles_name(chosen): chosen}
     else:
         groups = {runfolder.model_particles_name(c): [c] for c in chosen}
     existing = [out / name for name in groups if (out / name).exists()]

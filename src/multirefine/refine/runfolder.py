@@ -33,10 +33,12 @@ __all__ = [
     "classes_table_name",
     "fsc_figure_name",
     "fsc_name",
+    "joined_particles_name",
     "map_name",
     "model_folder_name",
     "model_particles_name",
     "next_free_path",
+    "particles_iterations",
     "particles_name",
     "write_json",
 ]
@@ -70,6 +72,13 @@ def particles_name(iteration: int) -> str:
     return f"particles_{iteration:02d}.star"
 
 
+def particles_iterations(run: str | Path) -> list[int]:
+    """The iterations whose :func:`particles_name` table the run folder holds, in order."""
+    return sorted(
+        int(m.group(1)) for p in Path(run).iterdir() if (m := re.fullmatch(r"particles_(\d+)\.star", p.name))
+    )
+
+
 def fsc_name(iteration: int) -> str:
     return f"fsc_{iteration:02d}.json"
 
@@ -88,6 +97,11 @@ def fsc_figure_name(iteration: int) -> str:
 
 def model_particles_name(model: int) -> str:
     return f"particles_model_{model:02d}.star"
+
+
+def joined_particles_name(models: list[int]) -> str:
+    """The particles of several models in one file (``multirefine split --join``)."""
+    return "particles_models_" + "_".join(f"{m:02d}" for m in models) + ".star"
 
 
 def model_folder_name(model: int) -> str:
