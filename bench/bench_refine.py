@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from cpu_log import cpu_seconds_at, describe_machine, machine_file, read_log
+from relion_checkpoint import iteration_ends
 
 from multirefine.evaluate import classification_accuracy, map_resolution_against
 from multirefine.io.maps import read_map
@@ -110,11 +111,8 @@ def relion_result(set_dir: Path) -> dict | None:
         maps.append(read_map(run / f"run_it{iteration:03d}_class{i:03d}.mrc")[0])
     apix = float(json.loads((set_dir / "simulation.json").read_text())["pixel_size_angstrom"])
     out = score(set_dir, meta["rlnClassNumber"].to_numpy(), maps, apix)
-    # Time per iteration from the files' modification times (iteration 0 is the start).
-    # (relion/stamps.json, where run_relion.sh recorded them before a --continue rewrote them.)
-    recorded = json.loads((run / "stamps.json").read_text()) if (run / "stamps.json").exists() else {}
-    stamps = [recorded.get(str(int(re.search(r"it(\d+)", p.name).group(1))), p.stat().st_mtime)
-              for p in sorted(run.glob("run_it*_optimiser.star"))]
+    # Time per iteration from when each ended (iteration 0 is the start).
+    stamps = list(iteration_ends(run).values())
     # A run resumed with --continue: an iteration's wall time starts when its segment did.
     starts = [read_log(c)[0, 0] for c in run.glob("cpu*.csv")]
     per_iteration = [

@@ -53,18 +53,22 @@ def _finished(run: Path) -> list[int]:
 STAMPS = "stamps.json"  # in relion/: when each iteration ended (Unix seconds), kept once read
 
 
-def record_stamps(run: Path) -> dict[int, float]:
-    """Each finished iteration's end: its optimiser file's time, recorded in ``relion/stamps.json``
-    the first time it is seen and never changed after. ``relion_refine --continue`` writes
-    the files of the iteration it continues from again when it starts (seen with 3.1.3), so
-    their time stamps say when the next segment began, not when that iteration ended.
-    ``run_relion.sh`` calls this before every continued segment."""
+def iteration_ends(run: Path) -> dict[int, float]:
+    """When each finished iteration ended (Unix seconds): as ``relion/stamps.json`` recorded it,
+    else its optimiser file's time. ``relion_refine --continue`` writes the files of the
+    iteration it continues from again when it starts (seen with 3.1.3), so their time stamps
+    say when the next segment began, not when that iteration ended."""
     path = run / STAMPS
-    stamps = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
-    for i in _finished(run):
-        stamps.setdefault(i, (run / f"run_it{i:03d}_optimiser.star").stat().st_mtime)
-    path.write_text(json.dumps({str(k): stamps[k] for k in sorted(stamps)}, indent=1) + "\n")
-    return stamps
+    recorded = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+    return {i: recorded.get(i, (run / f"run_it{i:03d}_optimiser.star").stat().st_mtime) for i in _finished(run)}
+
+
+def record_stamps(run: Path) -> dict[int, float]:
+    """Record :func:`iteration_ends` in ``relion/stamps.json``: an iteration's end, once written,
+    is never changed. ``run_relion.sh`` calls this before every continued segment."""
+    ends = iteration_ends(run)
+    (run / STAMPS).write_text(json.dumps({str(k): ends[k] for k in sorted(ends)}, indent=1) + "\n")
+    return ends
 
 
 def _thin_data(path: Path) -> bytes:
