@@ -9,6 +9,12 @@ model. Then each model's particles are refined on their own, gold standard (inde
 half-sets, each aligned to its own half map), into model_MM/: threed_final.mrc,
 half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
 
+With three or more models, a split and merge trial (iteration 3 and every other one after
+it, not in the last two) merges the most redundant model into the others and re-seeds it
+from half of the largest, and keeps that where the cross-validated likelihood grows: a
+random start that put one state in two models and two states in one leaves that way
+(--nosplitmerge: no trials).
+
 A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
 --continue RUN: from its last finished iteration, with the options it was started with
 (state.npz, 0_refine_parms.json); the result is the one an uninterrupted run gives. Only
@@ -92,6 +98,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--soft", action="store_true",
                    help="each particle in every model by its posterior (default: its best model only, as "
                    "EMAN2; hard assignment classified better in bench/)")
+    p.add_argument("--nosplitmerge", action="store_true",
+                   help="no split and merge trials (default: from iteration 3 until 2 before the last, with 3 "
+                   "or more models, each iteration tries merging the most redundant model into the others and "
+                   "re-seeding it from half of another, and keeps that when the cross-validated likelihood grows)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
     p.add_argument("--continue", dest="continue_run", metavar="RUN",
@@ -179,6 +189,7 @@ def _resolve(args: argparse.Namespace):
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
+        split_merge=not args.nosplitmerge,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
@@ -242,9 +253,10 @@ def _resolve_continue(args: argparse.Namespace):
         raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
     try:
         saved = json.loads(parameters.read_text())
+        saved.setdefault("split_merge", False)  # a run made before split and merge existed goes on without it
         known = {f.name for f in fields(RefineOptions)}
         opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"{parameters}: not readable ({exc})") from None
     opts.path = str(run)
     if args.iter is not None:

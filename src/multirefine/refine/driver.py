@@ -15,6 +15,12 @@ Each iteration:
    poses, each particle in its best model (``--soft``: in every model, weighted by its
    posterior), the best ``--m3dkeep`` of each model, symmetry imposed; gold-standard
    half-map FSC and the full map Wiener-filtered by it;
+   split and merge (three or more models, hard assignment; iteration 3 and every other one
+   after it, not in the last two; ``--nosplitmerge``: never): the most redundant model is
+   merged into the others and re-seeded from half of the largest, and that is kept if,
+   after three rounds of classification at fixed poses for it and for the iteration's own
+   assignment alike, its cross-validated likelihood is higher
+   (:mod:`multirefine.refine.splitmerge`, :func:`_split_and_merge`);
 5. post-processing: a soft spherical mask (solvent flattening), mutual FSC,
    normalisation by ``--mass`` of the maps written (starting maps from different files are first aligned to
    map 1 with a hand check, :mod:`multirefine.refine.postprocess`);
@@ -45,7 +51,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +101,13 @@ from multirefine.refine.search import (
     shift_grid,
 )
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.refine.splitmerge import (
+    MIN_MODELS,
+    classification_log_likelihood,
+    log_likelihoods,
+    removal_costs,
+    trial_assignment,
+)
 from multirefine.refine.state import Layer, RunState, load_state, save_state
 from multirefine.report.html import write_report
 from multirefine.report.plots import plot_convergence, plot_fsc
@@ -144,6 +157,7 @@ class RefineOptions:
     single: bool = True  # each model's particles refined on their own afterwards (--nosingle: not)
     single_iterations: int = 8
     single_start_resolution_angstrom: float = 30.0
+    split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
 
 
 @dataclass
@@ -161,6 +175,9 @@ class IterationStats:
     # The particles each map was made from (weights summed) after the --m3dkeep cut; None in
     # convergence.json files written before this field existed.
     particles_in_maps: list[float] | None = None
+    # The split and merge trial of this iteration (models from 1): dissolved, split, gain
+    # (cross-validated log-likelihood), kept; None where none was tried.
+    split_merge: dict | None = None
 
 
 @dataclass
@@ -205,18 +222,9 @@ def assignment_table(
 
 
 def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: float, score: str) -> np.ndarray:
-    """Posterior of each model per particle ``(n, K)`` from its best score for each model.
-
-    White Gaussian noise of variance ``sigma^2`` per Fourier pixel, estimated per particle
-    as its mean power in the band (at low SNR nearly all of it is noise). Then
-    ``log p(X | model) = 2 ls / sigma^2`` for the least-squares score, and, with the best
-    amplitude for each model, ``n_pixels * cc * |cc|`` for the normalised correlation.
-    """
-    if score == "ls":
-        sigma2 = np.maximum(image_power / n_pixels, 1e-30)[:, None]
-        log_likelihood = 2 * model_scores / sigma2
-    else:
-        log_likelihood = n_pixels * model_scores * np.abs(model_scores)
+    """Posterior of each model per particle ``(n, K)`` from its best score for each model
+    (:func:`multirefine.refine.splitmerge.log_likelihoods`)."""
+    log_likelihood = log_likelihoods(model_scores, image_power, n_pixels, score)
     z = log_likelihood - log_likelihood.max(1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(1, keepdims=True)
@@ -272,6 +280,15 @@ def filtered_scale(stack, search_stack, band: Band, device) -> float:
     denominator = float((w * raw.abs() ** 2).sum())
     return numerator / denominator if denominator > 0 and numerator > 0 else 1.0
 
+
+# Split and merge (:func:`_split_and_merge`) is tried in iteration SPLIT_MERGE_FIRST (the maps
+# of the first iterations come from seeds) and every SPLIT_MERGE_EVERY-th after it, not in the
+# last SPLIT_MERGE_SETTLE iterations, so that a trial kept has iterations to settle in. A trial
+# costs about half an iteration (three-state benchmark set at 6 Å: 110 s against 210 s).
+SPLIT_MERGE_FIRST = 3
+SPLIT_MERGE_EVERY = 2
+SPLIT_MERGE_SETTLE = 2
+SPLIT_MERGE_ROUNDS = 3  # rounds of classification at fixed poses given to a trial and to what it competes with
 
 # Folds of the model choice: each particle's model is chosen against maps rebuilt without its
 # fold, so each such map keeps 11/12 of its particles. More folds cost one reconstruction per
@@ -346,6 +363,39 @@ def _choice_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, volumes_ft
         torch.arange(k).expand(n, -1), torch.eye(3)[None], torch.zeros(1, 2), score=score,
     )
     return result.model_scores.cpu().numpy()
+
+
+class _FoldChooser:
+    """Scores particles at given poses in every model against the models' last maps rebuilt
+    without each particle's fold (:data:`CHOICE_FOLDS` folds of the stack's rows). Rows come
+    in order, so each fold's maps are made once."""
+
+    def __init__(self, last: _LastReconstruction, plan: SearchPlan, fold_maps: _FoldMaps, n: int,
+                 score: str) -> None:
+        self.last, self.plan, self.fold_maps, self.score = last, plan, fold_maps, score
+        self.edges = _fold_edges(n, CHOICE_FOLDS)
+        self.fold_of = np.searchsorted(self.edges, np.arange(n), side="right") - 1
+        self.fold, self.volumes_ft = -1, None
+
+    def scores(self, batch, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """``(len(rows), K)`` scores of a loaded batch of stack rows ``rows`` at poses
+        ``rotations`` ``(len(rows), K, 3, 3)`` and ``shifts`` ``(len(rows), K, 2)``."""
+        out = np.zeros((len(rows), len(self.last.maps)))
+        for fold in np.unique(self.fold_of[rows]):
+            if fold != self.fold:
+                self.volumes_ft = _leave_out_volumes(
+                    self.last, self.edges[fold], self.edges[fold + 1], self.fold_maps.operators,
+                    self.fold_maps.mask_radius_px, self.plan.band_radius_px, self.fold_maps.scales,
+                    batch.images_ft.device,
+                )
+                self.fold = fold
+            sel = np.nonzero(self.fold_of[rows] == fold)[0]
+            index = torch.as_tensor(sel, device=batch.images_ft.device)
+            out[sel] = _choice_scores(
+                batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], self.volumes_ft,
+                rotations[sel], shifts[sel], self.plan.band, self.score,
+            )
+        return out
 
 
 @dataclass
@@ -575,9 +625,7 @@ def _search_particles(search_stack, plan: SearchPlan, references: PolarReference
     if last is None:
         found.choice_scores = found.model_scores
     band = plan.band
-    edges = _fold_edges(n, CHOICE_FOLDS)
-    fold_of = np.searchsorted(edges, np.arange(n), side="right") - 1
-    choice_fold, choice_ft = -1, None  # folds come in order: each fold's maps are made once
+    chooser = None if last is None else _FoldChooser(last, plan, fold_maps, n, opts.score)
     for start in range(0, n, opts.batch_size):
         rows = np.arange(start, min(n, start + opts.batch_size))
         batch = load_batch(search_stack, rows, device=device, center=False)
@@ -590,19 +638,9 @@ def _search_particles(search_stack, plan: SearchPlan, references: PolarReference
         found.model_scores[rows] = result.model_scores.cpu().numpy()
         found.model_rotations[rows] = result.model_rotations.cpu().double().numpy()
         found.model_shifts[rows] = result.model_shift_px.cpu().double().numpy()
-        for fold in [] if last is None else np.unique(fold_of[rows]):
-            if fold != choice_fold:
-                choice_ft = _leave_out_volumes(
-                    last, edges[fold], edges[fold + 1], fold_maps.operators, fold_maps.mask_radius_px,
-                    plan.band_radius_px, fold_maps.scales, device,
-                )
-                choice_fold = fold
-            sel = np.nonzero(fold_of[rows] == fold)[0]
-            index = torch.as_tensor(sel, device=batch.images_ft.device)
-            found.choice_scores[rows[sel]] = _choice_scores(
-                batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], choice_ft,
-                found.model_rotations[rows[sel]], found.model_shifts[rows[sel]], band, opts.score,
-            )
+        if chooser is not None:
+            found.choice_scores[rows] = chooser.scores(batch, rows, found.model_rotations[rows],
+                                                       found.model_shifts[rows])
         x = band.gather(batch.images_ft)
         found.image_power[rows] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
         if advance is not None:
@@ -640,6 +678,116 @@ def _layers(found: _Searched, model: np.ndarray, posteriors: np.ndarray, sep: in
             np.full(n, 1 / sep),
         ))
     return layers
+
+
+def _cross_validated(search_stack, plan: SearchPlan, last: _LastReconstruction, found: _Searched,
+                     fold_maps: _FoldMaps, opts: RefineOptions) -> np.ndarray:
+    """Each particle's log-likelihood in every model ``(n, K)`` at its pose there, against the
+    maps of ``last`` rebuilt without its fold."""
+    n, k = found.model_scores.shape
+    chooser = _FoldChooser(last, plan, fold_maps, n, opts.score)
+    scores = np.zeros((n, k))
+    device = torch.device(opts.device)
+    for start in range(0, n, opts.batch_size):
+        rows = np.arange(start, min(n, start + opts.batch_size))
+        batch = load_batch(search_stack, rows, device=device, center=False)
+        scores[rows] = chooser.scores(batch, rows, found.model_rotations[rows], found.model_shifts[rows])
+    return log_likelihoods(scores, found.image_power, float(plan.band.weight.sum()), opts.score)
+
+
+def _split_merge_due(iteration: int, iterations: int) -> bool:
+    """Whether split and merge is tried in this iteration of ``iterations``."""
+    return (SPLIT_MERGE_FIRST <= iteration <= iterations - SPLIT_MERGE_SETTLE
+            and (iteration - SPLIT_MERGE_FIRST) % SPLIT_MERGE_EVERY == 0)
+
+
+@dataclass
+class _Classified:
+    """An assignment at fixed poses, the maps made from it and its cross-validated scores."""
+
+    model: np.ndarray
+    found: _Searched  # the poses (a dissolved model's are those of the model split)
+    layers: list[Layer]
+    made: _Reconstruction
+    log_likelihood: np.ndarray  # (n, K) against the maps of ``made`` rebuilt without each particle's fold
+
+    @property
+    def objective(self) -> float:
+        return classification_log_likelihood(self.log_likelihood)
+
+
+def _settle(stack, search_stack, plan: SearchPlan, start: _Classified, halves: np.ndarray, maps: list[np.ndarray],
+            operators: list[torch.Tensor], mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions,
+            rounds: int) -> _Classified:
+    """``rounds`` rounds of hard classification at fixed poses from ``start`` (each particle to
+    its best model by cross-validated score, then the maps made again), fewer if nothing
+    moves; a round costs one reconstruction and one scoring of every particle, no search."""
+    current = start
+    for _ in range(rounds):
+        model = current.log_likelihood.argmax(axis=1)
+        if np.array_equal(model, current.model):
+            break
+        current = _classified(stack, search_stack, plan, model, current.found, halves, maps, operators, mask,
+                              fold_maps, opts)
+    return current
+
+
+def _classified(stack, search_stack, plan: SearchPlan, model: np.ndarray, found: _Searched, halves: np.ndarray,
+                maps: list[np.ndarray], operators: list[torch.Tensor], mask: torch.Tensor, fold_maps: _FoldMaps,
+                opts: RefineOptions, made: _Reconstruction | None = None,
+                layers: list[Layer] | None = None) -> _Classified:
+    """The maps of an assignment at fixed poses (or ``made`` from ``layers``), and its scores."""
+    k, apix = len(maps), stack.pixel_size_angstrom
+    if made is None:
+        layers = _layers(found, model, np.eye(k)[model], 1)
+        _, layer_stacks = _layer_stacks(stack, layers, halves, apix)
+        made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep,
+                                   torch.device(opts.device), None, "")
+    log_likelihood = _cross_validated(search_stack, plan, made.last, found, fold_maps, opts)
+    return _Classified(model, found, layers, made, log_likelihood)
+
+
+def _split_and_merge(
+    stack, search_stack, plan: SearchPlan, found: _Searched, model: np.ndarray, layers: list[Layer],
+    made: _Reconstruction, halves: np.ndarray, maps: list[np.ndarray], operators: list[torch.Tensor],
+    mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions, iteration: int,
+) -> tuple[_Classified, dict | None]:
+    """A split and merge trial (:mod:`multirefine.refine.splitmerge`) against this iteration's
+    own assignment, each given :data:`SPLIT_MERGE_ROUNDS` rounds of classification at fixed
+    poses (:func:`_settle`) before their cross-validated classification log-likelihoods are
+    compared: the model whose particles lose least by going to their next best model is
+    dissolved, and half of the largest other model re-seeds it. Returns the winner and what
+    was tried (None: nothing, the largest other model holds fewer than 40 particles)."""
+    k = len(maps)
+    args = (halves, maps, operators, mask, fold_maps, opts)
+    own = _classified(stack, search_stack, plan, model, found, *args, made=made, layers=layers)
+    costs = removal_costs(own.log_likelihood, model)
+    dissolved = int(np.argmin(costs))
+    counts = np.bincount(model, minlength=k)
+    log.debug("iteration %d: cross-validated log-likelihood each model's particles lose without it, per particle: %s",
+              iteration, ", ".join(f"{c / max(n, 1):.2f}" for c, n in zip(costs, counts)))
+    split = int(np.argmax(np.where(np.arange(k) == dissolved, -1, counts)))
+    if counts[split] < 40:
+        return own, None
+    trial_model = trial_assignment(own.log_likelihood, model, dissolved, split)
+    rotations, shifts, scores = found.model_rotations.copy(), found.model_shifts.copy(), found.model_scores.copy()
+    rotations[:, dissolved], shifts[:, dissolved], scores[:, dissolved] = (
+        rotations[:, split], shifts[:, split], scores[:, split])
+    trial_found = replace(found, model_rotations=rotations, model_shifts=shifts, model_scores=scores)
+    trial = _classified(stack, search_stack, plan, trial_model, trial_found, *args)
+    own = _settle(stack, search_stack, plan, own, *args, SPLIT_MERGE_ROUNDS)
+    trial = _settle(stack, search_stack, plan, trial, *args, SPLIT_MERGE_ROUNDS)
+    gain = trial.objective - own.objective
+    log.info(
+        "iteration %d: split and merge: model %d (%d particles) merged into the others, half of model %d (%d) "
+        "re-seeds it; after %d rounds at fixed poses, cross-validated log-likelihood %+.1f (%+.3f per particle): "
+        "%s, particles per model %s",
+        iteration, dissolved + 1, counts[dissolved], split + 1, counts[split], SPLIT_MERGE_ROUNDS, gain,
+        gain / len(model), "kept" if gain > 0 else "not kept",
+        np.bincount((trial if gain > 0 else own).model, minlength=k).tolist(),
+    )
+    record = {"dissolved": dissolved + 1, "split": split + 1, "gain": float(gain), "kept": bool(gain > 0)}
+    return (trial if gain > 0 else own), record
 
 
 def _align_to_first(maps: list[np.ndarray], apix: float, band_res: float) -> list[np.ndarray]:
@@ -757,21 +905,29 @@ def run_refinement(
         searched = time.perf_counter()
         posteriors = _posteriors(found.choice_scores, found.image_power, float(fine_band.weight.sum()), opts.score)
         model = np.argmax(found.choice_scores, axis=1)
+        tried = None
         if initial_assignment is not None and iteration == 1:
             model = np.asarray(initial_assignment, dtype=np.int64)
             posteriors = np.eye(k)[model]
         if not opts.soft:
+            posteriors = np.eye(k)[model]
+        spread = opts.sep > 1 and not (initial_assignment is not None and iteration == 1)  # --randclassify first
+        layers = _layers(found, model, posteriors, opts.sep if spread else 1)
+        layer_tables, layer_stacks = _layer_stacks(stack, layers, halves, apix)
+        made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
+                                   progress, f"iteration {iteration}: reconstruct")
+        if (opts.split_merge and not opts.soft and not spread and k >= MIN_MODELS
+                and _split_merge_due(iteration, opts.iterations)):
+            chosen, tried = _split_and_merge(stack, search_stack, plan, found, model, layers, made, halves, maps,
+                                             operators, mask, _FoldMaps(operators, mask_radius_px, scales), opts,
+                                             iteration)
+            model, found, layers, made = chosen.model, chosen.found, chosen.layers, chosen.made
             posteriors = np.eye(k)[model]
         rows_n = np.arange(n)
         score = found.model_scores[rows_n, model]
         table_poses = (model, found.model_rotations[rows_n, model], found.model_shifts[rows_n, model], score,
                        posteriors[rows_n, model])
         table = assignment_table(stack.metadata, *table_poses, halves, apix)
-        spread = opts.sep > 1 and not (initial_assignment is not None and iteration == 1)  # --randclassify first
-        layers = _layers(found, model, posteriors, opts.sep if spread else 1)
-        layer_tables, layer_stacks = _layer_stacks(stack, layers, halves, apix)
-        made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
-                                   progress, f"iteration {iteration}: reconstruct")
         new_maps, fsc_curves, resolutions = made.maps, made.fsc_curves, made.resolutions
         reconstructed = time.perf_counter()
         counts = np.bincount(model, minlength=k).tolist()
@@ -813,7 +969,7 @@ def run_refinement(
         runfolder.write_json(out / runfolder.fsc_name(iteration), fsc)
         stat = IterationStats(
             iteration, time.perf_counter() - started, band_res, coarse, fine, counts, changed,
-            resolutions, to_previous, float(np.mean(score)), made.particles_in_maps,
+            resolutions, to_previous, float(np.mean(score)), made.particles_in_maps, tried,
         )
         stats.append(stat)
         runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
