@@ -195,6 +195,14 @@ def _class_montage(run: Path, iteration: int, k: int, figures: Path) -> str | No
     return name
 
 
+def _split_merge_text(trial: dict | None) -> str:
+    """An iteration's split and merge trial in words ('' where none was tried)."""
+    if not trial:
+        return ""
+    return (f"model {trial['dissolved']} merged, model {trial['split']} split: "
+            f"{trial['gain']:+.0f} ({'kept' if trial['kept'] else 'not kept'})")
+
+
 def write_report(run: str | Path) -> Path:
     """Write ``run/index.html`` (and its figures in ``run/report/``); return its path."""
     run = Path(run)
@@ -238,12 +246,13 @@ def write_report(run: str | Path) -> Path:
         parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
     parts.append(_table(
         ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
-         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)"],
+         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)", "split and merge"],
         [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
           None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
           ", ".join(str(c) for c in s["particles_per_model"]),
           ", ".join(f"{c:.0f}" for c in s.get("particles_in_maps") or []),
-          ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"])] for s in stats],
+          ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"]),
+          _split_merge_text(s.get("split_merge"))] for s in stats],
     ))
     # The figures made for every iteration ("II" for its number in patterns), one iteration at a time.
     patterns, shown = [], []
