@@ -769,11 +769,12 @@ def _split_and_merge(
     mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions, iteration: int,
 ) -> tuple[_Classified, dict | None]:
     """A split and merge trial (:mod:`multirefine.refine.splitmerge`) against this iteration's
-    own assignment, each given :data:`SPLIT_MERGE_ROUNDS` rounds of classification at fixed
-    poses (:func:`_settle`) before their cross-validated classification log-likelihoods are
-    compared (the trial must gain :data:`SPLIT_MERGE_MIN_GAIN` per particle): the model whose particles lose least by going to their next best model is
-    dissolved, and half of the largest other model re-seeds it. Returns the winner and what
-    was tried (None: nothing, the largest other model holds fewer than 40 particles)."""
+    own assignment: the model whose particles lose least by going to their next best model is
+    dissolved, and half of the largest other model re-seeds it. Both get
+    :data:`SPLIT_MERGE_ROUNDS` rounds of classification at fixed poses (:func:`_settle`);
+    then their cross-validated classification log-likelihoods are compared, and the trial
+    wins if it gains over :data:`SPLIT_MERGE_MIN_GAIN` per particle. Returns the winner and
+    what was tried (None: nothing, the largest other model holds fewer than 40 particles)."""
     k = len(maps)
     args = (halves, maps, operators, mask, fold_maps, opts)
     own = _classified(stack, search_stack, plan, model, found, *args, made=made, layers=layers)

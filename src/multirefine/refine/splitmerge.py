@@ -19,7 +19,10 @@ does not vote):
   states parts;
 * the trial (:func:`trial_assignment`) is kept when the cross-validated classification
   log-likelihood (:func:`classification_log_likelihood`) of its maps beats that of the
-  iteration's own maps; the driver makes both sets of maps and scores them.
+  iteration's own maps, after both were given a few rounds of classification at fixed
+  poses (a fresh split is blurred, the assignment it competes with has had iterations to
+  sharpen); the driver makes the maps, scores them and decides
+  (:func:`multirefine.refine.driver._split_and_merge`).
 
 Everything here is arithmetic on arrays; the maps and scores come from
 :mod:`multirefine.refine.driver`.
