@@ -99,9 +99,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="each particle in every model by its posterior (default: its best model only, as "
                    "EMAN2; hard assignment classified better in bench/)")
     p.add_argument("--nosplitmerge", action="store_true",
-                   help="no split and merge trials (default: from iteration 3 until 2 before the last, with 3 "
-                   "or more models, each iteration tries merging the most redundant model into the others and "
-                   "re-seeding it from half of another, and keeps that when the cross-validated likelihood grows)")
+                   help="no split and merge trials (default, with 3 or more models: iteration 3 and every other "
+                   "one after it, not in the last 2, tries merging the most redundant model into the others and "
+                   "re-seeding it from half of the largest, and keeps that when the cross-validated likelihood "
+                   "grows)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
     p.add_argument("--continue", dest="continue_run", metavar="RUN",
