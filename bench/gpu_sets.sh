@@ -13,9 +13,10 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 # The eighth session ran SETS="conformational three_state compositional" BASELINE=1 PROFILE=0
 # (BENCHMARKS.md, "On a GPU"), the ninth the defaults below with a batch-2000 profile too
-# ("The profile on the device"). Still owed: the whole test suite on cuda and the larger
-# search chunk; `SETS= TESTS=1 PROFILE=1` runs just those, with the profile at batch 500
-# again (one call, timeout_s 590; an empty SETS runs no set).
+# ("The profile on the device"), the thirteenth SETS=three_state TESTS=1 PROFILE=0 (split and
+# merge on cuda, the whole suite: 89 s with -n 12; bench/results/gpu_split_merge_h200/).
+# Still owed: the larger search chunk; `SETS= TESTS=0 PROFILE=1` runs just the profile (an
+# empty SETS runs no set). Each set named is simulated here; .gpu/maps must hold its maps.
 DEVICE=${DEVICE:-cuda} N=${N:-6000} IT=${IT:-12} SETS=${SETS-conformational}
 TESTS=${TESTS:-1} BASELINE=${BASELINE:-0} PROFILE=${PROFILE:-1}
 here=$PWD
@@ -28,7 +29,10 @@ export PYTHONPATH=/tmp/site:$here/src:$here/bench
 w=/tmp/gs; rm -rf $w; mkdir -p $w $OUT
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
-python3 bench/datasets.py $w --n $N --maps-from .gpu/maps > /dev/null || exit 1
+need=$SETS; { [ "$PROFILE" = 1 ] || [ "$BASELINE" = 1 ]; } && need="$need conformational"
+for set in $(echo $need | tr ' ' '\n' | sort -u); do  # only the sets this call uses
+  python3 bench/datasets.py $w --only $set --n $N --maps-from .gpu/maps > /dev/null || exit 1
+done
 stamp "sets simulated"
 for set in $SETS; do
   k=2; [ $set = three_state ] && k=3
@@ -38,6 +42,8 @@ for set in $SETS; do
   stamp "$set rc=$? $(grep -E 'Elapsed|Maximum resident' $w/time_$set.txt | sed 's/^\s*//' | tr '\n' ';')"
   grep -E "^multi-model|on its own|peak GPU" $w/log_$set.txt
   echo "$set $(python3 bench/score_run.py $w/$set $w/run_$set $IT)" | tee -a $OUT/scores.txt
+  python3 -c "import json; [print('split and merge at iteration', i + 1, c['split_merge']) for i, c in
+    enumerate(json.load(open('$w/run_$set/convergence.json'))) if c.get('split_merge')]" | tee -a $OUT/scores.txt
 done
 if [ -d $w/run_conformational ]; then  # --continue on this device: one more iteration from state.npz
   python3 -m multirefine.cli.main refine --continue $w/run_conformational --iter $((IT + 1)) --nosingle \
@@ -59,6 +65,10 @@ if [ "$TESTS" = 1 ]; then
   OMP_NUM_THREADS=1 PYTHONPATH=$PYTHONPATH:$here/.gpu/stubs timeout 300 python3 -m pytest -q -p no:cacheprovider -n 12 --durations=8 \
     tests > $OUT/tests.txt 2>&1
   stamp "tests rc=$?"; tail -25 $OUT/tests.txt
+  # the tests that use another test's run folder skip when xdist puts them on another worker
+  OMP_NUM_THREADS=4 PYTHONPATH=$PYTHONPATH:$here/.gpu/stubs timeout 200 python3 -m pytest -q -p no:cacheprovider -p no:xdist \
+    tests/refine/test_refine_e2e.py -k "low_passed or continue or report_is_rebuilt" > $OUT/tests_in_order.txt 2>&1
+  stamp "tests that build on another's run, in one process: rc=$?"; tail -3 $OUT/tests_in_order.txt
 fi
 if [ "$PROFILE" = 1 ]; then  # where an iteration's time goes on this device (wall against device busy)
   python3 bench/profile_iteration.py $w/conformational --n $N --iter 3 --device $DEVICE --threads 16 \

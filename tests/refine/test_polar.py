@@ -106,4 +106,8 @@ def test_polar_search_in_particle_chunks_gives_the_same_result(volumes_ft, devic
     budget = 3 * len(shifts) * grid.kx.numel()
     chunked = search_global_polar(ft, ctf, polar, shifts, score="ls", top=3, max_elements=budget)
     for name in vars(whole):
-        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
+        # Float sums of thousands of terms round differently when the matrix products are cut
+        # otherwise (seen on a 16-core CPU): within 1e-5 of the field's largest value.
+        a, b = getattr(chunked, name), getattr(whole, name)
+        atol = 1e-5 * b.abs().max().item() if b.is_floating_point() else 0
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=name)
