@@ -15,8 +15,8 @@ export PYTHONUNBUFFERED=1
 # (BENCHMARKS.md, "On a GPU"), the ninth the defaults below with a batch-2000 profile too
 # ("The profile on the device"), the thirteenth SETS=three_state TESTS=1 PROFILE=0 (split and
 # merge on cuda, the whole suite: 89 s with -n 12; bench/results/gpu_split_merge_h200/).
-# Still owed: the larger search chunk; `SETS= TESTS=0 PROFILE=1` runs just the profile (an
-# empty SETS runs no set). Each set named is simulated here; .gpu/maps must hold its maps.
+# It then ran `SETS= TESTS=0 PROFILE=1` (the profile alone, with the larger chunk; an empty
+# SETS runs no set). Each set named is simulated here; .gpu/maps must hold its maps.
 DEVICE=${DEVICE:-cuda} N=${N:-6000} IT=${IT:-12} SETS=${SETS-conformational}
 TESTS=${TESTS:-1} BASELINE=${BASELINE:-0} PROFILE=${PROFILE:-1}
 here=$PWD
