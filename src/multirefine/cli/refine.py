@@ -89,7 +89,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="each model's own refinement starts from its map low-passed to this resolution, Å "
                    "(default 30)")
     p.add_argument("--lowmem", action="store_true", help="smaller batches")
-    p.add_argument("--parallel", default="thread:1", help="thread:N (CPU threads); default thread:1")
+    p.add_argument("--parallel", default="thread:1",
+                   help="thread:N (CPU threads here; default thread:1), or dask:ADDRESS: the search and the "
+                        "reconstructions of each iteration as tasks on a Dask cluster, ADDRESS its scheduler "
+                        "(tcp://host:8786) or scheduler file; the workers must see the particle files by the same paths")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--max-shift", type=float, default=5.0, help="largest particle shift searched, px (default 5)")
     p.add_argument("--score", choices=("cc", "ls"), default="ls",
@@ -212,21 +215,21 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 
 def _device_and_threads(args: argparse.Namespace) -> str:
-    """Set torch's threads from ``--parallel``; the device ``--device`` names."""
+    """The device ``--device`` names, after ``--parallel`` is checked (``thread:N`` sets
+    torch's threads here). Dask workers compute on the CPU: ``auto`` is then the CPU."""
     import torch
 
-    threads = 1
-    if args.parallel.startswith("thread:"):
-        try:
-            threads = int(args.parallel.split(":", 1)[1])
-        except ValueError:
-            raise InputError(f"--parallel {args.parallel}: expected thread:N") from None
-    else:
-        raise InputError(f"--parallel {args.parallel}: only thread:N is supported so far")
-    torch.set_num_threads(max(1, threads))
+    from multirefine.parallel import InProcess, parse_parallel
+
+    kind, value = parse_parallel(args.parallel)
+    if kind == "thread":
+        InProcess(int(value))
     device = args.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() and kind == "thread" else "cpu"
+    if device.startswith("cuda") and kind == "dask":
+        raise InputError(f"--device {device} with --parallel {args.parallel}: Dask workers compute on the CPU "
+                         "(give --device cpu, or run on one GPU with --parallel thread:N)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here")
     return device
@@ -312,6 +315,7 @@ def _remove_unfinished(path: Path, created: bool) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from multirefine.parallel import executor_for
     from multirefine.progress import StageProgress
     from multirefine.refine import runfolder
     from multirefine.refine.driver import run_refinement
@@ -337,7 +341,10 @@ def main(args: argparse.Namespace) -> int:
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
     )
+    executor = executor_for(args.parallel)
+    print(f"particle loops: {executor.describe()}")
     if args.check:
+        executor.close()
         print("check: files, sizes, symmetries and options are consistent; nothing was run")
         return 0
     path = Path(opts.path)
@@ -356,7 +363,8 @@ def main(args: argparse.Namespace) -> int:
                 if opts.seeding == "randclassify":
                     initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
             runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
-            multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume)
+            multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume,
+                                   executor=executor)
         except BaseException:
             if not resume and not (path / runfolder.STATE).exists():
                 _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
@@ -381,6 +389,7 @@ def main(args: argparse.Namespace) -> int:
                 )
     finally:
         progress.close()
+        executor.close()
     if opts.device.startswith("cuda"):
         import torch
 

@@ -46,12 +46,13 @@ are also put in the filtered stack's units (a regression of filtered on raw imag
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import write_map, write_stack
 from multirefine.io.star import write_particles_star
+from multirefine.parallel import Executor, InProcess
 from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
 from multirefine.refine.classes import class_averages
@@ -529,12 +531,23 @@ class _Reconstruction:
     particles_in_maps: list[float]  # weights summed over what each map was made from
 
 
+def _accumulate_rows(bounds: tuple[int, int], stack, groups: list[np.ndarray], weights: list[np.ndarray],
+                     stacks: list, device, advance=None) -> list[FourierAccumulator]:
+    """One accumulator per group, of the group's rows within stack rows ``[bounds[0], bounds[1])``."""
+    start, stop = bounds
+    inside = [(rows >= start) & (rows < stop) for rows in groups]
+    return accumulate(stack, [rows[i] for rows, i in zip(groups, inside)], 256, device, progress=advance,
+                      weights=[w[i] for w, i in zip(weights, inside)], stacks=stacks)
+
+
 def _reconstruct_models(
     stack, layers: list[Layer], layer_stacks: list, halves: np.ndarray, maps: list[np.ndarray],
     operators: list[torch.Tensor], mask: torch.Tensor, m3dkeep: float, device, progress, label: str,
+    executor: Executor | None = None,
 ) -> _Reconstruction:
     """Each model's gold-standard map from its entries in ``layers`` (the best ``m3dkeep`` of
-    them by score); a model with fewer than 10 particles keeps its map from ``maps``."""
+    them by score); a model with fewer than 10 particles keeps its map from ``maps``. The
+    accumulators are filled by ``executor``, a shard of stack rows each (:func:`_accumulate_rows`)."""
     k, box, apix = len(maps), stack.box_size, stack.pixel_size_angstrom
     groups, weights, stacks, group_model = [], [], [], []
     for m_index in range(k):
@@ -550,7 +563,13 @@ def _reconstruct_models(
                 stacks.append(layer_stacks[i])
                 group_model.append((m_index, h))
     advance = progress(label, int(sum(len(g) for g in groups))) if progress else None
-    parts = accumulate(stack, groups, 256, device, progress=advance, weights=weights, stacks=stacks)
+    executor = executor or InProcess()
+    edges = _fold_edges(len(stack), executor.parts)
+    bounds = list(itertools.pairwise(edges.tolist()))
+    every = np.concatenate(groups)
+    sizes = [int(((every >= a) & (every < b)).sum()) for a, b in bounds]
+    parts = executor.sum(_accumulate_rows, bounds, stack, groups, weights, stacks, device, advance=advance,
+                         sizes=sizes)
     accumulators, effective_of = {}, np.zeros(k)
     for key, acc, w in zip(group_model, parts, weights):
         if key in accumulators:
@@ -607,9 +626,29 @@ class _Searched:
     top_shifts: np.ndarray | None = None
     top_scores: np.ndarray | None = None
 
+    @classmethod
+    def joined(cls, parts: list[_Searched]) -> _Searched:
+        """The results of consecutive shards of rows as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(**{f.name: None if getattr(parts[0], f.name) is None
+                      else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+
+def _search_shards(n: int, parts: int) -> list[np.ndarray]:
+    """Stack rows cut into about ``parts`` shards along the model choice's folds (a shard
+    within one fold rebuilds only that fold's maps); one shard when ``parts`` is 1."""
+    if parts <= 1:
+        return [np.arange(n)]
+    edges = _fold_edges(n, CHOICE_FOLDS)
+    per_fold = math.ceil(parts / (len(edges) - 1))
+    return [piece for a, b in itertools.pairwise(edges) for piece in np.array_split(np.arange(a, b), per_fold)
+            if len(piece)]
+
 
 def _search_particles(search_stack, plan: SearchPlan, references: PolarReferences, volumes_ft: torch.Tensor, opts,
-                      last: _LastReconstruction | None, fold_maps: _FoldMaps, advance=None) -> _Searched:
+                      last: _LastReconstruction | None, fold_maps: _FoldMaps, advance=None,
+                      executor: Executor | None = None) -> _Searched:
     """Search every particle against every model, and score its model choice.
 
     The model choice. A particle took part in its model's last reconstruction, so that map
@@ -623,8 +662,22 @@ def _search_particles(search_stack, plan: SearchPlan, references: PolarReference
     benchmark after 12 iterations, against 98.7 % now and 94.6 % with the full maps;
     BENCHMARKS.md.) With no last reconstruction (the first iteration) the search's own
     scores pick the model.
+
+    The rows go to ``executor`` in shards (:func:`_search_shards`), each searched by
+    :func:`_search_rows`.
     """
-    n, k, device = len(search_stack), len(volumes_ft), volumes_ft.device
+    executor = executor or InProcess()
+    shards = _search_shards(len(search_stack), executor.parts)
+    parts = executor.map(_search_rows, shards, search_stack, plan, references, volumes_ft, opts, last, fold_maps,
+                         advance=advance, sizes=[len(rows) for rows in shards])
+    return _Searched.joined(parts)
+
+
+def _search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: PolarReferences,
+                 volumes_ft: torch.Tensor, opts, last: _LastReconstruction | None, fold_maps: _FoldMaps,
+                 advance=None) -> _Searched:
+    """:func:`_search_particles` for the stack rows ``rows``, in batches of ``opts.batch_size``."""
+    n, k, device = len(rows), len(volumes_ft), volumes_ft.device
     top = opts.sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
     found = _Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n))
     if opts.sep > 1:
@@ -633,26 +686,26 @@ def _search_particles(search_stack, plan: SearchPlan, references: PolarReference
     if last is None:
         found.choice_scores = found.model_scores
     band = plan.band
-    chooser = None if last is None else _FoldChooser(last, plan, fold_maps, n, opts.score)
+    chooser = None if last is None else _FoldChooser(last, plan, fold_maps, len(search_stack), opts.score)
     for start in range(0, n, opts.batch_size):
-        rows = np.arange(start, min(n, start + opts.batch_size))
-        batch = load_batch(search_stack, rows, device=device, center=False)
+        at = np.arange(start, min(n, start + opts.batch_size))  # positions in this shard
+        batch = load_batch(search_stack, rows[at], device=device, center=False)
         result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, opts.score, top)
         if opts.sep > 1:
-            found.top_model[rows] = result.model.cpu().numpy()
-            found.top_rotations[rows] = result.rotations.cpu().double().numpy()
-            found.top_shifts[rows] = result.shift_px.cpu().double().numpy()
-            found.top_scores[rows] = result.score.cpu().numpy()
-        found.model_scores[rows] = result.model_scores.cpu().numpy()
-        found.model_rotations[rows] = result.model_rotations.cpu().double().numpy()
-        found.model_shifts[rows] = result.model_shift_px.cpu().double().numpy()
+            found.top_model[at] = result.model.cpu().numpy()
+            found.top_rotations[at] = result.rotations.cpu().double().numpy()
+            found.top_shifts[at] = result.shift_px.cpu().double().numpy()
+            found.top_scores[at] = result.score.cpu().numpy()
+        found.model_scores[at] = result.model_scores.cpu().numpy()
+        found.model_rotations[at] = result.model_rotations.cpu().double().numpy()
+        found.model_shifts[at] = result.model_shift_px.cpu().double().numpy()
         if chooser is not None:
-            found.choice_scores[rows] = chooser.scores(batch, rows, found.model_rotations[rows],
-                                                       found.model_shifts[rows])
+            found.choice_scores[at] = chooser.scores(batch, rows[at], found.model_rotations[at],
+                                                     found.model_shifts[at])
         x = band.gather(batch.images_ft)
-        found.image_power[rows] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
+        found.image_power[at] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
         if advance is not None:
-            advance(len(rows))
+            advance(len(at))
     return found
 
 
@@ -689,18 +742,30 @@ def _layers(found: _Searched, model: np.ndarray, posteriors: np.ndarray, sep: in
 
 
 def _cross_validated(search_stack, plan: SearchPlan, last: _LastReconstruction, found: _Searched,
-                     fold_maps: _FoldMaps, opts: RefineOptions) -> np.ndarray:
+                     fold_maps: _FoldMaps, opts: RefineOptions, executor: Executor | None = None) -> np.ndarray:
     """Each particle's log-likelihood in every model ``(n, K)`` at its pose there, against the
-    maps of ``last`` rebuilt without its fold."""
-    n, k = found.model_scores.shape
-    chooser = _FoldChooser(last, plan, fold_maps, n, opts.score)
-    scores = np.zeros((n, k))
+    maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each)."""
+    executor = executor or InProcess()
+    shards = _search_shards(len(search_stack), executor.parts)
+    parts = executor.map(_choice_rows, shards, search_stack, plan, last, found.model_rotations, found.model_shifts,
+                         fold_maps, opts)
+    return log_likelihoods(np.concatenate(parts), found.image_power, float(plan.band.weight.sum()), opts.score)
+
+
+def _choice_rows(rows: np.ndarray, search_stack, plan: SearchPlan, last: _LastReconstruction, rotations: np.ndarray,
+                 shifts: np.ndarray, fold_maps: _FoldMaps, opts: RefineOptions, advance=None) -> np.ndarray:
+    """The scores of stack rows ``rows`` ``(len(rows), K)`` at the poses ``rotations[rows]``,
+    ``shifts[rows]``, against the maps of ``last`` rebuilt without each row's fold."""
+    chooser = _FoldChooser(last, plan, fold_maps, len(search_stack), opts.score)
+    scores = np.zeros((len(rows), rotations.shape[1]))
     device = torch.device(opts.device)
-    for start in range(0, n, opts.batch_size):
-        rows = np.arange(start, min(n, start + opts.batch_size))
-        batch = load_batch(search_stack, rows, device=device, center=False)
-        scores[rows] = chooser.scores(batch, rows, found.model_rotations[rows], found.model_shifts[rows])
-    return log_likelihoods(scores, found.image_power, float(plan.band.weight.sum()), opts.score)
+    for start in range(0, len(rows), opts.batch_size):
+        at = np.arange(start, min(len(rows), start + opts.batch_size))
+        batch = load_batch(search_stack, rows[at], device=device, center=False)
+        scores[at] = chooser.scores(batch, rows[at], rotations[rows[at]], shifts[rows[at]])
+        if advance is not None:
+            advance(len(at))
+    return scores
 
 
 def _split_merge_due(iteration: int, iterations: int, stats: list[IterationStats], changed: float | None) -> bool:
@@ -734,7 +799,7 @@ class _Classified:
 
 def _settle(stack, search_stack, plan: SearchPlan, start: _Classified, halves: np.ndarray, maps: list[np.ndarray],
             operators: list[torch.Tensor], mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions,
-            rounds: int) -> _Classified:
+            executor: Executor | None, rounds: int) -> _Classified:
     """``rounds`` rounds of hard classification at fixed poses from ``start`` (each particle to
     its best model by cross-validated score, then the maps made again), fewer if nothing
     moves; a round costs one reconstruction and one scoring of every particle, no search."""
@@ -744,13 +809,13 @@ def _settle(stack, search_stack, plan: SearchPlan, start: _Classified, halves: n
         if np.array_equal(model, current.model):
             break
         current = _classified(stack, search_stack, plan, model, current.found, halves, maps, operators, mask,
-                              fold_maps, opts)
+                              fold_maps, opts, executor)
     return current
 
 
 def _classified(stack, search_stack, plan: SearchPlan, model: np.ndarray, found: _Searched, halves: np.ndarray,
                 maps: list[np.ndarray], operators: list[torch.Tensor], mask: torch.Tensor, fold_maps: _FoldMaps,
-                opts: RefineOptions, made: _Reconstruction | None = None,
+                opts: RefineOptions, executor: Executor | None = None, made: _Reconstruction | None = None,
                 layers: list[Layer] | None = None) -> _Classified:
     """The maps of an assignment at fixed poses (or ``made`` from ``layers``), and its scores."""
     k, apix = len(maps), stack.pixel_size_angstrom
@@ -758,15 +823,15 @@ def _classified(stack, search_stack, plan: SearchPlan, model: np.ndarray, found:
         layers = _layers(found, model, np.eye(k)[model], 1)
         _, layer_stacks = _layer_stacks(stack, layers, halves, apix)
         made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep,
-                                   torch.device(opts.device), None, "")
-    log_likelihood = _cross_validated(search_stack, plan, made.last, found, fold_maps, opts)
+                                   torch.device(opts.device), None, "", executor)
+    log_likelihood = _cross_validated(search_stack, plan, made.last, found, fold_maps, opts, executor)
     return _Classified(model, found, layers, made, log_likelihood)
 
 
 def _split_and_merge(
     stack, search_stack, plan: SearchPlan, found: _Searched, model: np.ndarray, layers: list[Layer],
     made: _Reconstruction, halves: np.ndarray, maps: list[np.ndarray], operators: list[torch.Tensor],
-    mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions, iteration: int,
+    mask: torch.Tensor, fold_maps: _FoldMaps, opts: RefineOptions, iteration: int, executor: Executor | None = None,
 ) -> tuple[_Classified, dict | None]:
     """A split and merge trial (:mod:`multirefine.refine.splitmerge`) against this iteration's
     own assignment: the model whose particles lose least by going to their next best model is
@@ -776,7 +841,7 @@ def _split_and_merge(
     wins if it gains over :data:`SPLIT_MERGE_MIN_GAIN` per particle. Returns the winner and
     what was tried (None: nothing, the largest other model holds fewer than 40 particles)."""
     k = len(maps)
-    args = (halves, maps, operators, mask, fold_maps, opts)
+    args = (halves, maps, operators, mask, fold_maps, opts, executor)
     own = _classified(stack, search_stack, plan, model, found, *args, made=made, layers=layers)
     costs = removal_costs(own.log_likelihood, model)
     dissolved = int(np.argmin(costs))
@@ -840,6 +905,7 @@ def run_refinement(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     initial_assignment: np.ndarray | None = None,
     resume: bool = False,
+    executor: Executor | None = None,
 ) -> RefinementResult:
     """Run ``opts.iterations`` iterations from ``start_maps`` ``(K, D, D, D)``.
 
@@ -874,7 +940,7 @@ def run_refinement(
         if state.iteration < opts.iterations:  # the last maps' accumulators, for the next model choice
             _, layer_stacks = _layer_stacks(stack, state.layers, halves, apix)
             last = _reconstruct_models(stack, state.layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep,
-                                       device, progress, f"iteration {state.iteration}: rebuilt").last
+                                       device, progress, f"iteration {state.iteration}: rebuilt", executor).last
         log.debug("continuing %s after iteration %d of %d", out, state.iteration, opts.iterations)
     elif opts.targetres is not None:
         band_res = opts.targetres
@@ -917,7 +983,7 @@ def run_refinement(
         references = plan.references(volumes_ft)
         advance = progress(f"iteration {iteration}: search", n) if progress else None
         found = _search_particles(search_stack, plan, references, volumes_ft, opts, last,
-                                  _FoldMaps(operators, mask_radius_px, scales), advance)
+                                  _FoldMaps(operators, mask_radius_px, scales), advance, executor)
         last = None  # the last maps' accumulators are not needed again
         searched = time.perf_counter()
         posteriors = _posteriors(found.choice_scores, found.image_power, float(fine_band.weight.sum()), opts.score)
@@ -932,13 +998,13 @@ def run_refinement(
         layers = _layers(found, model, posteriors, opts.sep if spread else 1)
         layer_tables, layer_stacks = _layer_stacks(stack, layers, halves, apix)
         made = _reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, opts.m3dkeep, device,
-                                   progress, f"iteration {iteration}: reconstruct")
+                                   progress, f"iteration {iteration}: reconstruct", executor)
         moved = None if previous_model is None else float(np.mean(previous_model != model))  # by the search
         if (opts.split_merge and not opts.soft and not spread and k >= MIN_MODELS
                 and _split_merge_due(iteration, opts.iterations, stats, moved)):
             chosen, tried = _split_and_merge(stack, search_stack, plan, found, model, layers, made, halves, maps,
                                              operators, mask, _FoldMaps(operators, mask_radius_px, scales), opts,
-                                             iteration)
+                                             iteration, executor)
             model, found, layers, made = chosen.model, chosen.found, chosen.layers, chosen.made
             posteriors = np.eye(k)[model]
         rows_n = np.arange(n)

@@ -1,0 +1,134 @@
+"""Executors: ``--parallel`` parsed, shards of accumulators add up to the whole, and a run on
+a Dask cluster (two local worker processes) gives the run made in this process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multirefine.errors import InputError
+from multirefine.parallel import InProcess, parse_parallel
+
+APIX, BOX = 2.4, 40
+
+
+@pytest.mark.parametrize("spec, expected", [("thread:1", ("thread", "1")), ("thread:16", ("thread", "16")),
+                                            ("dask:tcp://10.0.0.2:8786", ("dask", "tcp://10.0.0.2:8786")),
+                                            ("dask:/shared/scheduler.json", ("dask", "/shared/scheduler.json"))])
+def test_parallel_specs(spec, expected):
+    assert parse_parallel(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["thread:", "thread:0", "thread:two", "dask:", "mpi:4", "4"])
+def test_bad_parallel_specs_name_the_option(spec):
+    with pytest.raises(InputError, match=f"--parallel {spec}: expected"):
+        parse_parallel(spec)
+
+
+@pytest.fixture(scope="module")
+def two_states(tmp_path_factory):
+    """600 particles of adk open and closed, SNR 0.1, CTF; the true maps low-passed to 20 Å."""
+    pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
+    from multirefine.cli.demo import adenylate_kinase_models
+    from multirefine.fourier.filters import lowpass_volume
+    from multirefine.io.maps import write_map
+    from multirefine.simulate import (
+        SimulationParameters,
+        maps_from_models,
+        read_atomic_model,
+        simulate_dataset,
+    )
+
+    root = tmp_path_factory.mktemp("two_states")
+    maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], BOX, APIX, 2 * APIX)
+    simulate_dataset(root / "sim", maps, SimulationParameters(n_particles=600, snr=0.1, fractions=[0.5, 0.5],
+                                                              pixel_size_angstrom=APIX, seed=1))
+    for k, volume in enumerate(maps, 1):
+        write_map(root / f"lp_{k}.mrc", lowpass_volume(torch.from_numpy(volume), 20.0, APIX).numpy(), APIX)
+    return root
+
+
+class _Cut(InProcess):
+    """In this process, but cut into shards as a cluster of ``parts`` threads would be."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+
+
+def test_shards_of_a_reconstruction_add_up_to_the_whole(two_states):
+    """Accumulators are sums: the reconstruction cut into shards of stack rows (as on a
+    cluster) gives the maps made in one pass, to float rounding."""
+    from multirefine.fourier.masks import soft_sphere_mask
+    from multirefine.io.particles import open_particles
+    from multirefine.refine import driver
+    from multirefine.refine.reconstruct import half_set_of_rows
+
+    truth = open_particles(two_states / "sim" / "truth.star")
+    n = len(truth)
+    model = truth.metadata["rlnClassNumber"].to_numpy() - 1
+    halves = half_set_of_rows(truth.metadata, 0)
+    layers = [(model, np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n), np.ones(n))]
+    stacks = [truth]  # the true poses are in this table already
+    maps = [np.zeros((BOX,) * 3, np.float32)] * 2
+    operators, mask = [torch.eye(3)[None]] * 2, soft_sphere_mask(BOX, 15, 3.0)
+    made = [driver._reconstruct_models(truth, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "",
+                                       executor) for executor in (InProcess(), _Cut(5))]
+    assert len(driver._search_shards(n, 5)) == 12 and len(driver._search_shards(n, 1)) == 1
+    for whole, cut in zip(made[0].maps, made[1].maps):
+        assert np.abs(whole - cut).max() < 1e-5 * np.abs(whole).max()
+        assert np.abs(whole).max() > 0
+    assert made[0].particles_in_maps == made[1].particles_in_maps
+
+
+def _run(root, run, *extra):
+    from multirefine.cli.main import main
+
+    return main(["refine", "--input", str(root / "sim" / "particles.star"), "--models",
+                 f"{root / 'lp_1.mrc'},{root / 'lp_2.mrc'}", "--iter", "2", "--nosingle", "--path", str(run), *extra])
+
+
+def test_a_run_on_a_dask_cluster_is_the_run_made_here(two_states, dask_scheduler, tmp_path, capsys):
+    """Two iterations with the search and reconstructions as tasks on two worker processes:
+    the same models, poses and maps as in this process (to float rounding)."""
+    from multirefine.io.maps import read_map
+    from multirefine.io.star import read_particles_star
+
+    assert _run(two_states, tmp_path / "here", "--parallel", "thread:1") == 0
+    assert _run(two_states, tmp_path / "dask", "--parallel", f"dask:{dask_scheduler}") == 0
+    assert "particle loops: Dask scheduler" in capsys.readouterr().out
+    here = read_particles_star(tmp_path / "here" / "particles_02.star").metadata
+    there = read_particles_star(tmp_path / "dask" / "particles_02.star").metadata
+    assert np.array_equal(here["rlnClassNumber"].to_numpy(), there["rlnClassNumber"].to_numpy())
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        assert np.abs(here[column].to_numpy() - there[column].to_numpy()).max() < 1e-3, column
+    for m in (1, 2):
+        a, b = (read_map(tmp_path / run / f"threed_02_{m:02d}.mrc")[0] for run in ("here", "dask"))
+        assert np.abs(a - b).max() < 1e-5 * np.abs(a).max()
+    converged = json.loads((tmp_path / "dask" / "convergence.json").read_text())
+    assert converged[-1]["particles_per_model"] == json.loads(
+        (tmp_path / "here" / "convergence.json").read_text())[-1]["particles_per_model"]
+
+
+def test_check_reports_the_cluster(two_states, dask_scheduler, tmp_path, capsys):
+    assert _run(two_states, tmp_path / "run", "--parallel", f"dask:{dask_scheduler}", "--check") == 0
+    assert "2 workers, 2 threads" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_scheduler_is_a_one_line_error(two_states, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (multirefine[dask])")
+    from multirefine.parallel import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    assert _run(two_states, tmp_path / "run", "--parallel", "dask:tcp://127.0.0.1:9") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("multirefine refine: error: --parallel dask:tcp://127.0.0.1:9: no Dask scheduler answered")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+def test_dask_workers_compute_on_the_cpu(two_states, tmp_path, capsys):
+    assert _run(two_states, tmp_path / "run", "--parallel", "dask:tcp://127.0.0.1:9", "--device", "cuda") == 2
+    assert "Dask workers compute on the CPU" in capsys.readouterr().err
