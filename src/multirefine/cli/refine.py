@@ -90,8 +90,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    "(default 30)")
     p.add_argument("--lowmem", action="store_true", help="smaller batches")
     p.add_argument("--parallel", default="thread:1",
-                   help="thread:N (CPU threads here; default thread:1), or dask:ADDRESS: the search and the "
-                        "reconstructions of each iteration as tasks on a Dask cluster, ADDRESS its scheduler "
+                   help="thread:N (CPU threads here; default thread:1), or dask:ADDRESS: the searches and "
+                        "reconstructions as tasks on a Dask cluster, ADDRESS its scheduler "
                         "(tcp://host:8786) or scheduler file; the workers must see the particle files by the same paths")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--max-shift", type=float, default=5.0, help="largest particle shift searched, px (default 5)")
@@ -376,7 +376,7 @@ def main(args: argparse.Namespace) -> int:
             + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
         )
         if opts.single:
-            singles = refine_each_model(opts, stack, search_stack, multi, progress)
+            singles = refine_each_model(opts, stack, search_stack, multi, progress, executor)
             for m_index, single in enumerate(singles, start=1):
                 folder = path / runfolder.model_folder_name(m_index)
                 if single is None:

@@ -18,7 +18,7 @@ from multirefine.fourier.fft import rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
 
-__all__ = ["ParticleBatch", "ctf_for_rows", "rotations_for_rows", "origins_px_for_rows", "load_batch"]
+__all__ = ["ParticleBatch", "ctf_for_rows", "load_batch", "origins_px_for_rows", "rotations_for_rows"]
 
 
 def _column(rows: pd.DataFrame, name: str, default: float | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
 from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows
 
-__all__ = ["rotate_images", "assign_classes", "class_averages"]
+__all__ = ["assign_classes", "class_averages", "rotate_images"]
 
 
 def rotate_images(images: torch.Tensor, psi_deg: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ def _align_by_correlation(
     w[0] = 1.0
     if box % 2 == 0:
         w[-1] = 1.0
-    power = lambda ft: (w * (ft.real**2 + ft.imag**2)).sum((-2, -1))  # noqa: E731
+    power = lambda ft: (w * (ft.real**2 + ft.imag**2)).sum((-2, -1))
     norm = (power(images_ft) * power(references_ft)).sqrt().clamp_min(1e-30)
     score = cc.reshape(len(cc), -1).amax(1) * box * box / norm
     return score.numpy(), torch.stack([dx, dy], 1).float().numpy()

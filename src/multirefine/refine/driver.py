@@ -88,7 +88,7 @@ from multirefine.refine.postprocess import (
     normalize_by_mass,
 )
 from multirefine.refine.reconstruct import (
-    accumulate,
+    accumulate_in_shards,
     gold_standard_reconstruction,
     half_set_of_rows,
     insert_rows,
@@ -531,15 +531,6 @@ class _Reconstruction:
     particles_in_maps: list[float]  # weights summed over what each map was made from
 
 
-def _accumulate_rows(bounds: tuple[int, int], stack, groups: list[np.ndarray], weights: list[np.ndarray],
-                     stacks: list, device, advance=None) -> list[FourierAccumulator]:
-    """One accumulator per group, of the group's rows within stack rows ``[bounds[0], bounds[1])``."""
-    start, stop = bounds
-    inside = [(rows >= start) & (rows < stop) for rows in groups]
-    return accumulate(stack, [rows[i] for rows, i in zip(groups, inside)], 256, device, progress=advance,
-                      weights=[w[i] for w, i in zip(weights, inside)], stacks=stacks)
-
-
 def _reconstruct_models(
     stack, layers: list[Layer], layer_stacks: list, halves: np.ndarray, maps: list[np.ndarray],
     operators: list[torch.Tensor], mask: torch.Tensor, m3dkeep: float, device, progress, label: str,
@@ -547,7 +538,7 @@ def _reconstruct_models(
 ) -> _Reconstruction:
     """Each model's gold-standard map from its entries in ``layers`` (the best ``m3dkeep`` of
     them by score); a model with fewer than 10 particles keeps its map from ``maps``. The
-    accumulators are filled by ``executor``, a shard of stack rows each (:func:`_accumulate_rows`)."""
+    accumulators are filled by ``executor``, a range of stack rows each (:func:`accumulate_in_shards`)."""
     k, box, apix = len(maps), stack.box_size, stack.pixel_size_angstrom
     groups, weights, stacks, group_model = [], [], [], []
     for m_index in range(k):
@@ -563,13 +554,7 @@ def _reconstruct_models(
                 stacks.append(layer_stacks[i])
                 group_model.append((m_index, h))
     advance = progress(label, int(sum(len(g) for g in groups))) if progress else None
-    executor = executor or InProcess()
-    edges = _fold_edges(len(stack), executor.parts)
-    bounds = list(itertools.pairwise(edges.tolist()))
-    every = np.concatenate(groups)
-    sizes = [int(((every >= a) & (every < b)).sum()) for a, b in bounds]
-    parts = executor.sum(_accumulate_rows, bounds, stack, groups, weights, stacks, device, advance=advance,
-                         sizes=sizes)
+    parts = accumulate_in_shards(executor or InProcess(), stack, groups, 256, device, advance, weights, stacks)
     accumulators, effective_of = {}, np.zeros(k)
     for key, acc, w in zip(group_model, parts, weights):
         if key in accumulators:

@@ -28,14 +28,14 @@ from multirefine.geometry.euler import euler_to_matrix
 from multirefine.geometry.grids import local_rotations, orientation_grid
 
 __all__ = [
-    "ANGSTROM3_PER_DALTON",
     "ALIGNMENT_MARGIN",
-    "normalize_by_mass",
-    "rotate_volume",
+    "ANGSTROM3_PER_DALTON",
     "Alignment",
+    "align_translation",
     "align_volume",
     "mutual_fsc",
-    "align_translation",
+    "normalize_by_mass",
+    "rotate_volume",
 ]
 
 log = logging.getLogger(__name__)

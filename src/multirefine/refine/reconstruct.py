@@ -8,6 +8,7 @@ results added. A map is then the Wiener estimate of
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,11 +17,18 @@ import torch
 
 from multirefine.fourier.fsc import fourier_shell_correlation
 from multirefine.fourier.reconstruction import FourierAccumulator, inverse_ssnr_from_fsc
+from multirefine.parallel import Executor
 from multirefine.refine.batch import load_batch
 
 __all__ = [
-    "accumulate", "insert_rows", "reconstruct_from_stack", "half_set_of_rows", "gold_standard_reconstruction",
     "HalfMapResult",
+    "accumulate",
+    "accumulate_in_shards",
+    "accumulate_rows_in",
+    "gold_standard_reconstruction",
+    "half_set_of_rows",
+    "insert_rows",
+    "reconstruct_from_stack",
 ]
 
 
@@ -57,6 +65,45 @@ def accumulate(
         source = stack if stacks is None else stacks[g]
         insert_rows(acc, source, rows, None if weights is None else weights[g], batch_size, device, max_radius, progress)
     return accumulators
+
+
+def accumulate_in_shards(
+    executor: Executor,
+    stack,
+    groups: Sequence[np.ndarray],
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: Callable[[int], None] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    stacks: Sequence | None = None,
+) -> list[FourierAccumulator]:
+    """:func:`accumulate` by ``executor``: the stack's rows cut into ``executor.parts``
+    contiguous ranges, each range's part of every group filled by :func:`accumulate_rows_in`,
+    and the ranges' accumulators added. One range (in this process) is :func:`accumulate`."""
+    n = len(stack)
+    edges = np.linspace(0, n, max(1, min(executor.parts, n)) + 1).round().astype(np.int64)
+    bounds = list(itertools.pairwise(edges.tolist()))
+    every = np.concatenate(list(groups)) if len(groups) else np.zeros(0, dtype=np.int64)
+    sizes = [int(((every >= a) & (every < b)).sum()) for a, b in bounds]
+    return executor.sum(accumulate_rows_in, bounds, stack, list(groups), batch_size, device, weights, stacks,
+                        advance=progress, sizes=sizes)
+
+
+def accumulate_rows_in(
+    bounds: tuple[int, int],
+    stack,
+    groups: Sequence[np.ndarray],
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    stacks: Sequence | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> list[FourierAccumulator]:
+    """:func:`accumulate` of the groups' rows within stack rows ``[bounds[0], bounds[1])``."""
+    start, stop = bounds
+    inside = [(rows >= start) & (rows < stop) for rows in groups]
+    return accumulate(stack, [rows[i] for rows, i in zip(groups, inside)], batch_size, device, progress=advance,
+                      weights=None if weights is None else [w[i] for w, i in zip(weights, inside)], stacks=stacks)
 
 
 def insert_rows(

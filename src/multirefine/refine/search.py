@@ -72,16 +72,16 @@ __all__ = [
     "Band",
     "References",
     "SearchResult",
+    "band_phase_ramp",
+    "band_slices",
     "make_band",
     "make_references",
-    "band_slices",
-    "band_phase_ramp",
-    "shift_grid",
+    "refine_assignments",
+    "scale_terms",
     "score_matrix",
     "search_global",
     "search_local",
-    "refine_assignments",
-    "scale_terms",
+    "shift_grid",
 ]
 
 Score = Literal["cc", "ls"]

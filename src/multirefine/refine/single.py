@@ -64,6 +64,7 @@ from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.maps import write_map
 from multirefine.io.star import write_particles_star
+from multirefine.parallel import Executor, InProcess
 from multirefine.refine import runfolder
 from multirefine.refine.batch import load_batch
 from multirefine.refine.driver import (
@@ -76,7 +77,7 @@ from multirefine.refine.driver import (
 )
 from multirefine.refine.postprocess import normalize_by_mass
 from multirefine.refine.reconstruct import (
-    accumulate,
+    accumulate_in_shards,
     gold_standard_reconstruction,
     half_set_of_rows,
 )
@@ -125,6 +126,7 @@ def refine_single(
     mass_kda: float | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     label: str = "",
+    executor: Executor | None = None,
 ) -> SingleResult:
     """Refine one particle set against its own two half maps from ``start_map``: one map
     ``(D, D, D)`` for both half-sets, or one per half-set ``(2, D, D, D)``.
@@ -133,8 +135,10 @@ def refine_single(
     searched (the same, or the ``--usefilt`` ones, row for row). Half-sets come from
     ``rlnRandomSubset`` (else a random half each, ``opts.seed``). From ``opts``:
     ``single_iterations`` (at most), ``single_start_resolution_angstrom``, speed, shifts,
-    ``shrink``, batch size, device, score and ``m3dkeep`` (per half-set).
+    ``shrink``, batch size, device, score and ``m3dkeep`` (per half-set). ``executor`` runs the
+    search (a shard of a half-set's rows each, :func:`_search_rows`) and the reconstruction.
     """
+    executor = executor or InProcess()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(opts.device)
@@ -183,14 +187,11 @@ def refine_single(
             volume_ft = prepare_volume_ft(torch.from_numpy(references[h - 1]).to(device) * scale)[None]
             polar = plan.references(volume_ft)
             rows_h = np.nonzero(halves == h)[0]
-            for first in range(0, len(rows_h), opts.batch_size):
-                rows = rows_h[first : first + opts.batch_size]
-                batch = load_batch(search_stack, rows, device=device, center=False)
-                found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, opts.score)
-                rotations[rows] = found.model_rotations[:, 0].cpu().double().numpy()
-                shifts[rows] = found.model_shift_px[:, 0].cpu().double().numpy()
-                scores[rows] = found.model_scores[:, 0].cpu().numpy()
-                advance(len(rows))
+            shards = [part for part in np.array_split(rows_h, max(1, min(executor.parts, len(rows_h)))) if len(part)]
+            parts = executor.map(_search_rows, shards, search_stack, plan, polar, volume_ft, opts, advance=advance,
+                                 sizes=[len(part) for part in shards])
+            for rows, (shard_rotations, shard_shifts, shard_scores) in zip(shards, parts):
+                rotations[rows], shifts[rows], scores[rows] = shard_rotations, shard_shifts, shard_scores
         table = assignment_table(stack.metadata, np.zeros(n, dtype=np.int64), rotations, shifts, scores,
                                  np.ones(n), halves, apix)
         groups = []
@@ -200,7 +201,7 @@ def refine_single(
             groups.append(rows_h[scores[rows_h] >= cut])
         searched = time.perf_counter()
         advance = progress(f"{label}iteration {iteration}: reconstruct", sum(len(g) for g in groups)) if progress else None
-        acc1, acc2 = accumulate(stack.with_metadata(table), groups, 256, device, progress=advance)
+        acc1, acc2 = accumulate_in_shards(executor, stack.with_metadata(table), groups, 256, device, advance)
         result = gold_standard_reconstruction(acc1, acc2, ops)
         resolution = resolution_at_threshold(result.fsc, apix, 0.143)
         # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
@@ -245,12 +246,31 @@ def refine_single(
     return SingleResult(stats, resolution)
 
 
+def _search_rows(rows: np.ndarray, search_stack, plan, polar, volume_ft: torch.Tensor, opts: RefineOptions,
+                 advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best pose of each of the stack rows ``rows`` against one half map (its polar
+    references ``polar`` and transform ``volume_ft``): rotations ``(n, 3, 3)``, shifts
+    ``(n, 2)`` px and scores ``(n,)``, in batches of ``opts.batch_size``."""
+    rotations, shifts, scores = np.zeros((len(rows), 3, 3)), np.zeros((len(rows), 2)), np.zeros(len(rows))
+    for first in range(0, len(rows), opts.batch_size):
+        at = np.arange(first, min(len(rows), first + opts.batch_size))
+        batch = load_batch(search_stack, rows[at], device=volume_ft.device, center=False)
+        found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, opts.score)
+        rotations[at] = found.model_rotations[:, 0].cpu().double().numpy()
+        shifts[at] = found.model_shift_px[:, 0].cpu().double().numpy()
+        scores[at] = found.model_scores[:, 0].cpu().numpy()
+        if advance is not None:
+            advance(len(at))
+    return rotations, shifts, scores
+
+
 def refine_each_model(
     opts: RefineOptions,
     stack,
     search_stack,
     multi: RefinementResult,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    executor: Executor | None = None,
 ) -> list[SingleResult | None]:
     """Refine each model's particles of ``multi`` on their own, into ``model_MM/`` of the
     run folder; a model with fewer than :data:`MIN_PARTICLES` particles is left out (None)."""
@@ -278,7 +298,7 @@ def refine_each_model(
         search_subset = subset if search_stack is stack else search_stack.subset(rows)
         results.append(refine_single(
             subset, search_subset, volume, opts.symmetries[m_index], folder,
-            opts, None if not opts.mass_kda else opts.mass_kda[m_index], progress, f"model {m_index + 1}, ",
+            opts, None if not opts.mass_kda else opts.mass_kda[m_index], progress, f"model {m_index + 1}, ", executor,
         ))
         runfolder.write_json(folder / FINISHED, marker)
         write_report_safely(Path(opts.path))
