@@ -63,6 +63,24 @@ def test_pickle_for_workers(make_star) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(clone[[1, 3]], images[[1, 3]])
 
 
+def test_a_copy_reads_the_same_files_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack opened by a relative path and sent to a worker that runs in another folder
+    (a Dask worker) reads the files this process found, not the worker's namesakes."""
+    rng = np.random.default_rng(4)
+    for folder, value in (("project", 0.0), ("elsewhere", 7.0)):
+        (tmp_path / folder / "Extract").mkdir(parents=True)
+        write_stack(tmp_path / folder / "Extract" / "a.mrcs",
+                    value + rng.normal(size=(3, 8, 8)).astype(np.float32), 1.0)
+    write_particles_star(tmp_path / "project" / "particles.star",
+                         pd.DataFrame({"rlnImageName": ["1@Extract/a.mrcs", "3@Extract/a.mrcs"],
+                                       "rlnImagePixelSize": 1.0}), box_size=8)
+    monkeypatch.chdir(tmp_path / "project")
+    stack = open_particles("particles.star")
+    here = stack[:]
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack))[:], here)
+
+
 def test_several_files_and_cwd_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     project = tmp_path / "project"

@@ -9,7 +9,7 @@ from types import ModuleType
 
 from multirefine import __version__
 from multirefine.cli import demo, reconstruct, refine, report, simulate, split
-from multirefine.errors import InputError
+from multirefine.errors import ClusterError, InputError
 from multirefine.progress import logging_level
 
 __all__ = ["build_parser", "e2refinemulti", "main"]
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"multirefine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ClusterError as exc:
+        print(f"multirefine {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"multirefine {args.command}: interrupted", file=sys.stderr)
         return 130

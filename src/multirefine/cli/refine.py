@@ -36,6 +36,7 @@ import json
 import logging
 import shutil
 import sys
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", default="thread:1",
                    help="thread:N (CPU threads here; default thread:1), or dask:ADDRESS: the searches and "
                         "reconstructions as tasks on a Dask cluster, ADDRESS its scheduler "
-                        "(tcp://host:8786) or scheduler file; the workers must see the particle files by the same paths")
+                        "(tcp://host:8786) or scheduler file; the workers compute on the CPU (--device auto is then the CPU) "
+                        "and must see the particle files by the same absolute paths")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--max-shift", type=float, default=5.0, help="largest particle shift searched, px (default 5)")
     p.add_argument("--score", choices=("cc", "ls"), default="ls",
@@ -341,58 +343,56 @@ def main(args: argparse.Namespace) -> int:
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
     )
-    executor = executor_for(args.parallel)
-    print(f"particle loops: {executor.describe()}")
-    if args.check:
-        executor.close()
-        print("check: files, sizes, symmetries and options are consistent; nothing was run")
-        return 0
-    path = Path(opts.path)
-    # A new run's folder is new, or empty (_resolve): all that is in it is this run's.
-    created = not resume and not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=not created)
-    except FileExistsError:
-        raise InputError(f"--path {path}: another command made this folder meanwhile (choose another)") from None
-    progress = StageProgress()
-    try:
+    with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path
+        print(f"particle loops: {executor.describe()}")
+        if args.check:
+            print("check: files, sizes, symmetries and options are consistent; nothing was run")
+            return 0
+        path = Path(opts.path)
+        # A new run's folder is new, or empty (_resolve): all that is in it is this run's.
+        created = not resume and not path.exists()
         try:
-            start, initial = None, None
-            if not resume:
-                start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
-                if opts.seeding == "randclassify":
-                    initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
-            runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
-            multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume,
-                                   executor=executor)
-        except BaseException:
-            if not resume and not (path / runfolder.STATE).exists():
-                _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
-            raise
-        last = multi.stats[-1]
-        print(
-            f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
-            f"per model {last.particles_per_model}; resolution (FSC 0.143, half maps) "
-            + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
-        )
-        if opts.single:
-            singles = refine_each_model(opts, stack, search_stack, multi, progress, executor)
-            for m_index, single in enumerate(singles, start=1):
-                folder = path / runfolder.model_folder_name(m_index)
-                if single is None:
-                    print(f"model {m_index}: too few particles to refine on its own")
-                    continue
-                print(
-                    f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
-                    f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
-                    f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
-                )
-    finally:
-        progress.close()
-        executor.close()
-    if opts.device.startswith("cuda"):
-        import torch
+            path.mkdir(parents=True, exist_ok=not created)
+        except FileExistsError:
+            raise InputError(f"--path {path}: another command made this folder meanwhile (choose another)") from None
+        progress = StageProgress()
+        try:
+            try:
+                start, initial = None, None
+                if not resume:
+                    start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
+                    if opts.seeding == "randclassify":
+                        initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
+                runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+                multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume,
+                                       executor=executor)
+            except BaseException:
+                if not resume and not (path / runfolder.STATE).exists():
+                    _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
+                raise
+            last = multi.stats[-1]
+            print(
+                f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
+                f"per model {last.particles_per_model}; resolution (FSC 0.143, half maps) "
+                + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
+            )
+            if opts.single:
+                singles = refine_each_model(opts, stack, search_stack, multi, progress, executor)
+                for m_index, single in enumerate(singles, start=1):
+                    folder = path / runfolder.model_folder_name(m_index)
+                    if single is None:
+                        print(f"model {m_index}: too few particles to refine on its own")
+                        continue
+                    print(
+                        f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
+                        f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
+                        f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
+                    )
+        finally:
+            progress.close()
+        if opts.device.startswith("cuda"):
+            import torch
 
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
-    print(f"results in {path}/; the report: {path}/index.html")
-    return 0
+            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
+        print(f"results in {path}/; the report: {path}/index.html")
+        return 0

@@ -113,6 +113,11 @@ class _Resolver:
     strip_leading: bool = False
     cache: dict[str, Path] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Absolute, so that a copy of the stack opened in another folder (a Dask worker) finds
+        # the same files.
+        self.bases = [Path(base).absolute() for base in self.bases]
+
     def candidates(self, name: str) -> list[Path]:
         relative = Path(name)
         if relative.is_absolute():

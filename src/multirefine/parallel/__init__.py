@@ -14,8 +14,9 @@ accumulators over shards. The driver hands such loops to an executor, chosen by
   workers open the particle files by the paths this process uses, so they must see the same
   file system, and they need multirefine installed.
 
-Both run the same functions on the same shards' rows, so a shard's result does not depend
-on where it ran.
+Both run the same functions (in this process on one shard of all rows): a shard's result
+does not depend on where it ran, but a cluster adds the shards' accumulators in another
+order, so its maps differ from this process's in the last bits.
 """
 
 from __future__ import annotations

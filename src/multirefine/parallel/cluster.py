@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
-from multirefine.errors import InputError
-from multirefine.parallel.local import add_accumulators
+from multirefine.errors import ClusterError, InputError
 
 __all__ = ["DaskCluster"]
 
-CONNECT_TIMEOUT_S = 20
+CONNECT_TIMEOUT_S = 20  # for the scheduler to answer
+WORKERS_TIMEOUT_S = 120  # for a first worker to join (batch systems start them late)
+
+
+def _multirefine_version() -> str:
+    """Run on every worker: the multirefine it imports."""
+    import multirefine
+
+    return getattr(multirefine, "__version__", "unknown")
+
+
+def _sum_of(a: list, b: list) -> list:
+    """Two shards' accumulators added into new ones (a task's inputs stay as they were, so a
+    task that Dask runs again adds the same)."""
+    return [type(x)(x.box_size, x.pad, x.data + y.data, x.weight + y.weight) for x, y in zip(a, b, strict=True)]
 
 
 class DaskCluster:
@@ -17,8 +33,9 @@ class DaskCluster:
     scheduler file ``address``).
 
     What every shard shares is scattered to every worker once per loop (not once per task).
-    Sums are added on the workers in a fixed tree (pairs of shards, then pairs of pairs), so
-    the total does not depend on which task ended first, and only it comes back here.
+    Sums are added on the workers in a fixed tree (pairs of shards, then pairs of pairs),
+    submitted with the shards so that partial sums free their inputs as they go; only the
+    total comes back.
     """
 
     def __init__(self, address: str) -> None:
@@ -28,17 +45,31 @@ class DaskCluster:
             raise InputError(f"--parallel dask:{address}: needs dask.distributed "
                              "(pip install 'multirefine[dask]')") from None
         self.address = address
+        where = os.path.expanduser(address)
+        if Path(where).is_file():
+            connect = {"scheduler_file": where}
+        elif "://" in where or re.fullmatch(r"[\w.-]+:\d+", where):
+            connect = {"address": where}
+        else:
+            raise InputError(f"--parallel dask:{address}: neither a scheduler's address (tcp://host:8786) "
+                             "nor a scheduler file")
         try:
-            if Path(address).is_file():
-                self.client = Client(scheduler_file=address, timeout=CONNECT_TIMEOUT_S)
-            else:
-                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            self.client = Client(**connect, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"--parallel dask:{address}: no Dask scheduler answered ({reason})") from None
-        if not self.threads:
+        try:
+            self.client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+            versions = set(self.client.run(_multirefine_version).values())
+        except Exception as exc:  # noqa: BLE001 - a timeout, or workers that cannot import multirefine
             self.client.close()
-            raise InputError(f"--parallel dask:{address}: the scheduler has no workers")
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"--parallel dask:{address}: no worker of this scheduler can run multirefine "
+                             f"({type(exc).__name__}: {reason})") from None
+        if versions != {_multirefine_version()}:
+            self.client.close()
+            raise InputError(f"--parallel dask:{address}: the workers run multirefine {', '.join(sorted(versions))}, "
+                             f"this process {_multirefine_version()}")
 
     @property
     def threads(self) -> int:
@@ -46,34 +77,63 @@ class DaskCluster:
 
     @property
     def parts(self) -> int:
-        return 2 * self.threads  # two tasks per thread evens out unequal shards
+        threads = self.threads
+        if not threads:
+            raise ClusterError(f"--parallel dask:{self.address}: the cluster has no workers left")
+        return 2 * threads  # two tasks per thread evens out unequal shards
 
     def describe(self) -> str:
         workers = self.client.nthreads()
         return f"Dask scheduler {self.address}: {len(workers)} workers, {sum(workers.values())} threads"
 
-    def _submit(self, fn, shards, shared, advance, sizes) -> list:
+    @contextmanager
+    def _failures(self):
+        """A cluster that fails under the run (a worker lost, the scheduler gone) as one line."""
+        from distributed import CancelledError, KilledWorker
+        from distributed.comm.core import CommClosedError
+
+        try:
+            yield
+        except (KilledWorker, CancelledError, CommClosedError, TimeoutError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            raise ClusterError(f"--parallel dask:{self.address}: the cluster failed under the run "
+                               f"({type(exc).__name__}: {reason}); finished iterations can be taken up "
+                               "with --continue") from None
+
+    def _submit(self, fn, shards, shared) -> list:
+        shared_futures = [self.client.scatter([value], broadcast=True, hash=False)[0] for value in shared]
+        return [self.client.submit(fn, shard, *shared_futures, pure=False) for shard in shards]
+
+    def _report(self, futures: list, advance, sizes) -> None:
+        """``advance`` for each shard of ``futures`` as it ends (stops at the first failure,
+        raised later); empties ``futures``."""
         from distributed import as_completed
 
-        shared_futures = [self.client.scatter([value], broadcast=True, hash=False)[0] for value in shared]
-        futures = [self.client.submit(fn, shard, *shared_futures, pure=False) for shard in shards]
-        if advance is not None:
-            index = {future.key: i for i, future in enumerate(futures)}
-            for future in as_completed(futures):
-                if future.status == "error":
-                    break  # gathered below, which raises the task's own error
-                advance(sizes[index[future.key]] if sizes is not None else 1)
-        return futures
+        index = {future.key: i for i, future in enumerate(futures)}
+        pending = as_completed(futures) if advance is not None else ()
+        futures.clear()  # the caller's list: as each ends, nothing here holds it any more
+        for future in pending:
+            if future.status == "error":
+                break
+            advance(sizes[index[future.key]] if sizes is not None else 1)
 
     def map(self, fn, shards, *shared, advance=None, sizes=None) -> list:
-        return self.client.gather(self._submit(fn, shards, shared, advance, sizes))
+        with self._failures():
+            futures = self._submit(fn, shards, shared)
+            self._report(list(futures), advance, sizes)
+            return self.client.gather(futures)
 
     def sum(self, fn, shards, *shared, advance=None, sizes=None) -> list:
-        futures = self._submit(fn, shards, shared, advance, sizes)
-        while len(futures) > 1:
-            pairs = [self.client.submit(add_accumulators, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
-            futures = pairs + futures[len(pairs) * 2:]
-        return futures[0].result()
+        with self._failures():
+            leaves = self._submit(fn, shards, shared)
+            level = list(leaves)
+            while len(level) > 1:
+                pairs = [self.client.submit(_sum_of, a, b, pure=False) for a, b in zip(level[::2], level[1::2])]
+                level = pairs + level[len(pairs) * 2:]
+            total = level[0]
+            del level
+            self._report(leaves, advance, sizes)  # empties leaves: a shard is dropped once added
+            return total.result()
 
     def close(self) -> None:
         self.client.close()

@@ -48,7 +48,7 @@ def parse_parallel(spec: str) -> tuple[str, str]:
     """``--parallel`` as ``("thread", "N")`` or ``("dask", ADDRESS)``, or a one-line error."""
     kind, _, value = spec.partition(":")
     if kind == "thread":
-        if not value.isdigit() or int(value) < 1:
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
             raise InputError(f"--parallel {spec}: expected thread:N with N a number of threads, 1 or more")
         return kind, value
     if kind == "dask":
