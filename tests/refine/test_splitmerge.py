@@ -147,9 +147,9 @@ def three_states(tmp_path_factory):
     return root
 
 
-def _trial_at_true_poses(root, model, tmp_path):
+def _trial_at_true_poses(root, model, tmp_path, executor=None):
     """:func:`multirefine.refine.driver._split_and_merge` from ``model`` with every particle at
-    its true pose in every model, searched to 10 Å."""
+    its true pose in every model, searched to 10 Å (its loops run by ``executor``)."""
     import torch
 
     from multirefine.fourier.masks import soft_sphere_mask
@@ -181,23 +181,31 @@ def _trial_at_true_poses(root, model, tmp_path):
     maps = [np.zeros((BOX,) * 3, np.float32)] * k
     layers = driver._layers(found, model, np.eye(k)[model], 1)
     _, layer_stacks = driver._layer_stacks(stack, layers, halves, APIX)
-    made = driver._reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, 1.0, "cpu", None, "")
+    made = driver._reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, 1.0, "cpu", None, "",
+                                      executor)
     fold_maps = driver._FoldMaps(operators, radius_px + 3, np.ones(k))
     return driver._split_and_merge(stack, stack, plan, found, model, layers, made, halves, maps, operators, mask,
-                                   fold_maps, opts, 3)
+                                   fold_maps, opts, 3, executor)
 
 
-def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, tmp_path):
+def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, dask_scheduler, tmp_path):
     """One state in two models, two in the third (the benchmark's merged optimum, built by
-    hand at the true poses): the trial is kept and parts the blurred states."""
+    hand at the true poses): the trial is kept and parts the blurred states. Its loops run
+    as tasks on a Dask cluster of two worker processes (the other tests here run them in
+    this process)."""
     from multirefine.evaluate import classification_accuracy
     from multirefine.io.star import read_particles_star
+    from multirefine.parallel import DaskCluster
 
     truth = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy() - 1
     rng = np.random.default_rng(0)
     merged = np.where(truth == 0, rng.integers(0, 2, len(truth)), 2)
     before = classification_accuracy(truth, merged).accuracy
-    chosen, tried = _trial_at_true_poses(three_states, merged, tmp_path)
+    cluster = DaskCluster(dask_scheduler)
+    try:
+        chosen, tried = _trial_at_true_poses(three_states, merged, tmp_path, cluster)
+    finally:
+        cluster.close()
     after = classification_accuracy(truth, chosen.model).accuracy
     print(f"accuracy {before:.3f} -> {after:.3f}", tried)
     assert tried["kept"] and tried["gain"] > 0
