@@ -76,7 +76,10 @@ def test_shards_of_a_reconstruction_add_up_to_the_whole(two_states):
     operators, mask = [torch.eye(3)[None]] * 2, soft_sphere_mask(BOX, 15, 3.0)
     made = [driver._reconstruct_models(truth, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "",
                                        executor) for executor in (InProcess(), _Cut(5))]
-    assert len(driver._search_shards(n, 5)) == 12 and len(driver._search_shards(n, 1)) == 1
+    assert len(driver._search_shards(n, 5, 500)) == 12 and len(driver._search_shards(n, 1, 500)) == 1
+    shards = driver._search_shards(6000, 64, 100)  # 12 folds of 500, each cut into 5 pieces of a batch or more
+    assert len(shards) == 60 and min(map(len, shards)) >= 100
+    assert np.array_equal(np.concatenate(shards), np.arange(6000))
     for whole, cut in zip(made[0].maps, made[1].maps):
         assert np.abs(whole - cut).max() < 1e-5 * np.abs(whole).max()
         assert np.abs(whole).max() > 0

@@ -620,13 +620,17 @@ class _Searched:
                       else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
 
-def _search_shards(n: int, parts: int) -> list[np.ndarray]:
-    """Stack rows cut into about ``parts`` shards along the model choice's folds (a shard
-    within one fold rebuilds only that fold's maps); one shard when ``parts`` is 1."""
+def _search_shards(n: int, parts: int, batch_size: int) -> list[np.ndarray]:
+    """Stack rows cut into about ``parts`` shards along the model choice's folds; one shard
+    when ``parts`` is 1. Each shard rebuilds its fold's maps without the fold (inserting the
+    fold's particles again, about a sixtieth of searching them at 5 Å), so a fold is cut
+    into pieces of a batch at least: the rebuild then costs at most a fold's insertions per
+    batch searched."""
     if parts <= 1:
         return [np.arange(n)]
     edges = _fold_edges(n, CHOICE_FOLDS)
-    per_fold = math.ceil(parts / (len(edges) - 1))
+    folds = len(edges) - 1
+    per_fold = max(1, min(math.ceil(parts / folds), (n // folds) // max(1, batch_size)))
     return [piece for a, b in itertools.pairwise(edges) for piece in np.array_split(np.arange(a, b), per_fold)
             if len(piece)]
 
@@ -652,7 +656,7 @@ def _search_particles(search_stack, plan: SearchPlan, references: PolarReference
     :func:`_search_rows`.
     """
     executor = executor or InProcess()
-    shards = _search_shards(len(search_stack), executor.parts)
+    shards = _search_shards(len(search_stack), executor.parts, opts.batch_size)
     parts = executor.map(_search_rows, shards, search_stack, plan, references, volumes_ft, opts, last, fold_maps,
                          advance=advance, sizes=[len(rows) for rows in shards])
     return _Searched.joined(parts)
@@ -731,7 +735,7 @@ def _cross_validated(search_stack, plan: SearchPlan, last: _LastReconstruction, 
     """Each particle's log-likelihood in every model ``(n, K)`` at its pose there, against the
     maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each)."""
     executor = executor or InProcess()
-    shards = _search_shards(len(search_stack), executor.parts)
+    shards = _search_shards(len(search_stack), executor.parts, opts.batch_size)
     parts = executor.map(_choice_rows, shards, search_stack, plan, last, found.model_rotations, found.model_shifts,
                          fold_maps, opts)
     return log_likelihoods(np.concatenate(parts), found.image_power, float(plan.band.weight.sum()), opts.score)
