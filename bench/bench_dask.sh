@@ -44,6 +44,7 @@ from multirefine.io.star import read_particles_star
 out, it, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 a, b = (read_particles_star(f"{out}/{r}/particles_{it:02d}.star").metadata for r in ("here", "dask"))
 angle = np.max([np.abs(a[c].to_numpy() - b[c].to_numpy()) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")], 0)
+angle = np.minimum(angle, 360 - angle)  # -180 and 180 are one angle
 print(f"same model {np.mean(a.rlnClassNumber.to_numpy() == b.rlnClassNumber.to_numpy()):.4f}; "
       f"{int((angle > 0.01).sum())} of {len(angle)} particles at another pose (largest {angle.max():.2f} deg)")
 for m in range(1, k + 1):

@@ -110,7 +110,9 @@ def test_a_run_on_a_dask_cluster_is_the_run_made_here(two_states, dask_scheduler
         here, there = (read_particles_star(tmp_path / run / table).metadata for run in ("here", "dask"))
         assert np.mean(here["rlnClassNumber"].to_numpy() == there["rlnClassNumber"].to_numpy()) >= 0.99
         for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
-            assert np.mean(np.abs(here[column].to_numpy() - there[column].to_numpy()) < 1e-3) >= 0.99, (table, column)
+            d = np.abs(here[column].to_numpy() - there[column].to_numpy())
+            d = np.minimum(d, 360 - d) if column.startswith("rlnAngle") else d  # -180 and 180 are one angle
+            assert np.mean(d < 1e-3) >= 0.99, (table, column)
     for name in ("threed_02_01.mrc", "threed_02_02.mrc", "model_01/threed_final.mrc", "model_02/threed_final.mrc"):
         a, b = (read_map(tmp_path / run / name)[0] for run in ("here", "dask"))
         assert np.abs(a - b).max() < 2e-3 * np.abs(a).max(), name
@@ -138,10 +140,36 @@ def test_no_scheduler_is_a_one_line_error(two_states, tmp_path, capsys, monkeypa
 
 def test_an_address_that_is_neither_is_a_one_line_error(two_states, tmp_path, capsys):
     pytest.importorskip("distributed", reason="dask.distributed is not installed (multirefine[dask])")
-    assert _run(two_states, tmp_path / "run", "--parallel", f"dask:{tmp_path / 'sched.json'}") == 2
+    assert _run(two_states, tmp_path / "run", "--parallel", f"dask:{tmp_path / 'scheduler'}") == 2
     assert "neither a scheduler's address (tcp://host:8786) nor a scheduler file" in capsys.readouterr().err
 
 
 def test_dask_workers_compute_on_the_cpu(two_states, tmp_path, capsys):
     assert _run(two_states, tmp_path / "run", "--parallel", "dask:tcp://127.0.0.1:9", "--device", "cuda") == 2
     assert "Dask workers compute on the CPU" in capsys.readouterr().err
+
+
+def test_a_cluster_failing_under_the_run_is_one_line_with_status_3(dask_scheduler, two_states, tmp_path, capsys,
+                                                                    monkeypatch):
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    import multirefine.parallel
+    from multirefine.errors import ClusterError
+    from multirefine.parallel import DaskCluster
+
+    cluster = DaskCluster(dask_scheduler)
+    try:
+        with pytest.raises(ClusterError, match=r"the cluster failed under the run \(KilledWorker"), cluster._failures():
+            raise KilledWorker("search", SimpleNamespace(address="tcp://10.0.0.9:40000"), 3)
+    finally:
+        cluster.close()
+
+    def failing(spec):
+        raise ClusterError(f"--parallel {spec}: the cluster failed under the run (KilledWorker: search)")
+
+    monkeypatch.setattr(multirefine.parallel, "executor_for", failing)
+    assert _run(two_states, tmp_path / "run", "--parallel", "dask:tcp://10.0.0.9:8786") == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("multirefine refine: error: --parallel dask:") and "\n" not in err

@@ -41,21 +41,24 @@ class DaskCluster:
     def __init__(self, address: str) -> None:
         try:
             from distributed import Client
+            from distributed import (
+                TimeoutError as DaskTimeoutError,  # asyncio's: not the builtin before 3.11
+            )
         except ImportError:
             raise InputError(f"--parallel dask:{address}: needs dask.distributed "
                              "(pip install 'multirefine[dask]')") from None
         self.address = address
         where = os.path.expanduser(address)
-        if Path(where).is_file():
+        if Path(where).is_file() or where.endswith(".json"):  # a file dask-mpi may not have written yet
             connect = {"scheduler_file": where}
-        elif "://" in where or re.fullmatch(r"[\w.-]+:\d+", where):
+        elif "://" in where or re.fullmatch(r"([\w.-]+|\[[0-9a-fA-F:.]+\]):\d+", where):
             connect = {"address": where}
         else:
             raise InputError(f"--parallel dask:{address}: neither a scheduler's address (tcp://host:8786) "
                              "nor a scheduler file")
         try:
             self.client = Client(**connect, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, DaskTimeoutError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"--parallel dask:{address}: no Dask scheduler answered ({reason})") from None
         try:
@@ -73,7 +76,8 @@ class DaskCluster:
 
     @property
     def threads(self) -> int:
-        return int(sum(self.client.nthreads().values()))
+        with self._failures():
+            return int(sum(self.client.nthreads().values()))
 
     @property
     def parts(self) -> int:
@@ -83,26 +87,31 @@ class DaskCluster:
         return 2 * threads  # two tasks per thread evens out unequal shards
 
     def describe(self) -> str:
-        workers = self.client.nthreads()
+        with self._failures():
+            workers = self.client.nthreads()
         return f"Dask scheduler {self.address}: {len(workers)} workers, {sum(workers.values())} threads"
 
     @contextmanager
     def _failures(self):
         """A cluster that fails under the run (a worker lost, the scheduler gone) as one line."""
         from distributed import CancelledError, KilledWorker
+        from distributed import TimeoutError as DaskTimeoutError
         from distributed.comm.core import CommClosedError
 
         try:
             yield
-        except (KilledWorker, CancelledError, CommClosedError, TimeoutError) as exc:
+        except (KilledWorker, CancelledError, CommClosedError, TimeoutError, DaskTimeoutError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else ""
             raise ClusterError(f"--parallel dask:{self.address}: the cluster failed under the run "
-                               f"({type(exc).__name__}: {reason}); finished iterations can be taken up "
-                               "with --continue") from None
+                               f"({type(exc).__name__}: {reason}); a run with a finished iteration can be "
+                               "taken up with --continue") from None
 
-    def _submit(self, fn, shards, shared) -> list:
+    def _submit(self, fn, shards, shared) -> tuple[list, list]:
+        """The shards' futures, and the shared data's: keep those until the results are back
+        (scattered data cannot be made again, so a worker lost meanwhile could not be
+        recovered from)."""
         shared_futures = [self.client.scatter([value], broadcast=True, hash=False)[0] for value in shared]
-        return [self.client.submit(fn, shard, *shared_futures, pure=False) for shard in shards]
+        return [self.client.submit(fn, shard, *shared_futures, pure=False) for shard in shards], shared_futures
 
     def _report(self, futures: list, advance, sizes) -> None:
         """``advance`` for each shard of ``futures`` as it ends (stops at the first failure,
@@ -119,13 +128,15 @@ class DaskCluster:
 
     def map(self, fn, shards, *shared, advance=None, sizes=None) -> list:
         with self._failures():
-            futures = self._submit(fn, shards, shared)
+            futures, kept = self._submit(fn, shards, shared)
             self._report(list(futures), advance, sizes)
-            return self.client.gather(futures)
+            results = self.client.gather(futures)
+            del kept
+            return results
 
     def sum(self, fn, shards, *shared, advance=None, sizes=None) -> list:
         with self._failures():
-            leaves = self._submit(fn, shards, shared)
+            leaves, kept = self._submit(fn, shards, shared)
             level = list(leaves)
             while len(level) > 1:
                 pairs = [self.client.submit(_sum_of, a, b, pure=False) for a, b in zip(level[::2], level[1::2])]
@@ -133,7 +144,9 @@ class DaskCluster:
             total = level[0]
             del level
             self._report(leaves, advance, sizes)  # empties leaves: a shard is dropped once added
-            return total.result()
+            result = total.result()
+            del kept
+            return result
 
     def close(self) -> None:
         self.client.close()
