@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import simulate_adk
 
 from multirefine.errors import InputError
 from multirefine.parallel import InProcess, parse_parallel
@@ -31,23 +32,8 @@ def test_bad_parallel_specs_name_the_option(spec):
 @pytest.fixture(scope="module")
 def two_states(tmp_path_factory):
     """600 particles of adk open and closed, SNR 0.1, CTF; the true maps low-passed to 20 Å."""
-    pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
-    from multirefine.cli.demo import adenylate_kinase_models
-    from multirefine.fourier.filters import lowpass_volume
-    from multirefine.io.maps import write_map
-    from multirefine.simulate import (
-        SimulationParameters,
-        maps_from_models,
-        read_atomic_model,
-        simulate_dataset,
-    )
-
     root = tmp_path_factory.mktemp("two_states")
-    maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], BOX, APIX, 2 * APIX)
-    simulate_dataset(root / "sim", maps, SimulationParameters(n_particles=600, snr=0.1, fractions=[0.5, 0.5],
-                                                              pixel_size_angstrom=APIX, seed=1))
-    for k, volume in enumerate(maps, 1):
-        write_map(root / f"lp_{k}.mrc", lowpass_volume(torch.from_numpy(volume), 20.0, APIX).numpy(), APIX)
+    simulate_adk(root / "sim", 600, [0.5, 0.5], seed=1, lowpass_angstrom=20.0)
     return root
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import simulate_adk
 
 from multirefine.cli.main import main
 from multirefine.evaluate import classification_accuracy
@@ -27,21 +28,10 @@ def hungarian_accuracy(truth: np.ndarray, assigned: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def adk(tmp_path_factory):
-    from multirefine.cli.demo import adenylate_kinase_models
     from multirefine.io.particles import open_particles
-    from multirefine.simulate import (
-        SimulationParameters,
-        maps_from_models,
-        read_atomic_model,
-        simulate_dataset,
-    )
 
     root = tmp_path_factory.mktemp("adk")
-    maps = maps_from_models([read_atomic_model(p) for p in adenylate_kinase_models()], BOX, APIX, 2 * APIX)
-    params = SimulationParameters(n_particles=1000, snr=0.1, fractions=[0.5, 0.5], pixel_size_angstrom=APIX, seed=1)
-    simulate_dataset(root / "sim", maps, params)
-    for k, volume in enumerate(maps, 1):
-        write_map(root / f"lp_{k}.mrc", lowpass_volume(torch.from_numpy(volume), 20.0, APIX).numpy(), APIX)
+    simulate_adk(root / "sim", 1000, [0.5, 0.5], seed=1, lowpass_angstrom=20.0)
     consensus = reconstruct_from_stack(open_particles(root / "sim" / "truth.star")).full_map
     write_map(root / "consensus_lp20.mrc", lowpass_volume(torch.from_numpy(consensus), 20.0, APIX).numpy(), APIX)
     return root

@@ -7,6 +7,7 @@ by hand: two models on A, one on the blur of B and C.
 
 import numpy as np
 import pytest
+from helpers import simulate_adk
 
 from multirefine.refine.splitmerge import (
     classification_log_likelihood,
@@ -126,24 +127,8 @@ APIX, BOX = 2.4, 40
 @pytest.fixture(scope="module")
 def three_states(tmp_path_factory):
     """1500 particles of adk open, half-way and closed (0.4 / 0.3 / 0.3), SNR 0.1, CTF."""
-    pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
-    from multirefine.cli.demo import adenylate_kinase_models
-    from multirefine.simulate import (
-        AtomicModel,
-        SimulationParameters,
-        maps_from_models,
-        read_atomic_model,
-        simulate_dataset,
-    )
-
     root = tmp_path_factory.mktemp("three_states")
-    adk_open, adk_closed = (read_atomic_model(p) for p in adenylate_kinase_models())
-    half_way = AtomicModel((adk_open.positions_angstrom + adk_closed.positions_angstrom) / 2,
-                           adk_open.atomic_numbers, "half-way")
-    maps = maps_from_models([adk_open, half_way, adk_closed], BOX, APIX, 2 * APIX)
-    params = SimulationParameters(n_particles=1500, snr=0.1, fractions=[0.4, 0.3, 0.3], pixel_size_angstrom=APIX,
-                                  seed=5)
-    simulate_dataset(root, maps, params)
+    simulate_adk(root, 1500, [0.4, 0.3, 0.3], seed=5, half_way=True)
     return root
 
 
