@@ -180,15 +180,15 @@ def test_mass_scales_the_maps_written_not_the_references(adk):
         write_map(adk / f"bright_{k}.mrc", 1000 * volume, APIX)
     run = adk / "run_mass"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
-                 f"{adk}/bright_1.mrc,{adk}/bright_2.mrc", "--mass", "24", "--nosingle", "--iter", "3",
+                 f"{adk}/bright_1.mrc,{adk}/bright_2.mrc", "--mass", "24", "--nosingle", "--iter", "2",
                  "--path", str(run),
                  "--parallel", "thread:2"])
     assert code == 0
-    assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
+    assigned = read_particles_star(run / "particles_02.star").metadata["rlnClassNumber"].to_numpy()
     assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
     expected_voxels = 24_000 * ANGSTROM3_PER_DALTON / APIX**3
     for k in (1, 2):
-        volume, _ = read_map(run / f"threed_03_{k:02d}.mrc")
+        volume, _ = read_map(run / f"threed_02_{k:02d}.mrc")
         assert int((volume > 1).sum()) == pytest.approx(expected_voxels, rel=0.02)
 
 
@@ -200,14 +200,14 @@ def test_sep_and_classiter(adk):
 
     run = adk / "run_sep"
     code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
-                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--sep", "2", "--classiter", "1",
+                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "2", "--sep", "2", "--classiter", "1",
                  "--classkeep", "1", "--nosingle", "--path", str(run), "--parallel", "thread:2"])
     assert code == 0
-    assigned = read_particles_star(run / "particles_03.star").metadata["rlnClassNumber"].to_numpy()
+    assigned = read_particles_star(run / "particles_02.star").metadata["rlnClassNumber"].to_numpy()
     assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
     parms = json.loads((run / "0_refine_parms.json").read_text())
     assert parms["sep"] == 2 and parms["classiter"] == 1
-    classes = starfile.read(run / "classes_03.star")
+    classes = starfile.read(run / "classes_02.star")
     # Weights 1/2 per entry, two entries per particle: the class members add up to the particles.
     assert classes["rlnClassDistribution"].sum() == pytest.approx(1000)
 
@@ -422,7 +422,7 @@ def test_usefilt_drives_the_search(tmp_path, adk):
 
 
 def test_continue_gives_the_uninterrupted_run(adk, capsys):
-    """A run stopped after iteration 1 and continued to 3 ends where a run of 3 iterations
+    """A run stopped after iteration 1 and continued to 2 ends where a run of 2 iterations
     does: the same assignment, poses and maps (the model choice of iteration 2 needs the
     accumulators of iteration 1, which --continue rebuilds from state.npz)."""
     import mrcfile
@@ -431,25 +431,25 @@ def test_continue_gives_the_uninterrupted_run(adk, capsys):
     common = ["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
               "--nosingle", "--parallel", "thread:2", "--device", "cpu"]
     whole, part = adk / "run_whole", adk / "run_part"
-    assert main([*common, "--iter", "3", "--path", str(whole)]) == 0
+    assert main([*common, "--iter", "2", "--path", str(whole)]) == 0
     assert main([*common, "--iter", "1", "--path", str(part)]) == 0
     (part / "threed_02_01.mrc").write_bytes(b"half-written by a run that was killed")
     capsys.readouterr()
-    assert main(["refine", "--continue", str(part), "--iter", "3", "--parallel", "thread:2", "--device", "cpu"]) == 0
-    assert f"continuing {part} after iteration 1 of 3" in capsys.readouterr().out
-    a = read_particles_star(whole / "particles_03.star").metadata
-    b = read_particles_star(part / "particles_03.star").metadata
+    assert main(["refine", "--continue", str(part), "--iter", "2", "--parallel", "thread:2", "--device", "cpu"]) == 0
+    assert f"continuing {part} after iteration 1 of 2" in capsys.readouterr().out
+    a = read_particles_star(whole / "particles_02.star").metadata
+    b = read_particles_star(part / "particles_02.star").metadata
     columns = ["rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
     pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(a[columns], b[columns])
-    for name in ("threed_02_01.mrc", "threed_03_01.mrc", "threed_03_02.mrc"):
+    for name in ("threed_01_01.mrc", "threed_02_01.mrc", "threed_02_02.mrc"):
         np.testing.assert_array_equal(mrcfile.read(part / name), mrcfile.read(whole / name), err_msg=name)
     ca, cb = (json.loads((run / "convergence.json").read_text()) for run in (whole, part))
-    assert len(cb) == 3
+    assert len(cb) == 2
     for sa, sb in zip(ca, cb):
         sa.pop("seconds"), sb.pop("seconds")
         assert sa == sb
-    assert json.loads((part / "0_refine_parms.json").read_text())["iterations"] == 3
+    assert json.loads((part / "0_refine_parms.json").read_text())["iterations"] == 2
     assert (part / "particles_model_02.star").exists()
 
 
@@ -458,7 +458,7 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
     model refined on its own from the run's last iteration, no iteration repeated."""
     import shutil
 
-    source = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run (--nosingle, 3 iterations)
+    source = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run (--nosingle, 2 iterations)
     if not (source / "state.npz").exists():
         pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
     run = adk / "run_part_single"
@@ -467,10 +467,10 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
     assert main(["refine", "--continue", str(run), "--single", "--singleiter", "1", "--parallel", "thread:2"]) == 0
     out = capsys.readouterr().out
     assert "model 1 on its own: 1 iterations" in out and "model 2 on its own: 1 iterations" in out
-    assert len(json.loads((run / "convergence.json").read_text())) == 3
+    assert len(json.loads((run / "convergence.json").read_text())) == 2
     for k in (1, 2):
         marker = json.loads((run / f"model_{k:02d}" / "finished.json").read_text())
-        assert marker["after_iteration"] == 3
+        assert marker["after_iteration"] == 2
         own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
         split = read_particles_star(run / f"particles_model_{k:02d}.star").metadata
         assert list(own["rlnImageName"]) == list(split["rlnImageName"])
