@@ -52,7 +52,7 @@ def _align_to_truth(volume: np.ndarray, truth: np.ndarray, pixel_size: float) ->
     translation; the map as given wins unless an alignment correlates better."""
     best, _ = align_translation(volume, truth)
     best_score = _correlation(best, truth)
-    coarse, alignment = align_volume(volume, truth, pixel_size, resolution_angstrom=max(4 * pixel_size, 12.0))
+    _, alignment = align_volume(volume, truth, pixel_size, resolution_angstrom=max(4 * pixel_size, 12.0))
     start = volume[::-1].copy() if alignment.flipped else volume
     matrices = torch.as_tensor(local_rotations(4.0, 1.0), dtype=torch.float32) @ torch.from_numpy(alignment.matrix).float()
     shift = torch.from_numpy(alignment.shift_px).float()[None]

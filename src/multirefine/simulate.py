@@ -38,10 +38,10 @@ from multirefine.geometry.euler import euler_to_matrix
 
 __all__ = [
     "AtomicModel",
-    "read_atomic_model",
+    "SimulationParameters",
     "map_from_atoms",
     "maps_from_models",
-    "SimulationParameters",
+    "read_atomic_model",
     "simulate_dataset",
 ]
 
@@ -211,7 +211,7 @@ def _draw_truth(params: SimulationParameters, box_size: int, rng: np.random.Gene
 
 def _clean_images(volumes_ft: torch.Tensor, truth: pd.DataFrame, box_size: int) -> torch.Tensor:
     """Noise-free particle images ``(n, D, D)`` for the rows of ``truth``."""
-    col = lambda name: torch.tensor(truth[name].to_numpy(dtype=np.float64))  # noqa: E731
+    col = lambda name: torch.tensor(truth[name].to_numpy(dtype=np.float64))
     rotations = euler_to_matrix(col("rlnAngleRot"), col("rlnAngleTilt"), col("rlnAnglePsi")).float()
     classes = truth["rlnClassNumber"].to_numpy() - 1
     ft = torch.zeros((len(truth), box_size, box_size // 2 + 1), dtype=torch.complex64)

@@ -36,7 +36,7 @@ def test_wavelength_300kv():
 )
 def test_ctf_matches_formula(u, v, angle, kv, cs, q, phase, bfac):
     box, apix = 64, 1.3
-    t = lambda value: torch.tensor(value, dtype=torch.float64)  # noqa: E731
+    t = lambda value: torch.tensor(value, dtype=torch.float64)
     ctf = calculate_ctf_2d(
         defocus_u_angstrom=t(u), defocus_v_angstrom=t(v), defocus_angle_deg=t(angle),
         voltage_kv=t(kv), cs_mm=t(cs), amplitude_contrast=t(q), pixel_size_angstrom=t(apix),

@@ -138,12 +138,10 @@ def test_stack_writer_incomplete_or_failing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="never written"):
         with MrcStackWriter(path, 5, 8, 1.0) as out:
             out.write(0, np.zeros((3, 8, 8)))
-    with pytest.raises(RuntimeError):
-        with MrcStackWriter(path, 5, 8, 1.0) as out:
-            out.write(0, np.zeros((5, 8, 8)))
-            raise RuntimeError("simulator crashed")
-    with pytest.raises(ValueError, match="expected"):
-        with MrcStackWriter(path, 5, 8, 1.0) as out:
-            out.write(0, np.zeros((5, 9, 9)))
+    with pytest.raises(RuntimeError), MrcStackWriter(path, 5, 8, 1.0) as out:
+        out.write(0, np.zeros((5, 8, 8)))
+        raise RuntimeError("simulator crashed")
+    with pytest.raises(ValueError, match="expected"), MrcStackWriter(path, 5, 8, 1.0) as out:
+        out.write(0, np.zeros((5, 9, 9)))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["s.mrcs"]

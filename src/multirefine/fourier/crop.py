@@ -21,7 +21,7 @@ from multirefine.fourier.fft import (
     rfftn3_centered,
 )
 
-__all__ = ["crop_ft_2d", "pad_ft_2d", "crop_ft_3d", "pad_ft_3d", "fourier_crop_images", "resample_volume"]
+__all__ = ["crop_ft_2d", "crop_ft_3d", "fourier_crop_images", "pad_ft_2d", "pad_ft_3d", "resample_volume"]
 
 
 def _rows(size_from: int, size_to: int) -> torch.Tensor:

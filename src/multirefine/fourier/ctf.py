@@ -21,7 +21,7 @@ import torch
 
 from multirefine.fourier.fft import frequency_grid_2d
 
-__all__ = ["electron_wavelength_angstrom", "calculate_ctf_2d"]
+__all__ = ["calculate_ctf_2d", "electron_wavelength_angstrom"]
 
 
 def electron_wavelength_angstrom(voltage_kv: float | torch.Tensor) -> float | torch.Tensor:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "rfft2_centered",
-    "irfft2_centered",
-    "rfftn3_centered",
-    "irfftn3_centered",
     "frequency_grid_2d",
     "frequency_grid_3d",
+    "irfft2_centered",
+    "irfftn3_centered",
     "radial_index_2d",
+    "rfft2_centered",
+    "rfftn3_centered",
 ]
 
 

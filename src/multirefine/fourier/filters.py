@@ -20,10 +20,10 @@ from multirefine.fourier.fft import (
 
 __all__ = [
     "cosine_lowpass_profile",
-    "lowpass_volume",
-    "lowpass_images_ft",
     "filter_volume_by_shell",
     "fsc_weighting",
+    "lowpass_images_ft",
+    "lowpass_volume",
 ]
 
 

@@ -14,10 +14,10 @@ import torch
 from multirefine.fourier.fft import frequency_grid_3d, rfftn3_centered
 
 __all__ = [
-    "shell_index_3d",
     "fourier_shell_correlation",
     "resolution_at_threshold",
     "shell_frequencies",
+    "shell_index_3d",
 ]
 
 

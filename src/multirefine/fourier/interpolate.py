@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "gridding_correction",
+    "hermitian_symmetrise_x0",
     "sample_half_volume",
     "splat_half_volume",
-    "hermitian_symmetrise_x0",
-    "gridding_correction",
 ]
 
 

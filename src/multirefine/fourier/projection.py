@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from multirefine.fourier.fft import frequency_grid_2d
 from multirefine.fourier.interpolate import gridding_correction, sample_half_volume
 
-__all__ = ["prepare_volume_ft", "pad_volume_ft", "extract_central_slices", "slice_coordinates"]
+__all__ = ["extract_central_slices", "pad_volume_ft", "prepare_volume_ft", "slice_coordinates"]
 
 
 def prepare_volume_ft(volumes: torch.Tensor, pad: int = 2) -> torch.Tensor:

@@ -42,11 +42,11 @@ from multirefine.fourier.projection import slice_coordinates
 __all__ = [
     "FourierAccumulator",
     "insert_central_slices",
-    "symmetrise_half_volume",
-    "reconstruct_volume",
-    "radial_index_3d_half",
     "inverse_ssnr_from_fsc",
+    "radial_index_3d_half",
+    "reconstruct_volume",
     "soft_mask_outside_sphere",
+    "symmetrise_half_volume",
 ]
 
 

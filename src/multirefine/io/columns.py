@@ -38,10 +38,10 @@ import pandas as pd
 from multirefine.errors import InputError
 
 __all__ = [
+    "AMPLITUDE_CONTRAST",
     "ANGLE_PSI",
     "ANGLE_ROT",
     "ANGLE_TILT",
-    "AMPLITUDE_CONTRAST",
     "CLASS_NUMBER",
     "CTF_BFACTOR",
     "CTF_COLUMNS",

@@ -86,7 +86,7 @@ def read_cs(path: str | Path) -> tuple[pd.DataFrame, int | None]:
         raise InputError(f"{path}: file not found")
     try:
         cs = np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise InputError(f"{path}: cannot be read as a cryoSPARC .cs file ({err})") from err
     names = cs.dtype.names if isinstance(cs, np.ndarray) else None
     if not names:

@@ -51,7 +51,7 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None, int]:
                 return data.astype(np.float32), _header_voxel_size(mrc), int(mrc.header.mz)
     except InputError:
         raise
-    except Exception as err:  # noqa: BLE001 - mrcfile raises ValueError/OSError/...
+    except Exception as err:  # mrcfile raises ValueError/OSError/...
         raise InputError(f"{path}: cannot be read as MRC ({err})") from err
 
 
@@ -139,13 +139,12 @@ def write_map(path: str | Path, data: np.ndarray, voxel_size_angstrom: float) ->
     array = np.asarray(data, dtype=np.float32)
     if array.ndim not in (3, 4):
         raise ValueError(f"write_map: data has shape {array.shape}; expected (D,D,D) or (K,D,D,D)")
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(array)
-            mrc.voxel_size = float(voxel_size_angstrom)
-            mrc.header.origin = (0.0, 0.0, 0.0)
-            mrc.header.nxstart = mrc.header.nystart = mrc.header.nzstart = 0
-            mrc.update_header_stats()
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(array)
+        mrc.voxel_size = float(voxel_size_angstrom)
+        mrc.header.origin = (0.0, 0.0, 0.0)
+        mrc.header.nxstart = mrc.header.nystart = mrc.header.nzstart = 0
+        mrc.update_header_stats()
 
 
 class MrcStackWriter:
@@ -234,7 +233,7 @@ class MrcStackWriter:
         if handle is not None:
             try:
                 handle.close()
-            except Exception:  # noqa: BLE001 - best effort while cleaning up
+            except Exception:  # noqa: BLE001, S110 - best effort while cleaning up
                 pass
         self._tmp.unlink(missing_ok=True)
 

@@ -70,7 +70,7 @@ class MrcImages:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
-        except Exception as err:  # noqa: BLE001 - mrcfile raises ValueError/OSError/...
+        except Exception as err:  # mrcfile raises ValueError/OSError/...
             raise InputError(f"{self.path}: cannot be read as MRC ({err})") from err
         data = mrc.data
         size = float(mrc.voxel_size.x)

@@ -179,7 +179,7 @@ def read_particles_star(path: str | Path, apix: float | None = None) -> StarPart
         raise InputError(f"{path}: file not found")
     try:
         blocks = starfile.read(path, always_dict=True, parse_as_string=list(STRING_COLUMNS))
-    except Exception as err:  # noqa: BLE001 - starfile raises many kinds on garbage
+    except Exception as err:  # starfile raises many kinds on garbage
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(
             f"{path}: cannot be parsed as a STAR file ({reason}); the file may be truncated "

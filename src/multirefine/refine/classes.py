@@ -29,7 +29,7 @@ __all__ = ["assign_classes", "class_averages", "rotate_images"]
 
 def rotate_images(images: torch.Tensor, psi_deg: torch.Tensor) -> torch.Tensor:
     """``out(u) = in(R(-psi) u)`` about the centre ``D//2``: ``(n, D, D)``, ``(n,)`` -> ``(n, D, D)``."""
-    n, box, _ = images.shape
+    _, box, _ = images.shape
     c = box // 2
     idx = torch.arange(box, dtype=torch.float32, device=images.device) - c
     y, x = torch.meshgrid(idx, idx, indexing="ij")
@@ -91,7 +91,7 @@ def _keep_best(classes: np.ndarray, score: np.ndarray, classkeep: float) -> np.n
     keep = np.zeros(len(classes), dtype=bool)
     for c in np.unique(classes):
         rows = np.nonzero(classes == c)[0]
-        n_keep = max(1, int(math.ceil(classkeep * len(rows))))
+        n_keep = max(1, math.ceil(classkeep * len(rows)))
         keep[rows[np.argsort(-score[rows])[:n_keep]]] = True
     return keep
 

@@ -46,7 +46,7 @@ ALIGNMENT_MARGIN = 0.15  # correlation gain needed to move a starting map
 
 def normalize_by_mass(volume: np.ndarray, mass_kda: float, pixel_size_angstrom: float) -> np.ndarray:
     """Scale ``volume`` so that voxels above 1 make up ``mass_kda`` of protein."""
-    n_voxels = int(round(mass_kda * 1000 * ANGSTROM3_PER_DALTON / pixel_size_angstrom**3))
+    n_voxels = round(mass_kda * 1000 * ANGSTROM3_PER_DALTON / pixel_size_angstrom**3)
     flat = np.sort(volume.ravel())[::-1]
     if n_voxels <= 0 or n_voxels >= flat.size:
         raise ValueError(f"mass {mass_kda} kDa does not fit a box of {volume.shape[-1]} px at {pixel_size_angstrom} Å/px")
