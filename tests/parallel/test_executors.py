@@ -159,3 +159,49 @@ def test_a_cluster_failing_under_the_run_is_one_line_with_status_3(dask_schedule
     assert _run(two_states, tmp_path / "run", "--parallel", "dask:tcp://10.0.0.9:8786") == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("multirefine refine: error: --parallel dask:") and "\n" not in err
+
+
+def _slow_shard(shard, shared):
+    import time
+
+    time.sleep(30)
+    return shard + len(shared)
+
+
+def test_losing_every_worker_under_a_stage_is_a_cluster_error():
+    """Every worker killed while the shards run: the data scattered to them is gone and
+    cannot be made again, so the stage fails as one ClusterError (status 3), not a wait."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (multirefine[dask])")
+    import cloudpickle
+
+    from multirefine.errors import ClusterError
+    from multirefine.parallel import DaskCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as local:
+        cluster = DaskCluster(local.scheduler_address)
+        pids = list(cluster.client.run(os.getpid).values())
+
+        def kill_workers():
+            time.sleep(3)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_workers)
+        killer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ClusterError, match=r"failed under the run \(.*Cancelled.*--continue"):
+                cluster.map(_slow_shard, [1, 2], list(range(100)))
+        finally:
+            killer.join()
+            cluster.close()
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        assert time.monotonic() - started < 25  # it did not wait for the 30 s shards

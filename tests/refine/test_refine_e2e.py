@@ -72,6 +72,17 @@ def test_from_low_passed_true_maps(adk, capsys, caplog):
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
     assert accuracy >= 0.95, accuracy
+    # rlnMaxValueProbDistribution: the posterior of the particle's model (hard assignment too),
+    # lower for the particles in the wrong model; keeping the confident ones (as RELION users
+    # select on this column) raises the accuracy (measured after 2 iterations: 97.0 % of all,
+    # 99.0 % of the 93.7 % at 0.9 or more).
+    confidence = assigned["rlnMaxValueProbDistribution"].to_numpy()
+    assert confidence.min() >= 0.5 - 1e-6 and confidence.max() <= 1 + 1e-6  # the best of two models
+    score = classification_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
+    right = np.asarray(score.matching)[truth_classes(adk) - 1] == assigned["rlnClassNumber"].to_numpy() - 1
+    assert confidence[~right].mean() < confidence[right].mean() - 0.1
+    sure = confidence >= 0.9
+    assert sure.mean() > 0.8 and right[sure].mean() > accuracy
     # The run folder's contract.
     for name in ("threed_00_01.mrc", "threed_03_02.mrc", "particles_01.star", "fsc_03.json", "fsc_03.png",
                  "classes_03.mrcs", "classes_03.star", "convergence.png",

@@ -226,7 +226,11 @@ def assignment_table(
 def _posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: float, score: str) -> np.ndarray:
     """Posterior of each model per particle ``(n, K)`` from its best score for each model
     (:func:`multirefine.refine.splitmerge.log_likelihoods`)."""
-    log_likelihood = log_likelihoods(model_scores, image_power, n_pixels, score)
+    return _normalised(log_likelihoods(model_scores, image_power, n_pixels, score))
+
+
+def _normalised(log_likelihood: np.ndarray) -> np.ndarray:
+    """Per row of ``(n, K)`` log-likelihoods, the probabilities they give (equal priors)."""
     z = log_likelihood - log_likelihood.max(1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(1, keepdims=True)
@@ -977,6 +981,7 @@ def run_refinement(
         searched = time.perf_counter()
         posteriors = _posteriors(found.choice_scores, found.image_power, float(fine_band.weight.sum()), opts.score)
         model = np.argmax(found.choice_scores, axis=1)
+        confidence = posteriors  # the table's rlnMaxValueProbDistribution, hard assignment or not
         tried = None
         if initial_assignment is not None and iteration == 1:
             model = np.asarray(initial_assignment, dtype=np.int64)
@@ -996,10 +1001,11 @@ def run_refinement(
                                              iteration, executor)
             model, found, layers, made = chosen.model, chosen.found, chosen.layers, chosen.made
             posteriors = np.eye(k)[model]
+            confidence = _normalised(chosen.log_likelihood)
         rows_n = np.arange(n)
         score = found.model_scores[rows_n, model]
         table_poses = (model, found.model_rotations[rows_n, model], found.model_shifts[rows_n, model], score,
-                       posteriors[rows_n, model])
+                       confidence[rows_n, model])
         table = assignment_table(stack.metadata, *table_poses, halves, apix)
         new_maps, fsc_curves, resolutions = made.maps, made.fsc_curves, made.resolutions
         reconstructed = time.perf_counter()
