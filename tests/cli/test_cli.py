@@ -12,9 +12,12 @@ from multirefine.io.maps import read_map, write_map
 from multirefine.io.particles import open_particles
 
 
-def test_version(capsys):
+@pytest.mark.parametrize("argv", [["--version"], ["refine", "--version"]])
+def test_version(capsys, argv):
+    """``multirefine --version``, and a command's ``--version`` as EMAN2's programs take it
+    (``e2refinemulti --version``)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["--version"])
+        main(argv)
     assert exit_info.value.code == 0
     assert __version__ in capsys.readouterr().out
 

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_verbose(p, default=0)
+        p.add_argument("--version", action="version", version=f"multirefine {__version__}")  # as EMAN2's e2 programs
         module.add_args(p)
         p.set_defaults(func=module.main)
     return parser
