@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from multirefine.fourier.masks import soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.refine.driver import _fold_edges, _LastReconstruction, _leave_out_volumes
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
@@ -34,7 +34,7 @@ def _last(stack, rows, weights, mask):
     group_weights = [weights[halves == 1], weights[halves == 2]]
     acc1, acc2 = accumulate(stack, groups, 64, weights=group_weights)
     result = gold_standard_reconstruction(acc1, acc2)
-    volume = (torch.from_numpy(result.full_map) * mask).numpy()
+    volume = flatten_solvent(torch.from_numpy(result.full_map), mask).numpy()  # as the driver masks
     acc1 += acc2
     entries = [(0, stack, g, w) for g, w in zip(groups, group_weights)]
     return _LastReconstruction([acc1], [result.inverse_ssnr], [volume], entries), result.inverse_ssnr
@@ -59,7 +59,7 @@ def test_leaving_a_fold_out_gives_the_map_of_the_rest(stack):
     volumes = _leave_out_volumes(last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([1.0]), "cpu")
     rest = np.concatenate([rows[:60], rows[120:]])
     (acc,) = accumulate(stack, [rest], 64, weights=[np.concatenate([weights[:60], weights[120:]])])
-    expected = prepare_volume_ft(acc.reconstruct(None, inverse_ssnr) * mask)
+    expected = prepare_volume_ft(flatten_solvent(acc.reconstruct(None, inverse_ssnr), mask))
     assert torch.allclose(volumes[0], expected, atol=1e-3 * float(expected.abs().max()))
     full = prepare_volume_ft(torch.from_numpy(last.maps[0]))
     assert not torch.allclose(volumes[0], full, atol=1e-2 * float(full.abs().max()))

@@ -61,7 +61,7 @@ import starfile
 import torch
 
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
-from multirefine.fourier.masks import soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler, rotation_change_deg
@@ -362,7 +362,7 @@ def _leave_out_volumes(
                 rest = FourierAccumulator(small, pad, rest.data - taken.data, rest.weight - taken.weight)
             inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
             mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
-            volume_ft = prepare_volume_ft(rest.reconstruct(operators[m_index], inverse_ssnr) * mask, pad)
+            volume_ft = prepare_volume_ft(flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), pad)
         out.append(pad_volume_ft(volume_ft.to(device) * float(scales[m_index]), pad * box))
     return torch.stack(out)
 
@@ -581,7 +581,7 @@ def _reconstruct_models(
             resolutions.append(float("inf"))
             continue
         result = gold_standard_reconstruction(acc1, acc2, operators[m_index])
-        new_maps.append((torch.from_numpy(result.full_map) * mask).numpy())
+        new_maps.append(flatten_solvent(torch.from_numpy(result.full_map), mask).numpy())
         acc1 += acc2  # both half-sets: what the full map was made from
         totals.append(acc1)
         inverse_ssnr.append(result.inverse_ssnr)

@@ -58,7 +58,7 @@ import torch
 
 from multirefine.fourier.filters import lowpass_volume
 from multirefine.fourier.fsc import resolution_at_threshold
-from multirefine.fourier.masks import soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
@@ -151,7 +151,8 @@ def refine_single(
     radius_px = max(particle_radius_px(m) for m in pair)
     mask = soft_sphere_mask(box, min(radius_px + 3, box / 2 - 2), 3.0)
     references = [  # per half-set
-        (lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom, apix) * mask).numpy() for m in pair
+        flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom, apix), mask).numpy()
+        for m in pair
     ]
     write_map(out / "threed_00.mrc", (references[0] + references[1]) / 2, apix)
     band_res = opts.single_start_resolution_angstrom
@@ -205,8 +206,9 @@ def refine_single(
         result = gold_standard_reconstruction(acc1, acc2, ops)
         resolution = resolution_at_threshold(result.fsc, apix, 0.143)
         # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
-        references = [(acc.reconstruct(ops, 2 * result.inverse_ssnr).cpu() * mask).numpy() for acc in (acc1, acc2)]
-        full_map = (torch.from_numpy(result.full_map) * mask).numpy()
+        references = [flatten_solvent(acc.reconstruct(ops, 2 * result.inverse_ssnr).cpu(), mask).numpy()
+                      for acc in (acc1, acc2)]
+        full_map = flatten_solvent(torch.from_numpy(result.full_map), mask).numpy()
         change = None
         if previous_rotations is not None:
             change = float(np.median(rotation_change_deg(previous_rotations, rotations, operators)))
