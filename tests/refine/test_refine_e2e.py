@@ -489,12 +489,14 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
     assert "--single and --nosingle" in capsys.readouterr().err
 
 
-def test_the_particles_units_change_nothing(adk, tmp_path):
+def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
     """Particles not normalised (here x50): the same assignment, poses and posteriors after
     an iteration as the normalised ones give. The starting maps are scaled to the particles
     by least squares, and all else is linear in them. An offset of 3 noise sigmas in every
     image classifies as well: the maps' solvent is flattened to 0, so the offset leaves no
-    sphere in them (before, such a set fell from 97 to 80 % after 2 iterations)."""
+    sphere in them (before, such a set fell from 97 to 80 % after 2 iterations). Starting
+    maps on a level (solvent at a tenth of their peak) give the run of maps without it
+    (before: 88.9 against 94.5 % after iteration 1)."""
     import mrcfile
 
     reference = adk / "run_part" / "particles_01.star"  # made by test_continue_gives_the_uninterrupted_run
@@ -519,6 +521,16 @@ def test_the_particles_units_change_nothing(adk, tmp_path):
     truth = truth_classes(adk)
     assert hungarian_accuracy(truth, c["rlnClassNumber"].to_numpy()) > hungarian_accuracy(
         truth, a["rlnClassNumber"].to_numpy()) - 0.01  # measured 94.6 against 94.5 %
+    for k in (1, 2):
+        volume, _ = read_map(adk / f"lp_{k}.mrc")
+        write_map(tmp_path / f"level_{k}.mrc", volume + 0.1 * volume.max(), APIX)
+    assert main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
+                 f"{tmp_path}/level_1.mrc,{tmp_path}/level_2.mrc", "--nosingle", "--iter", "1", "--path",
+                 str(tmp_path / "level"), "--parallel", "thread:2", "--device", "cpu"]) == 0
+    d = read_particles_star(tmp_path / "level" / "particles_01.star").metadata
+    np.testing.assert_array_equal(a["rlnClassNumber"], d["rlnClassNumber"])
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
+        assert np.mean(np.abs(a[column] - d[column]) < 1e-2) > 0.995, column
 
 
 @pytest.mark.parametrize(

@@ -916,6 +916,9 @@ def run_refinement(
     n = len(stack)
     state = load_state(out / runfolder.STATE, n, box) if resume else None
     maps = [np.asarray(m, dtype=np.float32) for m in (state.maps if state else start_maps)]
+    if state is None:  # a map on a level would project as a slab, and its radius would be the box's
+        corners = soft_sphere_mask(box, box / 2 - 4, 3.0)
+        maps = [flatten_solvent(torch.from_numpy(m), corners).numpy() for m in maps]
     k = len(maps)
     operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
     radius_px = state.radius_px if state else max(particle_radius_px(m) for m in maps)
@@ -942,6 +945,7 @@ def run_refinement(
 
         band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
     if state is None:
+        maps = [flatten_solvent(torch.from_numpy(m), mask).numpy() for m in maps]  # as every later reference
         if opts.align_maps and opts.seeding == "models":
             maps = _align_to_first(maps, apix, band_res)
         for m_index, volume in enumerate(maps, start=1):
