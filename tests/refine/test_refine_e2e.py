@@ -74,15 +74,15 @@ def test_from_low_passed_true_maps(adk, capsys, caplog):
     assert accuracy >= 0.95, accuracy
     # rlnMaxValueProbDistribution: the posterior of the particle's model (hard assignment too),
     # lower for the particles in the wrong model; keeping the confident ones (as RELION users
-    # select on this column) raises the accuracy (measured after 2 iterations: 97.0 % of all,
-    # 99.0 % of the 93.7 % at 0.9 or more).
+    # select on this column) raises the accuracy (measured on the same set after 2 iterations
+    # of --nosingle: 97.0 % of all, 99.0 % of the 93.7 % at 0.9 or more).
     confidence = assigned["rlnMaxValueProbDistribution"].to_numpy()
     assert confidence.min() >= 0.5 - 1e-6 and confidence.max() <= 1 + 1e-6  # the best of two models
     score = classification_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
     right = np.asarray(score.matching)[truth_classes(adk) - 1] == assigned["rlnClassNumber"].to_numpy() - 1
-    assert confidence[~right].mean() < confidence[right].mean() - 0.1
+    assert right.all() or confidence[~right].mean() < confidence[right].mean() - 0.1
     sure = confidence >= 0.9
-    assert sure.mean() > 0.8 and right[sure].mean() > accuracy
+    assert sure.mean() > 0.8 and right[sure].mean() >= accuracy
     # The run folder's contract.
     for name in ("threed_00_01.mrc", "threed_03_02.mrc", "particles_01.star", "fsc_03.json", "fsc_03.png",
                  "classes_03.mrcs", "classes_03.star", "convergence.png",
@@ -500,7 +500,7 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
     import mrcfile
 
     reference = adk / "run_part" / "particles_01.star"  # made by test_continue_gives_the_uninterrupted_run
-    if not reference.exists():
+    if not (reference.exists() and (adk / "run_whole" / "particles_02.star").exists()):
         pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
     star = write_stack_of(adk, tmp_path, 50 * mrcfile.read(adk / "sim" / "particles.mrcs"), name="x50")
     run = tmp_path / "run"
@@ -508,19 +508,21 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
                  "--iter", "1", "--path", str(run), "--parallel", "thread:2", "--device", "cpu"]) == 0
     a = read_particles_star(reference).metadata
     b = read_particles_star(run / "particles_01.star").metadata
-    np.testing.assert_array_equal(a["rlnClassNumber"], b["rlnClassNumber"])
+    assert np.sum(a["rlnClassNumber"] != b["rlnClassNumber"]) <= 2  # rounding may tip a near tie (measured: none)
     for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
         assert np.mean(np.abs(a[column] - b[column]) < 1e-2) > 0.995, column
     np.testing.assert_allclose(a["rlnMaxValueProbDistribution"], b["rlnMaxValueProbDistribution"], atol=1e-2)
     np.testing.assert_allclose(read_map(run / "threed_01_01.mrc")[0],
                                50 * read_map(adk / "run_part" / "threed_01_01.mrc")[0], rtol=1e-3, atol=1e-3 * 50)
+    # The offset reaches the search through the maps made from the particles: iteration 2.
     star = write_stack_of(adk, tmp_path, 3 + mrcfile.read(adk / "sim" / "particles.mrcs"), name="offset")
     assert main(["refine", "--input", str(star), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--nosingle",
-                 "--iter", "1", "--path", str(tmp_path / "offset"), "--parallel", "thread:2", "--device", "cpu"]) == 0
-    c = read_particles_star(tmp_path / "offset" / "particles_01.star").metadata
+                 "--iter", "2", "--path", str(tmp_path / "offset"), "--parallel", "thread:2", "--device", "cpu"]) == 0
+    c = read_particles_star(tmp_path / "offset" / "particles_02.star").metadata
+    same_run = read_particles_star(adk / "run_whole" / "particles_02.star").metadata  # normalised, 2 iterations
     truth = truth_classes(adk)
     assert hungarian_accuracy(truth, c["rlnClassNumber"].to_numpy()) > hungarian_accuracy(
-        truth, a["rlnClassNumber"].to_numpy()) - 0.01  # measured 94.6 against 94.5 %
+        truth, same_run["rlnClassNumber"].to_numpy()) - 0.01  # measured 97.3 against 96.9 %
     for k in (1, 2):
         volume, _ = read_map(adk / f"lp_{k}.mrc")
         write_map(tmp_path / f"level_{k}.mrc", volume + 0.1 * volume.max(), APIX)
@@ -528,7 +530,7 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
                  f"{tmp_path}/level_1.mrc,{tmp_path}/level_2.mrc", "--nosingle", "--iter", "1", "--path",
                  str(tmp_path / "level"), "--parallel", "thread:2", "--device", "cpu"]) == 0
     d = read_particles_star(tmp_path / "level" / "particles_01.star").metadata
-    np.testing.assert_array_equal(a["rlnClassNumber"], d["rlnClassNumber"])
+    assert np.sum(a["rlnClassNumber"] != d["rlnClassNumber"]) <= 2  # measured: none
     for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
         assert np.mean(np.abs(a[column] - d[column]) < 1e-2) > 0.995, column
 

@@ -234,6 +234,15 @@ def test_a_run_of_three_models_records_its_trials(three_states, tmp_path):
     assert np.bincount(classes, minlength=4)[1:].tolist() == stats[2]["particles_per_model"]
     assert f"model {trials[3]['dissolved']} merged, model {trials[3]['split']} split" in (run / "index.html").read_text()
     assert trials[3]["kept"] is False
+    # The table's posteriors after the trial: those of the iteration's own assignment against
+    # its maps after the rounds at fixed poses, still lower for particles in the wrong model.
+    table = read_particles_star(run / "particles_03.star").metadata
+    confidence = table["rlnMaxValueProbDistribution"].to_numpy()
+    assert np.all((confidence >= 0) & (confidence <= 1 + 1e-6))
+    truth3 = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy()
+    score = classification_accuracy(truth3, table["rlnClassNumber"].to_numpy())
+    right = np.asarray(score.matching)[truth3 - 1] == table["rlnClassNumber"].to_numpy() - 1
+    assert confidence[~right].mean() < confidence[right].mean()
     truth = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy()
     classes = read_particles_star(run / "particles_05.star").metadata["rlnClassNumber"].to_numpy()
     assert classification_accuracy(truth, classes).accuracy > 0.9

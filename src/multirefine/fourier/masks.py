@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["flatten_solvent", "soft_sphere_mask"]
+__all__ = ["flatten_solvent", "soft_sphere_mask", "solvent_level"]
 
 
 def soft_sphere_mask(
@@ -19,17 +19,22 @@ def soft_sphere_mask(
     return 0.5 * (1 + torch.cos(math.pi * t))
 
 
-def flatten_solvent(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``volume`` less its solvent level, times ``mask``: the solvent is 0 and the mask's edge
-    leaves no step, whatever constant the map holds.
+def solvent_level(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of a map ``(D, D, D)`` where ``mask`` is off (weighted by ``1 - mask``; 0 where
+    the mask covers the whole box)."""
+    outside = 1 - mask.to(volume)
+    total = outside.sum()
+    return (outside * volume).sum() / total if float(total) > 0 else volume.new_zeros(())
 
-    The level is the mean of the map where the mask is off (weighted by ``1 - mask``). A map
-    made from particles with an offset (not normalised to a zero background) holds that
-    offset as a constant; masked as it is, it would become a sphere of that height, and its
-    projections discs that no particle holds (measured: an offset of 3 noise sigmas in every
-    image took the test set's accuracy from 97 to 80 %).
+
+def flatten_solvent(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``volume`` ``(D, D, D)`` less its solvent level, times ``mask``: the solvent is 0 and the
+    mask's edge leaves no step, whatever constant the map holds.
+
+    The level is :func:`solvent_level`. A map made from particles with an offset (not
+    normalised to a zero background) holds that offset as a constant; masked as it is, it
+    would become a sphere of that height, and its projections discs that no particle holds
+    (measured: an offset of 3 noise sigmas in every image took the test set's accuracy from
+    97 to 80 %).
     """
-    outside = (1 - mask).to(volume.dtype)
-    total = float(outside.sum())
-    level = (outside * volume).sum() / total if total > 0 else volume.new_zeros(())
-    return (volume - level) * mask
+    return (volume - solvent_level(volume, mask)) * mask.to(volume)

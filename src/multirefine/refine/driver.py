@@ -61,7 +61,7 @@ import starfile
 import torch
 
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
-from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask, solvent_level
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler, rotation_change_deg
@@ -917,8 +917,8 @@ def run_refinement(
     state = load_state(out / runfolder.STATE, n, box) if resume else None
     maps = [np.asarray(m, dtype=np.float32) for m in (state.maps if state else start_maps)]
     if state is None:  # a map on a level would project as a slab, and its radius would be the box's
-        corners = soft_sphere_mask(box, box / 2 - 4, 3.0)
-        maps = [flatten_solvent(torch.from_numpy(m), corners).numpy() for m in maps]
+        corners = soft_sphere_mask(box, box / 2 - 4, 3.0)  # off beyond the box's inscribed sphere
+        maps = [m - solvent_level(torch.from_numpy(m), corners).item() for m in maps]
     k = len(maps)
     operators = [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries]
     radius_px = state.radius_px if state else max(particle_radius_px(m) for m in maps)
@@ -945,9 +945,9 @@ def run_refinement(
 
         band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
     if state is None:
-        maps = [flatten_solvent(torch.from_numpy(m), mask).numpy() for m in maps]  # as every later reference
         if opts.align_maps and opts.seeding == "models":
             maps = _align_to_first(maps, apix, band_res)
+        maps = [flatten_solvent(torch.from_numpy(m), mask).numpy() for m in maps]  # as every later reference
         for m_index, volume in enumerate(maps, start=1):
             write_map(out / runfolder.map_name(0, m_index), volume, apix)
     for iteration in range(len(stats) + 1, opts.iterations + 1):
