@@ -20,11 +20,13 @@ def soft_sphere_mask(
 
 
 def solvent_level(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of a map ``(D, D, D)`` where ``mask`` is off (weighted by ``1 - mask``; 0 where
-    the mask covers the whole box)."""
+    """The mean of each map ``(..., D, D, D)`` where ``mask`` ``(D, D, D)`` is off (weighted by
+    ``1 - mask``; 0 where the mask covers the whole box), shaped ``(..., 1, 1, 1)``."""
     outside = 1 - mask.to(volume)
     total = outside.sum()
-    return (outside * volume).sum() / total if float(total) > 0 else volume.new_zeros(())
+    if float(total) == 0:
+        return volume.new_zeros((*volume.shape[:-3], 1, 1, 1))
+    return (outside * volume).sum(dim=(-3, -2, -1), keepdim=True) / total
 
 
 def flatten_solvent(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from multirefine.fourier.interpolate import (
     sample_half_volume,
     splat_half_volume,
 )
-from multirefine.fourier.masks import soft_sphere_mask
+from multirefine.fourier.masks import soft_sphere_mask, solvent_level
 from multirefine.fourier.projection import slice_coordinates
 
 __all__ = [
@@ -74,6 +74,16 @@ class FourierAccumulator:
         self.data += other.data.to(self.data.device)
         self.weight += other.weight.to(self.weight.device)
         return self
+
+    def __add__(self, other: FourierAccumulator) -> FourierAccumulator:
+        """A new accumulator of both sums (the two are left as they were)."""
+        return FourierAccumulator(self.box_size, self.pad, self.data + other.data.to(self.data.device),
+                                  self.weight + other.weight.to(self.weight.device))
+
+    def __sub__(self, other: FourierAccumulator) -> FourierAccumulator:
+        """A new accumulator without ``other``'s contribution (a subset of this one's)."""
+        return FourierAccumulator(self.box_size, self.pad, self.data - other.data.to(self.data.device),
+                                  self.weight - other.weight.to(self.weight.device))
 
     def cropped(self, box_size: int) -> FourierAccumulator:
         """The same samples within a smaller box: the map at pixel ``D / d`` times coarser.
@@ -200,11 +210,8 @@ def soft_mask_outside_sphere(
     size = volume.shape[-1]
     radius = size / 2 if radius is None else radius
     # 0 inside radius, 1 beyond radius + width
-    outside = 1 - soft_sphere_mask(size, radius, edge_width, volume.device, volume.dtype)
-    if float(outside.sum()) == 0:
-        return volume
-    background = (outside * volume).sum(dim=(-3, -2, -1), keepdim=True) / outside.sum()
-    return volume + outside * (background - volume)
+    inside = soft_sphere_mask(size, radius, edge_width, volume.device, volume.dtype)
+    return volume + (1 - inside) * (solvent_level(volume, inside) - volume)
 
 
 def reconstruct_volume(

@@ -25,7 +25,7 @@ def _multirefine_version() -> str:
 def _sum_of(a: list, b: list) -> list:
     """Two shards' accumulators added into new ones (a task's inputs stay as they were, so a
     task that Dask runs again adds the same)."""
-    return [type(x)(x.box_size, x.pad, x.data + y.data, x.weight + y.weight) for x, y in zip(a, b, strict=True)]
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 class DaskCluster:

@@ -359,7 +359,7 @@ def _leave_out_volumes(
                     # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
                     insert_rows(removed, source, rows, weights, 256, device, max_radius=small / 2 + 1)
                 taken = removed.cropped(small)
-                rest = FourierAccumulator(small, pad, rest.data - taken.data, rest.weight - taken.weight)
+                rest = rest - taken
             inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
             mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
             volume_ft = prepare_volume_ft(flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), pad)

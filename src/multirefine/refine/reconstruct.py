@@ -148,7 +148,7 @@ def gold_standard_reconstruction(
     map1 = half1.reconstruct(symmetry_operators)
     map2 = half2.reconstruct(symmetry_operators)
     fsc = fourier_shell_correlation(map1, map2).cpu().numpy()
-    full = FourierAccumulator(half1.box_size, half1.pad, half1.data + half2.data, half1.weight + half2.weight)
+    full = half1 + half2
     inverse_ssnr = inverse_ssnr_from_fsc(fsc)
     full_map = full.reconstruct(symmetry_operators, inverse_ssnr)
     return HalfMapResult((map1.cpu().numpy(), map2.cpu().numpy()), fsc, full_map.cpu().numpy(), inverse_ssnr)
