@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import ADK_BOX as BOX
 from helpers import simulate_adk
 
 from multirefine.errors import InputError
 from multirefine.parallel import InProcess, parse_parallel
-
-APIX, BOX = 2.4, 40
 
 
 @pytest.mark.parametrize("spec, expected", [("thread:1", ("thread", "1")), ("thread:16", ("thread", "16")),

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import ADK_APIX as APIX
+from helpers import ADK_BOX as BOX
 from helpers import simulate_adk
 
 from multirefine.cli.main import main
@@ -19,7 +21,6 @@ from multirefine.refine.reconstruct import reconstruct_from_stack
 
 pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
 
-APIX, BOX = 2.4, 40
 
 
 def hungarian_accuracy(truth: np.ndarray, assigned: np.ndarray) -> float:

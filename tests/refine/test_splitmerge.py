@@ -7,6 +7,8 @@ by hand: two models on A, one on the blur of B and C.
 
 import numpy as np
 import pytest
+from helpers import ADK_APIX as APIX
+from helpers import ADK_BOX as BOX
 from helpers import simulate_adk
 
 from multirefine.refine.splitmerge import (
@@ -121,7 +123,6 @@ def test_log_likelihood_units():
 
 # --- The driver's trial on particle images (adenylate kinase open, intermediate, closed) ---
 
-APIX, BOX = 2.4, 40
 
 
 @pytest.fixture(scope="module")
