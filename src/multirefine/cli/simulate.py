@@ -6,10 +6,17 @@ images / noise variance). Writes OUT/particles.mrcs, OUT/particles.star (RELION 
 only: what a user would have), OUT/truth.star (plus rlnClassNumber, angles and origins),
 OUT/gt_NN.mrc (the true map of class NN) and OUT/simulation.json.
 
+What real stacks have besides is off unless asked for (--bfactor, --noise-spectrum,
+--contrast-sd, --background-sd, --ramp-sd, --junk, a wider --defocus); truth.star then also
+has the mr* columns of what was drawn per particle, and junk has rlnClassNumber 0.
+
 examples:
   multirefine simulate sim --pdb adk_open.pdb,adk_closed.pdb --n 2000 --snr 0.1
   multirefine simulate sim --pdb complex.pdb,complex.pdb:AB --n 5000 --snr 0.05 --fractions 0.6,0.4
   multirefine simulate sim --maps a.mrc,b.mrc --n 1000 --snr 0.1
+  multirefine simulate hard --maps a.mrc,b.mrc --n 5000 --snr 0.05 --bfactor 80 \\
+      --noise-spectrum falloff:30,0.3 --contrast-sd 0.2 --background-sd 1 --ramp-sd 1 \\
+      --junk 0.15 --defocus 0.5,3.5
 """
 
 from __future__ import annotations
@@ -46,6 +53,28 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--res", type=float, help="resolution of maps from --pdb in Å (default 2 * apix)")
     parser.add_argument("--max-shift", type=float, default=3.0, help="largest particle shift in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    real = parser.add_argument_group("realism (each off by default)")
+    real.add_argument("--bfactor", type=float, default=0.0,
+                      help="B-factor envelope exp(-B k^2/4) on the signal's amplitude, Å^2 (default 0)")
+    real.add_argument("--noise-spectrum", default="white",
+                      help="noise power spectrum: white (default); falloff:CORNER_A,FLOOR[,EXPONENT] "
+                           "= 1/(1+(k*CORNER)^EXPONENT)+FLOOR, k in 1/Å, EXPONENT 1 by default; or a text "
+                           "file with the power per shell (one column: shells 0,1,2.. of this box) or "
+                           "frequency in 1/Å and power (two columns). The SNR sets the overall level")
+    real.add_argument("--contrast-sd", type=float, default=0.0,
+                      help="SD of each particle's contrast factor (mean 1, gamma-distributed; default 0)")
+    real.add_argument("--background-sd", type=float, default=0.0,
+                      help="SD of each image's background offset, in noise SDs (default 0)")
+    real.add_argument("--ramp-sd", type=float, default=0.0,
+                      help="SD of each image's background ramp along x and along y, in noise SDs "
+                           "across the box (default 0)")
+    real.add_argument("--junk", type=float, default=0.0,
+                      help="fraction of junk images, rlnClassNumber 0 in truth.star (default 0); "
+                           "--fractions apply to the rest")
+    real.add_argument("--junk-mix", default="1,1,1",
+                      help="relative shares of empty boxes, blob aggregates and broken particles "
+                           "in the junk (default 1,1,1)")
+    real.add_argument("--defocus", help="defocus range MIN,MAX in µm (default 1,2.5)")
 
 
 def _maps_from_pdb(specs: list[str], box: int, apix: float, res: float) -> list[np.ndarray]:
@@ -72,7 +101,7 @@ def _maps_from_files(paths: list[str], apix: float | None) -> tuple[list[np.ndar
 
 
 def main(args: argparse.Namespace) -> int:
-    from multirefine.simulate import SimulationParameters, simulate_dataset
+    from multirefine.simulate import JUNK_KINDS, SimulationParameters, simulate_dataset
 
     if args.n <= 0:
         raise InputError(f"--n {args.n}: expected a positive number of particles")
@@ -85,6 +114,16 @@ def main(args: argparse.Namespace) -> int:
     fractions = _floats(args.fractions, "--fractions") if args.fractions else [1.0] * len(maps)
     if len(fractions) != len(maps) or min(fractions) < 0 or sum(fractions) <= 0:
         raise InputError(f"--fractions {args.fractions}: expected {len(maps)} non-negative numbers")
+    junk_mix = _floats(args.junk_mix, "--junk-mix")
+    if len(junk_mix) != len(JUNK_KINDS):
+        kinds = ", ".join(JUNK_KINDS)
+        raise InputError(f"--junk-mix {args.junk_mix}: expected {len(JUNK_KINDS)} shares ({kinds})")
+    defocus = {}
+    if args.defocus is not None:
+        values = _floats(args.defocus, "--defocus")
+        if len(values) != 2:
+            raise InputError(f"--defocus {args.defocus}: expected MIN,MAX in µm")
+        defocus = {"defocus_min_angstrom": values[0] * 1e4, "defocus_max_angstrom": values[1] * 1e4}
     params = SimulationParameters(
         n_particles=args.n,
         snr=args.snr,
@@ -92,12 +131,21 @@ def main(args: argparse.Namespace) -> int:
         pixel_size_angstrom=apix,
         seed=args.seed,
         max_shift_px=args.max_shift,
+        bfactor_angstrom2=args.bfactor,
+        noise_spectrum=args.noise_spectrum,
+        contrast_sd=args.contrast_sd,
+        background_sd_noise_sigmas=args.background_sd,
+        ramp_sd_noise_sigmas_per_box=args.ramp_sd,
+        junk_fraction=args.junk,
+        junk_kind_weights=dict(zip(JUNK_KINDS, junk_mix, strict=True)),
+        **defocus,
     )
     with progress_bar(args.n, "simulating particles") as advance:
         truth = simulate_dataset(Path(args.out), maps, params, progress=advance)
     counts = truth["rlnClassNumber"].value_counts().sort_index()
     print(
-        f"wrote {len(truth)} particles ({', '.join(f'class {k}: {v}' for k, v in counts.items())}), "
+        f"wrote {len(truth)} particles "
+        f"({', '.join(f'class {k}: {v}' if k else f'junk: {v}' for k, v in counts.items())}), "
         f"box {maps[0].shape[-1]}, {apix:g} Å/px, SNR {args.snr:g} to {args.out}/"
     )
     return 0
