@@ -17,7 +17,8 @@ from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import euler_to_matrix
 from multirefine.geometry.grids import orientation_grid, projection_directions
 from multirefine.refine.polar import make_polar_grid, make_polar_references, search_global_polar
-from multirefine.refine.search import make_references, search_global, shift_grid
+from multirefine.refine.scoring import shift_grid
+from multirefine.refine.search import make_references, search_global
 
 
 def main() -> None:

@@ -29,8 +29,10 @@ from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.io.star import read_particles_star
-from multirefine.refine.driver import RefinementResult, RefineOptions
+from multirefine.refine.driver import RefinementResult
+from multirefine.refine.options import RefineOptions
 from multirefine.refine.single import refine_each_model
+from multirefine.runfolder.writer import ModelFolder
 
 ROOT = Path(__file__).resolve().parent
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -67,7 +69,8 @@ def bench_set(set_dir: Path, start_resolution: float, iterations: int) -> list[d
     opts = RefineOptions(input=str(set_dir / "particles.star"), path=str(out), symmetries=parms["symmetries"],
                          single_iterations=iterations, single_start_resolution_angstrom=start_resolution)
     started = time.perf_counter()
-    results = refine_each_model(opts, stack, stack, RefinementResult([], table, maps))
+    results = refine_each_model(opts, stack, stack, RefinementResult([], table, maps),
+                                recorders=lambda m: ModelFolder(out / f"model_{m:02d}", stack.pixel_size_angstrom, stack.optics))
     wall = time.perf_counter() - started
     truth = read_particles_star(set_dir / "truth.star").metadata.set_index("rlnImageName")
     apix = stack.pixel_size_angstrom

@@ -5,7 +5,8 @@
 # --sep 2; --soft; --usefilt; --continue; each model on its own) with the code of COMMIT,
 # and write the md5 of every result file (maps, STAR, state, FSC and convergence records
 # without their timings) to OUT/COMMIT.md5. Two commits' files are then compared with diff.
-# usage: bench/identity.sh OUT COMMIT        (data are simulated into OUT/data once)
+# usage: bench/identity.sh OUT COMMIT [SRC]   (data are simulated into OUT/data once; with SRC,
+#        a copy of a src/ folder not committed yet is run instead, under the name COMMIT)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -13,8 +14,13 @@ python=${PYTHON:-$repo/.venv/bin/python}
 out=$1; commit=$2
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 tree=$(mktemp -d)
-git -C "$repo" worktree add --quiet --detach "$tree" "$commit"
-trap 'git -C "$repo" worktree remove --force "$tree"' EXIT
+if [ -n "${3:-}" ]; then
+  cp -r "$3" "$tree/src"
+  trap 'rm -rf "$tree"' EXIT
+else
+  git -C "$repo" worktree add --quiet --detach "$tree" "$commit"
+  trap 'git -C "$repo" worktree remove --force "$tree"' EXIT
+fi
 export PYTHONPATH="$tree/src:$repo/tests"
 if [ ! -f "$out/data/done" ]; then
   mkdir -p "$out/data"

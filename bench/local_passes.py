@@ -4,7 +4,7 @@
 
 Particles of model 1 of a simulated set (``bench/datasets.py``) searched against their own
 true map low-passed to ``--band``, so the only error is the search's. The driver's schedule
-(:meth:`multirefine.refine.driver.SearchPlan.search`: a pass at the global step / 3 within
+(:meth:`multirefine.refine.plan.SearchPlan.search`: a pass at the global step / 3 within
 the global step, then one at ``SearchPlan.local_steps_deg[1]`` within twice that) against variants,
 each with the same global pass and shifts. Prints the median and 90th percentile of the
 angular error (degrees) and shift error (px) against the truth, and the seconds.
@@ -26,7 +26,7 @@ from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.batch import load_batch
-from multirefine.refine.driver import plan_search
+from multirefine.refine.plan import plan_search
 from multirefine.refine.search import refine_assignments
 from multirefine.refine.seeding import particle_radius_px
 

@@ -16,9 +16,9 @@ import time
 import torch
 
 from multirefine.fourier.projection import prepare_volume_ft
-from multirefine.refine.driver import plan_search
+from multirefine.refine.plan import plan_search
 from multirefine.refine.polar import search_global_polar
-from multirefine.refine.search import DEFAULT_MAX_ELEMENTS
+from multirefine.refine.scoring import DEFAULT_MAX_ELEMENTS
 
 
 def main() -> None:

@@ -44,8 +44,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import multirefine
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
-from multirefine.refine import driver, polar, search
-from multirefine.refine.driver import RefineOptions, run_refinement
+from multirefine.refine import plan, polar, scoring, search
+from multirefine.refine.driver import run_refinement
+from multirefine.refine.options import RefineOptions
 
 PACKAGE = str(Path(multirefine.__file__).parent)
 SYNCING = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize")
@@ -61,9 +62,8 @@ def run(set_dir: Path, args: argparse.Namespace, out: Path) -> float:
                          iterations=args.iter, batch_size=args.batch, device=args.device, seeding="randclassify",
                          single=False, targetres=args.targetres)
     out.mkdir(parents=True)
-    initial = np.random.default_rng(0).integers(0, k, len(stack))
     started = time.perf_counter()
-    run_refinement(opts, stack, stack, np.stack([start] * k), initial_assignment=initial)
+    run_refinement(opts, stack, stack, [start])  # randclassify: the split drawn from --seed 0
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -149,8 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.chunk:  # the driver's search with another budget (an experiment: the program has no option for it)
-        driver.refine_assignments = functools.partial(search.refine_assignments, max_elements=args.chunk)
-        search.SLICE_POINTS = polar.SLICE_POINTS = args.chunk // 2  # polar.py holds its own copy
+        plan.refine_assignments = functools.partial(search.refine_assignments, max_elements=args.chunk)
+        scoring.SLICE_POINTS = polar.SLICE_POINTS = args.chunk // 2  # polar.py holds its own copy
     if args.sites:
         count_sites(args)
         return
@@ -162,7 +162,7 @@ def main() -> None:
         sites.stop()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
-              f"targetres {args.targetres}, chunk {args.chunk or search.DEFAULT_MAX_ELEMENTS}: wall {wall:.1f} s, "
+              f"targetres {args.targetres}, chunk {args.chunk or scoring.DEFAULT_MAX_ELEMENTS}: wall {wall:.1f} s, "
               f"peak resident memory {peak:.0f} MiB")
         print("new highs of resident memory (sampled every 20 ms) and where the run was:")
         for rss, stack in sites.highs:
@@ -180,7 +180,7 @@ def main() -> None:
     # The kernels themselves (their own events), not the ops that launched them as well.
     device_s = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
     print(f"{args.set_dir.name}: {args.n} particles, {args.iter} iterations, batch {args.batch}, {args.device}, "
-          f"{args.threads} threads, chunk {args.chunk or search.DEFAULT_MAX_ELEMENTS}")
+          f"{args.threads} threads, chunk {args.chunk or scoring.DEFAULT_MAX_ELEMENTS}")
     print(f"wall {warm:.1f} s unprofiled, {wall:.1f} s profiled; {ops} aten ops "
           f"({ops / args.n / args.iter:.1f} per particle and iteration); host waits {syncs}")
     if cuda:

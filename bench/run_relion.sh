@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RELION 3.1 3-D classification on one benchmark set, DESIGN.md's baseline command.
+# RELION 3.1 3-D classification on one benchmark set, the baseline command of docs/architecture.md, "How we measure".
 # usage: bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS] [CONTINUE_FROM]
 # Writes SET_FOLDER/relion/run_*, relion/time*.txt (GNU time: wall, peak RSS) and
 # relion/cpu*.csv (bench/cpu_log.py: CPU seconds and memory over time). CONTINUE_FROM = the

@@ -11,7 +11,7 @@ from multirefine.fourier.fft import frequency_grid_2d
 
 
 def reference_ctf(kx, ky, u, v, angle, kv, cs, q, phase=0.0, bfac=0.0):
-    """The formula of DESIGN.md, written out in plain numpy, k in 1/Å."""
+    """The CTF formula of docs/architecture.md ("Conventions"), written out in plain numpy, k in 1/Å."""
     volts = kv * 1e3
     lam = 12.2643247 / math.sqrt(volts * (1 + 0.978466e-6 * volts))
     k2 = kx**2 + ky**2

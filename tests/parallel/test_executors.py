@@ -48,21 +48,22 @@ def test_shards_of_a_reconstruction_add_up_to_the_whole(two_states):
     cluster) gives the maps made in one pass, to float rounding."""
     from multirefine.fourier.masks import soft_sphere_mask
     from multirefine.io.particles import open_particles
-    from multirefine.refine import driver
+    from multirefine.refine.choice import fold_shards
+    from multirefine.refine.layers import Layer, reconstruct_models
     from multirefine.refine.reconstruct import half_set_of_rows
 
     truth = open_particles(two_states / "sim" / "truth.star")
     n = len(truth)
     model = truth.metadata["rlnClassNumber"].to_numpy() - 1
     halves = half_set_of_rows(truth.metadata, 0)
-    layers = [(model, np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n), np.ones(n))]
+    layers = [Layer(model, np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n), np.ones(n))]
     stacks = [truth]  # the true poses are in this table already
     maps = [np.zeros((BOX,) * 3, np.float32)] * 2
     operators, mask = [torch.eye(3)[None]] * 2, soft_sphere_mask(BOX, 15, 3.0)
-    made = [driver._reconstruct_models(truth, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "",
-                                       executor) for executor in (InProcess(), _Cut(5))]
-    assert len(driver._search_shards(n, 5, 500)) == 12 and len(driver._search_shards(n, 1, 500)) == 1
-    shards = driver._search_shards(6000, 64, 100)  # 12 folds of 500, each cut into 5 pieces of a batch or more
+    made = [reconstruct_models(truth, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "", executor)
+            for executor in (InProcess(), _Cut(5))]
+    assert len(fold_shards(n, 5, 500)) == 12 and len(fold_shards(n, 1, 500)) == 1
+    shards = fold_shards(6000, 64, 100)  # 12 folds of 500, each cut into 5 pieces of a batch or more
     assert len(shards) == 60 and min(map(len, shards)) >= 100
     assert np.array_equal(np.concatenate(shards), np.arange(6000))
     for whole, cut in zip(made[0].maps, made[1].maps):

@@ -1,5 +1,5 @@
 """The model choice's maps: each model's last map rebuilt without a fold of particles
-(driver._leave_out_volumes) must be the map itself when nothing is left out, and the map of
+(multirefine.refine.choice.leave_out_volumes) must be the map itself when nothing is left out, and the map of
 the other particles alone when a fold is."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
-from multirefine.refine.driver import _fold_edges, _LastReconstruction, _leave_out_volumes
+from multirefine.refine.choice import LastReconstruction, fold_edges, leave_out_volumes
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
 from multirefine.simulate import SimulationParameters, simulate_dataset
 
@@ -37,14 +37,14 @@ def _last(stack, rows, weights, mask):
     volume = flatten_solvent(torch.from_numpy(result.full_map), mask).numpy()  # as the driver masks
     acc1 += acc2
     entries = [(0, stack, g, w) for g, w in zip(groups, group_weights)]
-    return _LastReconstruction([acc1], [result.inverse_ssnr], [volume], entries), result.inverse_ssnr
+    return LastReconstruction([acc1], [result.inverse_ssnr], [volume], entries), result.inverse_ssnr
 
 
 def test_leaving_nothing_out_gives_the_map(stack):
     mask = soft_sphere_mask(BOX, BOX / 2 - 2, 3.0)
     rows = np.arange(len(stack))
     last, _ = _last(stack, rows, np.ones(len(rows)), mask)
-    volumes = _leave_out_volumes(last, 0, 0, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([2.0]), "cpu")
+    volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([2.0]), "cpu")
     expected = prepare_volume_ft(torch.from_numpy(last.maps[0]) * 2.0)
     assert torch.allclose(volumes[0], expected, atol=1e-4 * float(expected.abs().max()))
 
@@ -56,7 +56,7 @@ def test_leaving_a_fold_out_gives_the_map_of_the_rest(stack):
     rows = np.arange(len(stack))
     weights = np.linspace(0.5, 1.0, len(rows))
     last, inverse_ssnr = _last(stack, rows, weights, mask)
-    volumes = _leave_out_volumes(last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([1.0]), "cpu")
+    volumes = leave_out_volumes(last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([1.0]), "cpu")
     rest = np.concatenate([rows[:60], rows[120:]])
     (acc,) = accumulate(stack, [rest], 64, weights=[np.concatenate([weights[:60], weights[120:]])])
     expected = prepare_volume_ft(flatten_solvent(acc.reconstruct(None, inverse_ssnr), mask))
@@ -72,8 +72,8 @@ def test_maps_rebuilt_on_a_smaller_box_agree_within_the_band(stack):
     rows = np.arange(len(stack))
     last, _ = _last(stack, rows, np.ones(len(rows)), mask)
     args = (last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2)
-    small = _leave_out_volumes(*args, 8.0, np.array([1.0]), "cpu")[0]
-    whole = _leave_out_volumes(*args, BOX / 2, np.array([1.0]), "cpu")[0]
+    small = leave_out_volumes(*args, 8.0, np.array([1.0]), "cpu")[0]
+    whole = leave_out_volumes(*args, BOX / 2, np.array([1.0]), "cpu")[0]
     size = 2 * BOX
     k = torch.arange(size, dtype=torch.float32) - size // 2
     z, y, x = torch.meshgrid(k, k, torch.arange(size // 2 + 1, dtype=torch.float32), indexing="ij")
@@ -86,7 +86,7 @@ def test_maps_rebuilt_on_a_smaller_box_agree_within_the_band(stack):
 
 def test_folds_cover_every_row_once():
     for n, folds in [(1000, 12), (5, 12), (6000, 12)]:
-        edges = _fold_edges(n, folds)
+        edges = fold_edges(n, folds)
         assert edges[0] == 0 and edges[-1] == n and np.all(np.diff(edges) > 0)
         assert len(edges) - 1 == min(folds, n)
 
@@ -95,7 +95,8 @@ def test_sep_layers_take_the_best_poses_within_the_chosen_model():
     """--sep 2: each particle enters its chosen model at its two best poses there, weight 1/2;
     a particle with one pose in that model among its best gets the model's best pose twice.
     --sep 1: every model, at its best pose, weighted by the posterior."""
-    from multirefine.refine.driver import _layers, _Searched
+    from multirefine.refine.assignment import Searched
+    from multirefine.refine.layers import make_layers
 
     def turn(angle):  # a rotation about z, to tell poses apart
         c, s = np.cos(angle), np.sin(angle)
@@ -107,33 +108,34 @@ def test_sep_layers_take_the_best_poses_within_the_chosen_model():
     top_shift = np.arange(n * 3 * 2, dtype=float).reshape(n, 3, 2)
     model_rot = np.array([[turn(0.1), turn(0.2)], [turn(0.5), turn(0.4)]])
     model_shift = np.array([[top_shift[0, 0], top_shift[0, 1]], [top_shift[1, 1], top_shift[1, 0]]])
-    found = _Searched(np.array([[3.0, 2.0], [2.5, 2.9]]), model_rot, model_shift, np.zeros((n, k)), np.ones(n),
+    found = Searched(np.array([[3.0, 2.0], [2.5, 2.9]]), model_rot, model_shift, np.zeros((n, k)), np.ones(n),
                       top_model, top_rot, top_shift, np.array([[3.0, 2.0, 1.0], [2.9, 2.5, 2.0]]))
     chosen = np.array([0, 1])
-    layers = _layers(found, chosen, np.eye(k)[chosen], sep=2)
+    layers = make_layers(found, chosen, np.eye(k)[chosen], sep=2)
     assert len(layers) == 2
-    for models, _, _, _, weights in layers:
+    for layer in layers:
+        models, weights = layer.model, layer.weights
         np.testing.assert_array_equal(models, chosen)
         np.testing.assert_allclose(weights, 0.5)
     # particle 0 in model 0: its poses 0 and 2 (turns 0.1 and 0.3)
-    np.testing.assert_allclose(layers[0][1][0], turn(0.1))
-    np.testing.assert_allclose(layers[1][1][0], turn(0.3))
-    np.testing.assert_allclose(layers[1][2][0], top_shift[0, 2])
+    np.testing.assert_allclose(layers[0].rotations[0], turn(0.1))
+    np.testing.assert_allclose(layers[1].rotations[0], turn(0.3))
+    np.testing.assert_allclose(layers[1].shifts_px[0], top_shift[0, 2])
     # particle 1 in model 1: only its first pose is there; the second layer is model 1's best
-    np.testing.assert_allclose(layers[0][1][1], turn(0.4))
-    np.testing.assert_allclose(layers[1][1][1], model_rot[1, 1])
-    np.testing.assert_allclose(layers[1][3][1], 2.9)
-    hard = _layers(found, chosen, np.eye(k)[chosen], sep=1)
+    np.testing.assert_allclose(layers[0].rotations[1], turn(0.4))
+    np.testing.assert_allclose(layers[1].rotations[1], model_rot[1, 1])
+    np.testing.assert_allclose(layers[1].scores[1], 2.9)
+    hard = make_layers(found, chosen, np.eye(k)[chosen], sep=1)
     assert len(hard) == k
-    np.testing.assert_allclose(hard[1][1], model_rot[:, 1])
-    np.testing.assert_allclose(hard[1][4], [0.0, 1.0])
+    np.testing.assert_allclose(hard[1].rotations, model_rot[:, 1])
+    np.testing.assert_allclose(hard[1].weights, [0.0, 1.0])
 
 
 def test_m3dkeep_makes_each_map_from_its_best_scored_particles(stack):
     """--m3dkeep 0.5: each model's map comes from the half of its particles with the best
     scores, and is the map made from those particles alone; the count made from is reported."""
     from multirefine.geometry.euler import euler_to_matrix
-    from multirefine.refine.driver import _layer_stacks, _reconstruct_models
+    from multirefine.refine.layers import Layer, layer_stacks, reconstruct_models
 
     meta, n = stack.metadata, len(stack)
     rotations = euler_to_matrix(meta["rlnAngleRot"], meta["rlnAngleTilt"], meta["rlnAnglePsi"])
@@ -145,9 +147,9 @@ def test_m3dkeep_makes_each_map_from_its_best_scored_particles(stack):
     start = [np.zeros((BOX,) * 3, np.float32)] * 2
 
     def made(models, keep):
-        layers = [(models, rotations, shifts, score, np.ones(n))]
-        _, layer_stacks = _layer_stacks(stack, layers, halves, APIX)
-        return _reconstruct_models(stack, layers, layer_stacks, halves, start, [torch.eye(3)[None]] * 2, mask, keep,
+        layers = [Layer(models, rotations, shifts, score, np.ones(n))]
+        _, stacks = layer_stacks(stack, layers, halves, APIX)
+        return reconstruct_models(stack, layers, stacks, halves, start, [torch.eye(3)[None]] * 2, mask, keep,
                                    "cpu", None, "test")
 
     kept = made(model, 0.5)

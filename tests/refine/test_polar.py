@@ -16,7 +16,8 @@ from multirefine.refine.polar import (
     sample_polar,
     search_global_polar,
 )
-from multirefine.refine.search import make_band, make_references, search_global, shift_grid
+from multirefine.refine.scoring import make_band, shift_grid
+from multirefine.refine.search import make_references, search_global
 
 
 @pytest.fixture(scope="module")

@@ -65,14 +65,14 @@ def test_mutual_fsc_of_every_pair(atoms_map, tmp_path):
 def test_starting_maps_aligned_only_where_that_fits_clearly_better():
     """The driver's rule: a starting map from another file that is a turned copy of map 1's
     molecule is turned onto it; an unrelated map, which any turn fits about as badly, stays."""
-    from multirefine.refine.driver import _align_to_first
+    from multirefine.refine.seeding import align_to_first
 
     apix = 4.0  # the alignment runs at 15 Å: a 24 box at 4 Å/px
     first = random_atoms_map(24, 120, seed=5, spread_px=3.0)
     rotation = torch.as_tensor(euler_to_matrix(np.array(0.0), np.array(90.0), np.array(0.0)), dtype=torch.float32)
     turned = rotate_volume(torch.from_numpy(first), rotation[None])[0].numpy()
     unrelated = random_atoms_map(24, 120, seed=6, spread_px=3.0)
-    out = _align_to_first([first, turned, unrelated], apix, 15.0)
+    out = align_to_first([first, turned, unrelated], apix, 15.0)
     np.testing.assert_array_equal(out[0], first)
     assert np.corrcoef(out[1].ravel(), first.ravel())[0, 1] > 0.9 > np.corrcoef(turned.ravel(), first.ravel())[0, 1]
     np.testing.assert_array_equal(out[2], unrelated)

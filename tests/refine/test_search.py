@@ -12,16 +12,13 @@ from multirefine.fourier.projection import extract_central_slices, prepare_volum
 from multirefine.fourier.shift import phase_ramp_2d, shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
 from multirefine.geometry.grids import angular_distance, local_rotations, orientation_grid
+from multirefine.refine.scoring import band_phase_ramp, band_slices, make_band, shift_grid
 from multirefine.refine.search import (
-    band_phase_ramp,
-    band_slices,
-    make_band,
     make_references,
     refine_assignments,
     scale_terms,
     search_global,
     search_local,
-    shift_grid,
 )
 
 BOX = 32
@@ -244,7 +241,8 @@ def test_intensity_scales_put_the_starting_maps_in_the_particles_units(tmp_path)
     at each particle's pose): maps given x 0.01 and x 5 get 100 and 0.2 times the factors of
     the maps as they are, each model its own."""
     from multirefine.io.particles import open_particles
-    from multirefine.refine.driver import plan_search
+    from multirefine.refine.plan import plan_search
+    from multirefine.refine.scales import reference_scales
     from multirefine.simulate import SimulationParameters, simulate_dataset
 
     maps = [random_atoms_map(seed) for seed in (0, 2)]
@@ -253,8 +251,8 @@ def test_intensity_scales_put_the_starting_maps_in_the_particles_units(tmp_path)
     stack = open_particles(tmp_path / "sim" / "particles.star")
     plan = plan_search(32, 1.0, 6.0, 8.0, 5, ["C1", "C1"], 2.0)
     volumes = torch.as_tensor(np.stack(maps))
-    base = plan.intensity_scales(stack, volumes, 500)
-    scaled = plan.intensity_scales(stack, volumes * torch.tensor([0.01, 5.0])[:, None, None, None], 500)
+    base = reference_scales(stack, plan, volumes, 500)
+    scaled = reference_scales(stack, plan, volumes * torch.tensor([0.01, 5.0])[:, None, None, None], 500)
     assert np.all(base > 0)
     np.testing.assert_allclose(scaled / base, [100.0, 0.2], rtol=1e-3)
 
@@ -263,7 +261,7 @@ def test_shrink_and_speed_set_the_band_and_the_angular_steps():
     """--shrink N keeps the search within the Nyquist of a box N times smaller (5 % short of
     it, as the full box is); --speed scales the angular steps (5: the fine step moves the
     particle's edge by a third of the band's resolution)."""
-    from multirefine.refine.driver import plan_search
+    from multirefine.refine.plan import plan_search
 
     def plan(band_res, speed=5, shrink=1):
         return plan_search(64, 1.0, band_res, 20.0, speed, ["C1"], 2.0, shrink=shrink)

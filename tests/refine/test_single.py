@@ -12,8 +12,9 @@ from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.io.maps import read_map, write_stack
 from multirefine.io.star import read_particles_star, write_particles_star
-from multirefine.refine.driver import RefineOptions
+from multirefine.refine.options import RefineOptions
 from multirefine.refine.single import refine_single
+from multirefine.runfolder.writer import ModelFolder
 
 pytest.importorskip("MDAnalysisTests", reason="the adenylate kinase models come from mdanalysistests")
 
@@ -69,7 +70,7 @@ def test_each_half_set_is_searched_against_its_own_half_map(one_state, tmp_path)
     root, volume = one_state
     stack = open_particles(root / "sim" / "particles.star")
     pair = np.stack([volume, np.rot90(volume, 1, axes=(1, 2))])
-    refine_single(stack, stack, pair, "c1", tmp_path / "run", _options(tmp_path, 1))
+    refine_single(stack, stack, pair, "c1", _options(tmp_path, 1), ModelFolder(tmp_path / "run", APIX, stack.optics))
     table = read_particles_star(tmp_path / "run" / "particles_final.star").metadata
     truth = read_particles_star(root / "sim" / "truth.star").metadata
     error = _pose_error_deg(table, truth)
@@ -85,7 +86,7 @@ def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path):
 
     root, volume = one_state
     stack = open_particles(root / "sim" / "particles.star")
-    refine_single(stack, stack, volume, "c1", tmp_path / "a", _options(tmp_path, 1))
+    refine_single(stack, stack, volume, "c1", _options(tmp_path, 1), ModelFolder(tmp_path / "a", APIX, stack.optics))
     halves = read_particles_star(tmp_path / "a" / "particles_final.star").metadata["rlnRandomSubset"].to_numpy()
     images = stack.read(np.arange(len(stack)))
     images[halves == 2] = np.random.default_rng(1).normal(size=images[halves == 2].shape)
@@ -94,7 +95,7 @@ def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path):
     metadata["rlnImageName"] = [f"{i + 1:06d}@{tmp_path / 'noisy.mrcs'}" for i in range(len(stack))]
     write_particles_star(tmp_path / "noisy.star", metadata, stack.optics)
     noisy = open_particles(tmp_path / "noisy.star")
-    refine_single(noisy, noisy, volume, "c1", tmp_path / "b", _options(tmp_path, 1))
+    refine_single(noisy, noisy, volume, "c1", _options(tmp_path, 1), ModelFolder(tmp_path / "b", APIX, noisy.optics))
     a = read_particles_star(tmp_path / "a" / "particles_final.star").metadata
     b = read_particles_star(tmp_path / "b" / "particles_final.star").metadata
     columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
@@ -113,7 +114,7 @@ def test_half_map_fsc_estimates_the_resolution_against_the_truth(one_state, tmp_
 
     root, volume = one_state
     stack = open_particles(root / "sim" / "particles.star")
-    result = refine_single(stack, stack, volume, "c1", tmp_path / "run", _options(tmp_path, 4, 15.0))
+    result = refine_single(stack, stack, volume, "c1", _options(tmp_path, 4, 15.0), ModelFolder(tmp_path / "run", APIX, stack.optics))
     for name in ("threed_00.mrc", "threed_01.mrc", "fsc_01.json", "convergence.json", "threed_final.mrc",
                  "half1_unfil.mrc", "half2_unfil.mrc", "particles_final.star"):
         assert (tmp_path / "run" / name).exists(), name

@@ -134,26 +134,31 @@ def three_states(tmp_path_factory):
 
 
 def _trial_at_true_poses(root, model, tmp_path, executor=None):
-    """:func:`multirefine.refine.driver._split_and_merge` from ``model`` with every particle at
+    """:func:`multirefine.refine.trial.split_and_merge` from ``model`` with every particle at
     its true pose in every model, searched to 10 Å (its loops run by ``executor``)."""
     import torch
 
     from multirefine.fourier.masks import soft_sphere_mask
     from multirefine.geometry.symmetry import symmetry_operators
     from multirefine.io.particles import open_particles
-    from multirefine.refine import driver
+    from multirefine.refine.assignment import Searched
     from multirefine.refine.batch import load_batch, origins_px_for_rows, rotations_for_rows
+    from multirefine.refine.choice import FoldMaps
+    from multirefine.refine.layers import layer_stacks, make_layers, reconstruct_models
+    from multirefine.refine.options import RefineOptions, SweepSettings
+    from multirefine.refine.plan import plan_search
     from multirefine.refine.reconstruct import half_set_of_rows
+    from multirefine.refine.trial import FixedPoses, split_and_merge
 
     truth = open_particles(root / "truth.star")
     stack = open_particles(root / "particles.star")
     n, k, radius_px = len(stack), 3, 12.0
-    opts = driver.RefineOptions(input=str(root / "particles.star"), path=str(tmp_path), symmetries=["C1"] * k,
+    opts = RefineOptions(input=str(root / "particles.star"), path=str(tmp_path), symmetries=["C1"] * k,
                                 m3dkeep=1.0)
-    plan = driver.plan_search(BOX, APIX, 10.0, radius_px, opts.speed, opts.symmetries, opts.max_shift_px)
+    plan = plan_search(BOX, APIX, 10.0, radius_px, opts.speed, opts.symmetries, opts.max_shift_px)
     rotations = rotations_for_rows(truth.metadata).double().numpy()
     shifts = origins_px_for_rows(truth.metadata, APIX).numpy()
-    found = driver._Searched(
+    found = Searched(
         np.zeros((n, k)), np.repeat(rotations[:, None], k, 1), np.repeat(shifts[:, None], k, 1), np.zeros((n, k)),
         np.zeros(n),
     )
@@ -165,13 +170,13 @@ def _trial_at_true_poses(root, model, tmp_path, executor=None):
     operators = [torch.as_tensor(symmetry_operators("C1"), dtype=torch.float32)] * k
     mask = soft_sphere_mask(BOX, radius_px + 3, 3.0)
     maps = [np.zeros((BOX,) * 3, np.float32)] * k
-    layers = driver._layers(found, model, np.eye(k)[model], 1)
-    _, layer_stacks = driver._layer_stacks(stack, layers, halves, APIX)
-    made = driver._reconstruct_models(stack, layers, layer_stacks, halves, maps, operators, mask, 1.0, "cpu", None, "",
-                                      executor)
-    fold_maps = driver._FoldMaps(operators, radius_px + 3, np.ones(k))
-    return driver._split_and_merge(stack, stack, plan, found, model, layers, made, halves, maps, operators, mask,
-                                   fold_maps, opts, 3, executor)
+    layers = make_layers(found, model, np.eye(k)[model], 1)
+    _, stacks = layer_stacks(stack, layers, halves, APIX)
+    made = reconstruct_models(stack, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "", executor)
+    fold_maps = FoldMaps(operators, radius_px + 3, np.ones(k))
+    fixed = FixedPoses(stack, stack, plan, halves, maps, operators, mask, fold_maps, SweepSettings.of(opts),
+                       opts.m3dkeep, executor)
+    return split_and_merge(fixed, found, model, layers, made, 3)
 
 
 def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, dask_scheduler, tmp_path):
@@ -194,8 +199,8 @@ def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, da
         cluster.close()
     after = classification_accuracy(truth, chosen.model).accuracy
     print(f"accuracy {before:.3f} -> {after:.3f}", tried)
-    assert tried["kept"] and tried["gain"] > 0
-    assert tried["split"] == 3 and tried["dissolved"] in (1, 2)
+    assert tried.kept and tried.gain > 0
+    assert tried.split == 3 and tried.dissolved in (1, 2)
     assert before < 0.55 and after > before + 0.15
 
 
@@ -205,7 +210,7 @@ def test_the_trial_is_not_kept_where_the_states_are_apart(three_states, tmp_path
     truth = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy() - 1
     chosen, tried = _trial_at_true_poses(three_states, truth, tmp_path)
     print(tried)
-    assert not tried["kept"]
+    assert not tried.kept
     assert np.mean(chosen.model == truth) > 0.9
 
 

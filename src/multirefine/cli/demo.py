@@ -43,14 +43,14 @@ def adenylate_kinase_models() -> list[str]:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from multirefine.cli.main import main as multirefine
+    from multirefine import runfolder
+    from multirefine.cli import refine as refine_command
     from multirefine.evaluate import classification_accuracy, map_resolution_against
     from multirefine.fourier.filters import lowpass_volume
     from multirefine.io.maps import read_map, write_map
     from multirefine.io.particles import open_particles
     from multirefine.io.star import read_particles_star
     from multirefine.progress import progress_bar
-    from multirefine.refine import runfolder
     from multirefine.refine.reconstruct import reconstruct_from_stack
     from multirefine.simulate import (
         SimulationParameters,
@@ -80,7 +80,11 @@ def main(args: argparse.Namespace) -> int:
             "--path", str(run), "--parallel", "thread:2"]
     print("3. multirefine " + " ".join(argv))
     sys.stdout.flush()
-    code = multirefine(argv)
+    parser = argparse.ArgumentParser(prog="multirefine refine")
+    refine_command.add_args(parser)
+    refine_args = parser.parse_args(argv[1:])
+    refine_args.given = set()  # (what --continue checks; a new run here)
+    code = refine_command.main(refine_args)  # its errors reach the user as this command's
     if code:
         return code
     truth = read_particles_star(data / "truth.star").metadata["rlnClassNumber"].to_numpy()

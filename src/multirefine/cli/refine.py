@@ -40,8 +40,6 @@ from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -120,11 +118,11 @@ def _split(text: str) -> list[str]:
 
 def _resolve(args: argparse.Namespace):
     """Open and check everything; return (stack, search stack, maps, options, model count)."""
+    from multirefine import runfolder
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
     from multirefine.io.particles import open_particles, open_usefilt
-    from multirefine.refine import runfolder
-    from multirefine.refine.driver import RefineOptions
+    from multirefine.refine.options import RefineOptions
     from multirefine.refine.seeding import fit_to_box
 
     if args.input is None:
@@ -137,17 +135,6 @@ def _resolve(args: argparse.Namespace):
         raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
     if args.iter is None:
         args.iter = DEFAULT_ITERATIONS
-    _check_iterations(args.iter, args.singleiter, args.singleres)
-    for name in ("m3dkeep", "classkeep"):
-        value = getattr(args, name)
-        if not 0 < value <= 1:
-            raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
-    if args.sep < 1:
-        raise InputError(f"--sep {args.sep}: expected 1 or more")
-    if args.sep > 1 and args.soft:
-        raise InputError(f"--sep {args.sep} with --soft: --sep spreads a hard assignment; use one of them")
-    if args.classiter < 0:
-        raise InputError(f"--classiter {args.classiter}: expected 0 or more")
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -202,16 +189,6 @@ def _resolve(args: argparse.Namespace):
     return stack, search_stack, maps, opts, k
 
 
-def _check_iterations(iterations: int, single_iterations: int, single_resolution: float) -> None:
-    """--iter, --singleiter and --singleres, for a new run and for --continue."""
-    if iterations < 1:
-        raise InputError(f"--iter {iterations}: expected 1 or more")
-    if single_iterations < 1:
-        raise InputError(f"--singleiter {single_iterations}: expected 1 or more")
-    if not single_resolution > 0:
-        raise InputError(f"--singleres {single_resolution}: expected a resolution in Å")
-
-
 def _batch_size(args: argparse.Namespace) -> int:
     return 200 if args.lowmem else 500
 
@@ -242,10 +219,11 @@ def _resolve_continue(args: argparse.Namespace):
     changes, the iterations it has done)."""
     from dataclasses import fields
 
+    from multirefine import runfolder
     from multirefine.io.particles import open_particles, open_usefilt
-    from multirefine.refine import runfolder
-    from multirefine.refine.driver import RefineOptions
-    from multirefine.refine.state import load_state
+    from multirefine.refine.options import RefineOptions
+    from multirefine.runfolder.records import read_convergence
+    from multirefine.runfolder.state import load_state
 
     run = Path(args.continue_run)
     given = args.given  # the options this command line names (cli.main), defaults or not
@@ -272,30 +250,15 @@ def _resolve_continue(args: argparse.Namespace):
         opts.single_iterations = args.singleiter
     if "singleres" in given:
         opts.single_start_resolution_angstrom = args.singleres
-    _check_iterations(opts.iterations, opts.single_iterations, opts.single_start_resolution_angstrom)
+    opts.validate()
     opts.batch_size = _batch_size(args)  # like the device, this command's: --lowmem or not
     opts.device = _device_and_threads(args)  # the machine's, as for a new run
     stack = open_particles(opts.input, apix=opts.apix)
     search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
-    done = load_state(run / runfolder.STATE, len(stack), stack.box_size).iteration
-    if done > opts.iterations:
-        raise InputError(f"--iter {opts.iterations}: the run {run} has done {done} iterations already")
-    return stack, search_stack, opts, done
-
-
-def _seed_maps(maps: list[np.ndarray], opts, k: int, apix: float) -> list[np.ndarray]:
-    from multirefine.refine.seeding import power_limit_angstrom, randomize_phases, remove_fragment
-
-    if opts.seeding == "models":
-        return maps
-    base = maps[0]
-    if opts.seeding == "randphase":
-        beyond = 1.4 * power_limit_angstrom(base, apix)
-        log.info("seeding %d models: phases randomised beyond %.1f Å", k, beyond)
-        return [randomize_phases(base, apix, beyond, opts.seed + i) for i in range(k)]
-    if opts.seeding == "mapfragment":
-        return [remove_fragment(base, opts.seed + i) for i in range(k)]
-    return [base] * k  # randclassify: the split happens after the first search
+    state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
+    if state.iteration > opts.iterations:
+        raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
+    return stack, search_stack, opts, state, read_convergence(run / runfolder.CONVERGENCE)
 
 
 def _remove_unfinished(path: Path, created: bool) -> None:
@@ -316,58 +279,101 @@ def _remove_unfinished(path: Path, created: bool) -> None:
           "(nothing to --continue)", file=sys.stderr)
 
 
-def main(args: argparse.Namespace) -> int:
-    from multirefine.parallel import executor_for
-    from multirefine.progress import StageProgress
-    from multirefine.refine import runfolder
-    from multirefine.refine.driver import run_refinement
-    from multirefine.refine.single import refine_each_model
+def _writers(opts, stack):
+    """The run folder's writers for the engine (:mod:`multirefine.runfolder.writer`): maps
+    written normalised by ``--mass``, figures and the report after every iteration and
+    after each model's refinement on its own."""
+    from multirefine import runfolder
+    from multirefine.refine.postprocess import normalize_by_mass
+    from multirefine.report.html import update_report, write_report_safely
+    from multirefine.runfolder.writer import ModelFolder, RunWriter
 
-    if args.single and args.nosingle:
-        raise InputError("--single and --nosingle: give one of them")
-    resume = args.continue_run is not None
-    if resume:
-        stack, search_stack, opts, done = _resolve_continue(args)
-        k = len(opts.symmetries)
-    else:
-        stack, search_stack, maps, opts, k = _resolve(args)
+    path, apix, mass = Path(opts.path), stack.pixel_size_angstrom, opts.mass_kda
+
+    def written_maps(maps):
+        return maps if not mass else [normalize_by_mass(v, m, apix) for v, m in zip(maps, mass)]
+
+    def model_folder(m: int) -> ModelFolder:
+        written = None if not mass else (lambda volume: normalize_by_mass(volume, mass[m - 1], apix))
+        return ModelFolder(path / runfolder.model_folder_name(m), apix, stack.optics, written)
+
+    run = RunWriter(path, apix, stack.optics, opts.n_models, written_maps, update_report)
+    return run, model_folder, lambda: write_report_safely(path)
+
+
+def _print_plan(stack, opts, resume) -> None:
+    from multirefine import runfolder
+
     print(
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
-        f"{k} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
+        f"{opts.n_models} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
-    if resume:
-        print(f"continuing {opts.path} after iteration {done} of {opts.iterations}, with its options "
+    if resume is not None:
+        print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
     print(
         f"{opts.iterations} iterations, then "
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
     )
+
+
+def _print_singles(singles, path: Path) -> None:
+    from multirefine import runfolder
+
+    for m_index, single in enumerate(singles, start=1):
+        folder = path / runfolder.model_folder_name(m_index)
+        if single is None:
+            print(f"model {m_index}: too few particles to refine on its own")
+            continue
+        print(
+            f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
+            f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
+            f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
+        )
+
+
+def _make_folder(path: Path, resume) -> bool:
+    """The run folder, made where it is new; whether this command made it. A new run's folder
+    is new, or empty (_resolve): all that is in it is this run's."""
+    created = resume is None and not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=not created)
+    except FileExistsError:
+        raise InputError(f"--path {path}: another command made this folder meanwhile (choose another)") from None
+    return created
+
+
+def main(args: argparse.Namespace) -> int:
+    from multirefine import runfolder
+    from multirefine.parallel import executor_for
+    from multirefine.progress import StageProgress
+    from multirefine.refine.driver import run_refinement
+    from multirefine.refine.single import refine_each_model
+
+    if args.single and args.nosingle:
+        raise InputError("--single and --nosingle: give one of them")
+    maps, resume, history = None, None, None
+    if args.continue_run is not None:
+        stack, search_stack, opts, resume, history = _resolve_continue(args)
+    else:
+        stack, search_stack, maps, opts, _ = _resolve(args)
+    _print_plan(stack, opts, resume)
     with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path
         print(f"particle loops: {executor.describe()}")
         if args.check:
             print("check: files, sizes, symmetries and options are consistent; nothing was run")
             return 0
         path = Path(opts.path)
-        # A new run's folder is new, or empty (_resolve): all that is in it is this run's.
-        created = not resume and not path.exists()
-        try:
-            path.mkdir(parents=True, exist_ok=not created)
-        except FileExistsError:
-            raise InputError(f"--path {path}: another command made this folder meanwhile (choose another)") from None
+        created = _make_folder(path, resume)
+        writer, model_folder, report = _writers(opts, stack)
         progress = StageProgress()
         try:
             try:
-                start, initial = None, None
-                if not resume:
-                    start = np.stack(_seed_maps(maps, opts, k, stack.pixel_size_angstrom))
-                    if opts.seeding == "randclassify":
-                        initial = np.random.default_rng(opts.seed).integers(0, k, len(stack))
                 runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
-                multi = run_refinement(opts, stack, search_stack, start, progress, initial_assignment=initial, resume=resume,
-                                       executor=executor)
+                multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer)
             except BaseException:
-                if not resume and not (path / runfolder.STATE).exists():
+                if resume is None and not (path / runfolder.STATE).exists():
                     _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
                 raise
             last = multi.stats[-1]
@@ -377,17 +383,8 @@ def main(args: argparse.Namespace) -> int:
                 + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
             )
             if opts.single:
-                singles = refine_each_model(opts, stack, search_stack, multi, progress, executor)
-                for m_index, single in enumerate(singles, start=1):
-                    folder = path / runfolder.model_folder_name(m_index)
-                    if single is None:
-                        print(f"model {m_index}: too few particles to refine on its own")
-                        continue
-                    print(
-                        f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
-                        f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
-                        f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
-                    )
+                _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
+                                                 report), path)
         finally:
             progress.close()
         if opts.device.startswith("cuda"):

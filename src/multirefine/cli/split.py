@@ -31,7 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def source_star(source: Path, iteration: int | None) -> tuple[Path, Path]:
     """The particle table to split and the default output folder."""
-    from multirefine.refine import runfolder  # imports the package: kept off the CLI's start-up
+    from multirefine import runfolder  # imports the package: kept off the CLI's start-up
 
     if source.is_file():
         if iteration is not None:
@@ -72,9 +72,9 @@ def parse_classes(text: str | None, present: list[int], star: Path) -> list[int]
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from multirefine import runfolder
     from multirefine.io.columns import CLASS_NUMBER
     from multirefine.io.star import read_particles_star, write_particles_star
-    from multirefine.refine import runfolder
 
     star, default_out = source_star(Path(args.source), args.iteration)
     particles = read_particles_star(star)

@@ -6,32 +6,34 @@ table (:mod:`multirefine.io.columns`) plus on-demand image reads. Images are nev
 memory: MRC files are memory-mapped (``mrcfile.mmap``, permissive), EMAN2 HDF5 images are
 read one dataset at a time, and open files are cached (least recently used first out).
 
-Image references follow RELION: ``rlnImageName = "N@file"`` with ``N`` 1-based. A relative
-``file`` is looked up relative to the particle file's folder, then relative to the current
-directory at open time (RELION projects store paths relative to the project folder).
-cryoSPARC paths (relative to the *project* folder) are also tried relative to the ``.cs``
-file's parent folder and with leading folders stripped; EMAN2 ``.lst`` paths also relative
-to the ``.lst`` file's parent folder (EMAN2 projects keep lists in ``sets/``).
+The image files, and how ``rlnImageName`` (``N@file``, RELION's) finds them, are
+:mod:`multirefine.io.images`'s; :class:`ImageFile`, :class:`MrcImages` and
+:func:`open_image_file` are importable from here too.
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
 from multirefine.errors import InputError
 from multirefine.io.columns import IMAGE_NAME, IMAGE_PIXEL_SIZE, IMAGE_SIZE, canonicalize, has_ctf
 from multirefine.io.cryosparc import read_cs
-from multirefine.io.eman2 import Eman2HdfImages, read_eman2_hdf_metadata, read_lst
+from multirefine.io.eman2 import read_eman2_hdf_metadata, read_lst
+from multirefine.io.images import (
+    HDF_SUFFIXES,
+    MRC_SUFFIXES,
+    ImageFile,
+    ImageResolver,
+    MrcImages,
+    OpenImageFiles,
+    open_image_file,
+    parse_image_names,
+)
 from multirefine.io.star import assign_optics_groups, fill_pixel_size, read_particles_star
 
 __all__ = [
@@ -42,161 +44,6 @@ __all__ = [
     "open_particles",
     "open_usefilt",
 ]
-
-_HDF_SUFFIXES = (".hdf", ".h5", ".hdf5")
-_MRC_SUFFIXES = (".mrcs", ".mrc", ".st", ".map")
-_MAX_OPEN_FILES = 128
-
-
-class ImageFile(Protocol):
-    """An open file of 2-D images: ``n`` images of ``shape`` (ny, nx), voxel size in Å."""
-
-    path: Path
-    n: int
-    shape: tuple[int, ...]
-    voxel_size: float | None
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Images ``indices`` (0-based, any order) as float32 ``(len(indices), ny, nx)``."""
-        ...
-
-
-class MrcImages:
-    """A memory-mapped MRC image stack (a single 2-D image counts as a stack of one)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
-        except Exception as err:  # mrcfile raises ValueError/OSError/...
-            raise InputError(f"{self.path}: cannot be read as MRC ({err})") from err
-        data = mrc.data
-        size = float(mrc.voxel_size.x)
-        if data is None:
-            mrc.close()
-            raise InputError(f"{self.path}: MRC data block is unreadable (truncated file?)")
-        if data.ndim == 2:
-            data = data[None]
-        if data.ndim != 3:
-            raise InputError(
-                f"{self.path}: MRC data has shape {data.shape}; expected images (N, ny, nx)"
-            )
-        if np.iscomplexobj(data):
-            raise InputError(f"{self.path}: complex MRC data; expected real images")
-        self._mrc = mrc
-        self._data = data
-        self.n = int(data.shape[0])
-        self.shape: tuple[int, ...] = tuple(int(s) for s in data.shape[1:])
-        self.voxel_size: float | None = size if np.isfinite(size) and size > 0 else None
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Images ``indices`` as float32 ``(len(indices), ny, nx)`` (a copy)."""
-        return np.array(self._data[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
-
-
-def open_image_file(path: str | Path) -> ImageFile:
-    """Open an image file by extension: EMAN2 HDF5 for ``.hdf``/``.h5``, MRC otherwise."""
-    path = Path(path)
-    if path.suffix.lower() in _HDF_SUFFIXES:
-        return Eman2HdfImages(path)
-    return MrcImages(path)
-
-
-@dataclass
-class _Resolver:
-    """Turns the file part of ``rlnImageName`` into an existing path (see module docstring)."""
-
-    source: Path
-    bases: list[Path]
-    strip_leading: bool = False
-    cache: dict[str, Path] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Absolute, so that a copy of the stack opened in another folder (a Dask worker) finds
-        # the same files.
-        self.bases = [Path(base).absolute() for base in self.bases]
-
-    def candidates(self, name: str) -> list[Path]:
-        relative = Path(name)
-        if relative.is_absolute():
-            return [relative]
-        out = [base / relative for base in self.bases]
-        if self.strip_leading:
-            parts = relative.parts
-            for k in range(1, len(parts)):
-                out += [base / Path(*parts[k:]) for base in self.bases]
-        return list(dict.fromkeys(out))  # unique, in order
-
-    def __call__(self, name: str) -> Path:
-        found = self.cache.get(name)
-        if found is not None:
-            return found
-        tried = self.candidates(name)
-        for candidate in tried:
-            if candidate.is_file():
-                self.cache[name] = candidate
-                return candidate
-        where = ", ".join(str(p) for p in tried)
-        raise InputError(f"{self.source}: image file {name} not found (tried {where})")
-
-
-class _OpenFiles:
-    """Least-recently-used cache of open image files, keyed by file number; thread-safe.
-
-    Evicted files are dropped, not closed: a thread still reading one keeps it alive and it
-    closes when the last reference goes.
-    """
-
-    def __init__(self, max_open: int = _MAX_OPEN_FILES) -> None:
-        self.max_open = max_open
-        self._files: OrderedDict[int, ImageFile] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: int) -> ImageFile | None:
-        with self._lock:
-            handle = self._files.get(key)
-            if handle is not None:
-                self._files.move_to_end(key)
-            return handle
-
-    def put(self, key: int, handle: ImageFile) -> None:
-        with self._lock:
-            self._files[key] = handle
-            self._files.move_to_end(key)
-            while len(self._files) > self.max_open:
-                self._files.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._files.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"max_open": self.max_open}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_open"])  # type: ignore[misc]
-
-
-def _parse_image_names(names: pd.Series, path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``N@file`` -> (unique files, file number per particle, 0-based index per particle)."""
-    text = names.astype(str)
-    parts = text.str.partition("@")
-    has_at = (parts[1] == "@").to_numpy()
-    number_text = np.where(has_at, parts[0].to_numpy(dtype=object), "1")
-    file_text = np.where(has_at, parts[2].to_numpy(dtype=object), parts[0].to_numpy(dtype=object))
-    numbers = pd.to_numeric(pd.Series(number_text), errors="coerce").to_numpy()
-    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers))
-    bad |= pd.Series(file_text).astype(str).str.strip().eq("").to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{path}: {IMAGE_NAME} of particle {row} is {text.iloc[row]!r}; "
-            "expected N@file with N >= 1"
-        )
-    codes, uniques = pd.factorize(pd.Series(file_text).astype(str))
-    return [str(u) for u in uniques], codes.astype(np.int64), numbers.astype(np.int64) - 1
 
 
 class ParticleStack:
@@ -216,13 +63,13 @@ class ParticleStack:
         path: Path,
         metadata: pd.DataFrame,
         optics: pd.DataFrame | None,
-        resolver: _Resolver,
+        resolver: ImageResolver,
         *,
         box_size: int | None = None,
         files: list[str] | None = None,
         file_ids: np.ndarray | None = None,
         file_index: np.ndarray | None = None,
-        open_files: _OpenFiles | None = None,
+        open_files: OpenImageFiles | None = None,
         box_origin: str = "",
     ) -> None:
         self.path = Path(path)
@@ -230,11 +77,11 @@ class ParticleStack:
         self.optics = optics
         self._resolver = resolver
         if files is None or file_ids is None or file_index is None:
-            files, file_ids, file_index = _parse_image_names(self.metadata[IMAGE_NAME], self.path)
+            files, file_ids, file_index = parse_image_names(self.metadata[IMAGE_NAME], self.path)
         self._files = files
         self._file_ids = np.asarray(file_ids, dtype=np.int64)
         self._file_index = np.asarray(file_index, dtype=np.int64)
-        self._open = open_files if open_files is not None else _OpenFiles()
+        self._open = open_files if open_files is not None else OpenImageFiles()
         self._box = box_size
         self._box_origin = box_origin or "rlnImageSize"
 
@@ -458,7 +305,7 @@ def _finish(
     path: Path,
     metadata: pd.DataFrame,
     optics: pd.DataFrame | None,
-    resolver: _Resolver,
+    resolver: ImageResolver,
     apix: float | None,
     box_size: int | None,
     check_files: bool,
@@ -513,24 +360,24 @@ def open_particles(
     here = Path.cwd()
     if suffix == ".star":
         star = read_particles_star(path, apix=apix)
-        resolver = _Resolver(path, [path.parent, here])
+        resolver = ImageResolver(path, [path.parent, here])
         return _finish(path, star.metadata, star.optics, resolver, apix, None, check_files)
     if suffix == ".cs":
         metadata, box = read_cs(path)
-        resolver = _Resolver(path, [path.parent, path.parent.parent, here], strip_leading=True)
+        resolver = ImageResolver(path, [path.parent, path.parent.parent, here], strip_leading=True)
         return _finish(path, metadata, None, resolver, apix, box, False)
     if suffix == ".lst":
         return _open_lst(path, apix, here, check_files)
-    if suffix in _MRC_SUFFIXES or suffix in _HDF_SUFFIXES:
+    if suffix in MRC_SUFFIXES or suffix in HDF_SUFFIXES:
         handle = open_image_file(path)
         name = str(path)
-        if suffix in _HDF_SUFFIXES:
+        if suffix in HDF_SUFFIXES:
             metadata = read_eman2_hdf_metadata(path, name=name)
         else:
             metadata = pd.DataFrame({IMAGE_NAME: [f"{i + 1}@{name}" for i in range(handle.n)]})
         if handle.n == 0:
             raise InputError(f"{path}: holds no images")
-        resolver = _Resolver(path, [here])
+        resolver = ImageResolver(path, [here])
         return _finish(path, metadata, None, resolver, apix, None, True)
     raise InputError(
         f"{path}: unknown particle file type {suffix!r}; "
@@ -540,14 +387,14 @@ def open_particles(
 
 def _open_lst(path: Path, apix: float | None, here: Path, check_files: bool) -> ParticleStack:
     entries = read_lst(path)
-    resolver = _Resolver(path, [path.parent, path.parent.parent, here])
+    resolver = ImageResolver(path, [path.parent, path.parent.parent, here])
     per_file: dict[str, pd.DataFrame | None] = {}
     counts: dict[str, int] = {}
     for entry in entries:
         if entry.file in per_file:
             continue
         resolved = resolver(entry.file)
-        if resolved.suffix.lower() in _HDF_SUFFIXES:
+        if resolved.suffix.lower() in HDF_SUFFIXES:
             table = read_eman2_hdf_metadata(resolved, name=entry.file)
             per_file[entry.file], counts[entry.file] = table, len(table)
         else:

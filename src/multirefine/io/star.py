@@ -44,6 +44,7 @@ from multirefine.io.columns import (
     STRING_COLUMNS,
     canonicalize,
 )
+from multirefine.io.images import open_image_file
 
 __all__ = [
     "StarParticles",
@@ -302,8 +303,6 @@ def _format_loop(name: str, table: pd.DataFrame) -> str:
 
 def _box_from_images(star_path: Path, particles: pd.DataFrame) -> int | None:
     """Box size from the header of the first particle's image file, if it can be found."""
-    from multirefine.io.particles import open_image_file  # runtime import: no cycle
-
     if len(particles) == 0:
         return None
     name = str(particles[IMAGE_NAME].iloc[0]).partition("@")

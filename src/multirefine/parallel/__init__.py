@@ -1,7 +1,7 @@
 """Where the particle loops run: in this process, or on the workers of a Dask cluster.
 
 Between the references and the accumulators everything is a function of one shard of
-particles and of what all shards share (DESIGN.md, "The iteration"): a shard's search needs
+particles and of what all shards share (docs/architecture.md): a shard's search needs
 the references, its model choice the last maps' accumulators; a reconstruction is a sum of
 accumulators over shards. The driver hands such loops to an executor, chosen by
 ``--parallel``:

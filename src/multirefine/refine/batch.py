@@ -7,6 +7,7 @@ physics (:mod:`multirefine.fourier`, tensors). Images are centred by their origi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from multirefine.fourier.fft import rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
 
-__all__ = ["ParticleBatch", "ctf_for_rows", "load_batch", "origins_px_for_rows", "rotations_for_rows"]
+__all__ = ["ParticleBatch", "ctf_for_rows", "load_batch", "origins_px_for_rows", "rotations_for_rows", "sweep"]
 
 
 def _column(rows: pd.DataFrame, name: str, default: float | None = None) -> torch.Tensor:
@@ -79,3 +80,16 @@ def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> 
         images_ft = shift_images_ft(images_ft, shift)
     ctf = ctf_for_rows(rows, stack.box_size, device=device) if stack.has_ctf else None
     return ParticleBatch(np.asarray(indices), images_ft, ctf, rotations_for_rows(rows, device))
+
+
+def sweep(stack, rows: np.ndarray, batch_size: int, device=None,
+          advance: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, ParticleBatch]]:
+    """The one batched sweep over particle rows that every stage makes: the stack rows
+    ``rows`` in batches of ``batch_size``, each loaded on ``device`` (not centred: the
+    search finds the shifts). Yields ``(at, batch)``, ``at`` the batch's positions in
+    ``rows``; ``advance`` (a progress bar's) is told each batch's size once it is done."""
+    for start in range(0, len(rows), batch_size):
+        at = np.arange(start, min(len(rows), start + batch_size))
+        yield at, load_batch(stack, rows[at], device=device, center=False)
+        if advance is not None:
+            advance(len(at))

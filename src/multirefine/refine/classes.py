@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from multirefine.fourier.fft import irfft2_centered, rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
+from multirefine.geometry.grids import projection_directions
 from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows
 
-__all__ = ["assign_classes", "class_averages", "rotate_images"]
+__all__ = ["assign_classes", "class_averages", "iteration_averages", "rotate_images"]
 
 
 def rotate_images(images: torch.Tensor, psi_deg: torch.Tensor) -> torch.Tensor:
@@ -96,6 +97,90 @@ def _keep_best(classes: np.ndarray, score: np.ndarray, classkeep: float) -> np.n
     return keep
 
 
+def _average(
+    stack,
+    table: pd.DataFrame,
+    slot: np.ndarray,
+    n_classes: int,
+    weights: np.ndarray,
+    keep: np.ndarray,
+    extra_psi: np.ndarray,
+    extra_shift: np.ndarray,
+    batch_size: int,
+) -> torch.Tensor:
+    """The Wiener-filtered averages ``(C, D, D//2+1)`` of the kept entries (``slot``: each
+    entry's class among the ``n_classes`` non-empty ones), turned into their classes' frames."""
+    box = stack.box_size
+    numerator = torch.zeros((n_classes, box, box // 2 + 1), dtype=torch.complex64)
+    denominator = torch.zeros((n_classes, box, box // 2 + 1))
+    rows_kept = np.nonzero(keep)[0]
+    for start in range(0, len(rows_kept), batch_size):
+        rows = rows_kept[start : start + batch_size]
+        part = table.iloc[rows]
+        turned, ctf = _turned_images(stack, part, _centred_images(stack, part), extra_psi[rows], extra_shift[rows])
+        index = torch.as_tensor(slot[rows])
+        weight = torch.as_tensor(weights[rows], dtype=torch.float32)[:, None, None]
+        numerator.index_add_(0, index, weight * turned * ctf)
+        denominator.index_add_(0, index, weight * ctf**2)
+    epsilon = 0.1 * denominator.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return numerator / (denominator + epsilon)
+
+
+def _realign(
+    stack,
+    table: pd.DataFrame,
+    slot: np.ndarray,
+    averages_ft: torch.Tensor,
+    extra_psi: np.ndarray,
+    extra_shift: np.ndarray,
+    psi_range_deg: float,
+    max_shift_px: float,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One round of re-aligning every entry to its class average: five in-plane angles
+    within ``psi_range_deg`` of its current correction, each at its best shift within
+    ``max_shift_px``. Returns the new corrections (angles, shifts) and each entry's
+    correlation at them."""
+    n = len(table)
+    offsets_deg = np.linspace(-psi_range_deg, psi_range_deg, 5)
+    score = np.full(n, -np.inf)
+    best_psi, best_shift = extra_psi.copy(), extra_shift.copy()
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(n, start + batch_size))
+        part = table.iloc[rows]
+        centred = _centred_images(stack, part)  # read once, turned once per trial angle
+        for offset in offsets_deg:
+            turned, ctf = _turned_images(stack, part, centred, extra_psi[rows] + offset, extra_shift[rows])
+            s, shift = _align_by_correlation(turned, ctf * averages_ft[slot[rows]], max_shift_px)
+            better = s > score[rows]
+            score[rows[better]] = s[better]
+            best_psi[rows[better]] = extra_psi[rows[better]] + offset
+            best_shift[rows[better]] = extra_shift[rows[better]] + shift[better]
+    return best_psi, best_shift, score
+
+
+def _class_table(
+    grid_rot: list[np.ndarray],
+    grid_tilt: list[np.ndarray],
+    used: np.ndarray,
+    classes: np.ndarray,
+    keep: np.ndarray,
+    weights: np.ndarray,
+) -> pd.DataFrame:
+    """The non-empty classes ``used``: model, direction and kept weight of each (RELION columns)."""
+    offsets = np.cumsum([0] + [len(r) for r in grid_rot])
+    model_of = np.searchsorted(offsets, used, side="right") - 1
+    direction_of = used - offsets[model_of]
+    return pd.DataFrame(
+        {
+            "rlnClassNumber": model_of + 1,
+            "rlnAngleRot": [grid_rot[m][d] for m, d in zip(model_of, direction_of)],
+            "rlnAngleTilt": [grid_tilt[m][d] for m, d in zip(model_of, direction_of)],
+            "rlnClassDistribution": [float(weights[keep & (classes == c)].sum()) for c in used],
+        }
+    )
+
+
 def class_averages(
     stack,
     table: pd.DataFrame,
@@ -129,54 +214,15 @@ def class_averages(
     used = np.unique(classes)
     slot = np.searchsorted(used, classes)
     extra_psi, extra_shift = np.zeros(n), np.zeros((n, 2))
-
-    def average(keep: np.ndarray) -> torch.Tensor:
-        numerator = torch.zeros((len(used), box, box // 2 + 1), dtype=torch.complex64)
-        denominator = torch.zeros((len(used), box, box // 2 + 1))
-        rows_kept = np.nonzero(keep)[0]
-        for start in range(0, len(rows_kept), batch_size):
-            rows = rows_kept[start : start + batch_size]
-            part = table.iloc[rows]
-            turned, ctf = _turned_images(stack, part, _centred_images(stack, part), extra_psi[rows], extra_shift[rows])
-            index = torch.as_tensor(slot[rows])
-            weight = torch.as_tensor(w[rows], dtype=torch.float32)[:, None, None]
-            numerator.index_add_(0, index, weight * turned * ctf)
-            denominator.index_add_(0, index, weight * ctf**2)
-        epsilon = 0.1 * denominator.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-        return numerator / (denominator + epsilon)
-
-    averages_ft = average(keep)
-    offsets_deg = np.linspace(-psi_range_deg, psi_range_deg, 5)
+    averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size)
     for _ in range(classiter):
-        score = np.full(n, -np.inf)
-        best_psi, best_shift = extra_psi.copy(), extra_shift.copy()
-        for start in range(0, n, batch_size):
-            rows = np.arange(start, min(n, start + batch_size))
-            part = table.iloc[rows]
-            centred = _centred_images(stack, part)  # read once, turned once per trial angle
-            for offset in offsets_deg:
-                turned, ctf = _turned_images(stack, part, centred, extra_psi[rows] + offset, extra_shift[rows])
-                s, shift = _align_by_correlation(turned, ctf * averages_ft[slot[rows]], max_shift_px)
-                better = s > score[rows]
-                score[rows[better]] = s[better]
-                best_psi[rows[better]] = extra_psi[rows[better]] + offset
-                best_shift[rows[better]] = extra_shift[rows[better]] + shift[better]
-        extra_psi, extra_shift = best_psi, best_shift
+        extra_psi, extra_shift, score = _realign(
+            stack, table, slot, averages_ft, extra_psi, extra_shift, psi_range_deg, max_shift_px, batch_size
+        )
         keep = _keep_best(classes, score, classkeep)
-        averages_ft = average(keep)
+        averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size)
     averages = irfft2_centered(averages_ft, box).numpy()
-    offsets = np.cumsum([0] + [len(r) for r in grid_rot])
-    model_of = np.searchsorted(offsets, used, side="right") - 1
-    direction_of = used - offsets[model_of]
-    info = pd.DataFrame(
-        {
-            "rlnClassNumber": model_of + 1,
-            "rlnAngleRot": [grid_rot[m][d] for m, d in zip(model_of, direction_of)],
-            "rlnAngleTilt": [grid_tilt[m][d] for m, d in zip(model_of, direction_of)],
-            "rlnClassDistribution": [float(w[keep & (classes == c)].sum()) for c in used],
-        }
-    )
-    return averages.astype(np.float32), info
+    return averages.astype(np.float32), _class_table(grid_rot, grid_tilt, used, classes, keep, w)
 
 
 def _align_by_correlation(
@@ -202,3 +248,18 @@ def _align_by_correlation(
     norm = (power(images_ft) * power(references_ft)).sqrt().clamp_min(1e-30)
     score = cc.reshape(len(cc), -1).amax(1) * box * box / norm
     return score.numpy(), torch.stack([dx, dy], 1).float().numpy()
+
+
+def iteration_averages(stack, tables: list[pd.DataFrame], symmetries: list[str], step_deg: float, classkeep: float,
+                       classiter: int, psi_range_deg: float, max_shift_px: float) -> tuple[np.ndarray, pd.DataFrame]:
+    """An iteration's class averages (:func:`class_averages`) over each model's projection
+    directions at ``step_deg``: from the particle table, or from ``tables`` of ``--sep``'s
+    layers (each entry weighted 1 / their number). Entries are indexed by their row in the stack."""
+    directions = [projection_directions(step_deg, sym) for sym in symmetries]
+    entries, weights = tables[0].reset_index(drop=True), None
+    if len(tables) > 1:
+        entries = pd.concat([t.reset_index(drop=True) for t in tables])
+        weights = np.full(len(entries), 1 / len(tables))
+    return class_averages(stack, entries, [d[0] for d in directions], [d[1] for d in directions], classkeep,
+                          classiter=classiter, psi_range_deg=psi_range_deg, max_shift_px=max_shift_px,
+                          weights=weights)

@@ -1,6 +1,6 @@
 """The global search with the in-plane angle for free: scores on a polar Fourier grid.
 
-DESIGN.md, "Where the speed comes from". On a polar grid ``(r, theta)`` a rotation of the
+docs/architecture.md, "Where the speed comes from". On a polar grid ``(r, theta)`` a rotation of the
 image plane is a cyclic shift in ``theta``. For a projection direction ``d`` (pose ``A0`` at
 in-plane angle 0) the pose at in-plane angle ``psi`` is ``A = Rz(psi) @ A0`` (RELION's psi)
 and its central slice is ``P_psi(r, theta) = P_0(r, theta + psi)``. So, with the CTF on the
@@ -48,13 +48,13 @@ import torch
 from multirefine.errors import InputError
 from multirefine.fourier.interpolate import sample_half_volume
 from multirefine.geometry.euler import euler_to_matrix
-from multirefine.refine.search import (
+from multirefine.refine.scoring import (
     DEFAULT_MAX_ELEMENTS,
     SLICE_POINTS,
     Score,
     SearchResult,
-    _half_volumes,
-    _merge_top,
+    half_volumes,
+    merge_top,
     score_matrix,
 )
 
@@ -175,7 +175,7 @@ def make_polar_references(
     """Slices of K models at the polar points for one direction set (poses at in-plane angle
     0, ``(J, 3, 3)``) or one per model; ``volumes`` real ``(K, D, D, D)`` or half volumes from
     :func:`multirefine.fourier.projection.prepare_volume_ft` with this ``pad``."""
-    half, box = _half_volumes(volumes, pad)
+    half, box = half_volumes(volumes, pad)
     if box != grid.box_size:
         raise InputError(f"maps of box {box} for a polar grid of box {grid.box_size}")
     device = half.device
@@ -201,6 +201,35 @@ def make_polar_references(
             spectra[k, start : start + len(chunk)] = torch.fft.fft(slices, dim=-1)
             power[k, start : start + len(chunk)] = torch.fft.fft(slices.real**2 + slices.imag**2, dim=-1)
     return PolarReferences(grid, spectra, power, rot_all, counts)
+
+
+@dataclass
+class _PolarParticles:
+    """A chunk of ``n`` particles on the polar grid at every one of ``S`` shifts."""
+
+    shifts: torch.Tensor  # (S, 2) float32
+    shifted: torch.Tensor  # (S, n, R, T) complex64: w c X_s on the polar grid
+    a: torch.Tensor  # (h, S n, R) complex64: F_theta of ``shifted``, frequencies m = 0 .. T'/2
+    b: torch.Tensor  # (h, n, R) complex64: F_theta of w c^2
+    x_power: torch.Tensor  # (n,) float32: sum w |X|^2
+
+    @property
+    def n(self) -> int:
+        return self.shifted.shape[1]
+
+    @property
+    def n_shifts(self) -> int:
+        return self.shifts.shape[0]
+
+
+@dataclass
+class _PolarBest:
+    """Running bests of a polar search: codes ``(model J + j) T' + t``."""
+
+    score: torch.Tensor  # (n, top)
+    code: torch.Tensor  # (n, top) int64
+    model_score: torch.Tensor  # (n, K)
+    model_code: torch.Tensor  # (n, K) int64
 
 
 def search_global_polar(
@@ -232,11 +261,19 @@ def search_global_polar(
             for i in range(0, images_ft.shape[0], size)
         ]
         return SearchResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(SearchResult)))
+    particles = _polar_particles(images_ft, ctf, references, shifts_px)
+    best = _scan_polar(particles, references, score, top, max_elements)
+    return _polar_result(particles, references, best)
+
+
+def _polar_particles(
+    images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences, shifts_px: torch.Tensor
+) -> _PolarParticles:
+    """The particles' side of the polar scores, on the references' device."""
+    grid = references.grid
     device = references.spectra.device
-    n_models, n_dirs, n_r, n_t = references.spectra.shape
-    n_psi = grid.n_inplane
-    h = n_psi // 2 + 1  # angular frequencies m = 0 .. T'/2 (the scores are real: Hermitian in m)
-    norm = n_psi / n_t  # irfft of size T' divides by T'; the sums over T samples want T
+    n_r = references.spectra.shape[2]
+    h = grid.n_inplane // 2 + 1  # angular frequencies m = 0 .. T'/2 (the scores are real: Hermitian in m)
     images_ft = images_ft.to(device)
     shifts = torch.as_tensor(shifts_px, dtype=torch.float32).to(device).reshape(-1, 2)
     n, n_shifts = images_ft.shape[0], shifts.shape[0]
@@ -256,6 +293,21 @@ def search_global_polar(
     # Rows (shift, particle) for each angular frequency kept: (h, S n, R).
     a = torch.fft.fft(shifted, dim=-1)[..., :h].reshape(n_shifts * n, n_r, h).permute(2, 0, 1).contiguous()
     b = torch.fft.fft(w * c2, dim=-1)[..., :h].to(torch.complex64).permute(2, 0, 1).contiguous()  # (h, n, R)
+    return _PolarParticles(shifts, shifted, a, b, x_power)
+
+
+def _scan_polar(
+    particles: _PolarParticles, references: PolarReferences, score: Score, top: int, max_elements: int
+) -> _PolarBest:
+    """Score the particles against every model's directions, in chunks of directions, keeping
+    the ``top`` best codes overall and the best per model."""
+    device = references.spectra.device
+    n_models, n_dirs, _, n_t = references.spectra.shape
+    n_psi = references.grid.n_inplane
+    h = n_psi // 2 + 1
+    norm = n_psi / n_t  # irfft of size T' divides by T'; the sums over T samples want T
+    n, n_shifts = particles.n, particles.n_shifts
+    a, b = particles.a, particles.b
     # Directions per chunk: the (h, S n, J) products and their scores stay within budget.
     chunk = max(1, max_elements // max(1, n * n_shifts * n_psi))
     best_score = torch.full((n, top), -math.inf, device=device)
@@ -270,41 +322,56 @@ def search_global_polar(
             cross = cross.reshape(n_shifts, n, -1).amax(0) * norm  # (n, J T'): j-major
             pw = references.power_spectra[k, start:stop, :, :h].permute(2, 1, 0).conj()
             refpower = torch.fft.irfft(torch.bmm(b, pw).permute(1, 2, 0), n=n_psi, dim=-1).reshape(n, -1) * norm
-            s = score_matrix(cross[:, None], refpower, x_power, score)[:, 0]
+            s = score_matrix(cross[:, None], refpower, particles.x_power, score)[:, 0]
             code = ((k * n_dirs + start) * n_psi + torch.arange(s.shape[1], device=device)).expand(n, -1)
-            best_score, best_code = _merge_top(best_score, best_code, s, code, top)
+            best_score, best_code = merge_top(best_score, best_code, s, code, top)
             m_s, m_i = s.max(1)
             better = m_s > model_score[:, k]
             model_score[:, k] = torch.where(better, m_s, model_score[:, k])
             model_code[:, k] = torch.where(better, code[0, 0] + m_i, model_code[:, k])
+    return _PolarBest(best_score, best_code, model_score, model_code)
 
-    def angle(code: torch.Tensor) -> torch.Tensor:  # the in-plane angle (radians) of a code
-        return (code % n_psi).float() * (-2 * math.pi / n_psi)
 
-    def pose(code: torch.Tensor) -> torch.Tensor:
-        psi = torch.rad2deg(angle(code))
-        zero = torch.zeros_like(psi)
-        return euler_to_matrix(zero, zero, psi) @ references.rotations.reshape(-1, 3, 3)[code // n_psi]
+def _code_angle(code: torch.Tensor, n_psi: int) -> torch.Tensor:
+    """The in-plane angle (radians) of a code."""
+    return (code % n_psi).float() * (-2 * math.pi / n_psi)
 
-    def best_shift(code: torch.Tensor) -> torch.Tensor:
-        # The winner's slice on the polar grid turned by its in-plane angle psi:
-        # P_psi(theta) = P_0(theta + psi), a phase e^{i m psi} on its angular spectrum.
-        spectra = references.spectra.reshape(-1, n_r, n_t)[code // n_psi]  # (n, C, R, T)
-        m = torch.fft.fftfreq(n_t, 1.0 / n_t, device=device)
-        turn = torch.polar(torch.ones(code.shape + (n_t,), device=device), m * angle(code)[..., None])
-        slices = torch.fft.ifft(spectra * turn[..., None, :], dim=-1)  # (n, C, R, T)
-        crosses = torch.einsum("snrt,ncrt->ncs", shifted, slices.conj()).real
-        return shifts[crosses.argmax(-1)]
 
-    best_pose = pose(best_code)
-    model_pose = pose(model_code)
+def _code_pose(code: torch.Tensor, references: PolarReferences) -> torch.Tensor:
+    """The pose matrices ``(..., 3, 3)`` of codes: the direction's pose turned in-plane."""
+    n_psi = references.grid.n_inplane
+    psi = torch.rad2deg(_code_angle(code, n_psi))
+    zero = torch.zeros_like(psi)
+    return euler_to_matrix(zero, zero, psi) @ references.rotations.reshape(-1, 3, 3)[code // n_psi]
+
+
+def _code_shift(code: torch.Tensor, particles: _PolarParticles, references: PolarReferences) -> torch.Tensor:
+    """The best shift ``(n, C, 2)`` of each particle's codes ``(n, C)``."""
+    device = references.spectra.device
+    n_r, n_t = references.spectra.shape[2:]
+    n_psi = references.grid.n_inplane
+    # The winner's slice on the polar grid turned by its in-plane angle psi:
+    # P_psi(theta) = P_0(theta + psi), a phase e^{i m psi} on its angular spectrum.
+    spectra = references.spectra.reshape(-1, n_r, n_t)[code // n_psi]  # (n, C, R, T)
+    m = torch.fft.fftfreq(n_t, 1.0 / n_t, device=device)
+    turn = torch.polar(torch.ones(code.shape + (n_t,), device=device), m * _code_angle(code, n_psi)[..., None])
+    slices = torch.fft.ifft(spectra * turn[..., None, :], dim=-1)  # (n, C, R, T)
+    crosses = torch.einsum("snrt,ncrt->ncs", particles.shifted, slices.conj()).real
+    return particles.shifts[crosses.argmax(-1)]
+
+
+def _polar_result(particles: _PolarParticles, references: PolarReferences, best: _PolarBest) -> SearchResult:
+    """The search result of the best codes: models, pose indices, poses and best shifts."""
+    per_model = references.spectra.shape[1] * references.grid.n_inplane  # J T'
+    best_pose = _code_pose(best.code, references)
+    model_pose = _code_pose(best.model_code, references)
     return SearchResult(
-        best_code // (n_dirs * n_psi),
-        best_code % (n_dirs * n_psi),
+        best.code // per_model,
+        best.code % per_model,
         best_pose,
-        best_shift(best_code),
-        best_score,
-        model_score,
+        _code_shift(best.code, particles, references),
+        best.score,
+        best.model_score,
         model_pose,
-        best_shift(model_code),
+        _code_shift(best.model_code, particles, references),
     )

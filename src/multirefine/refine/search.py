@@ -3,28 +3,7 @@
 A pure function of one batch of particles and the current references (tensors on one
 device), so the same code serves a CPU core, a GPU and a Dask worker.
 
-**Band.** Only the rfft pixels with ``low <= |k| < band_radius_px`` (cycles per box of the
-original box ``D``; the DC pixel is left out by default, it carries only the background
-level) are used: :func:`make_band` lists them, ``(M,)`` flat indices into the
-``(D, D//2+1)`` layout of :func:`multirefine.fourier.fft.rfft2_centered`, and every
-stage gathers just those pixels. This *is* the Fourier crop: pixels outside the band are
-never touched, projections are sampled only at in-band frequencies (no full slices), so
-cost and memory scale with ``M ~ pi r^2 / 2``, not ``D^2``. The half plane stands for the
-whole plane: pixels with ``kx > 0`` count twice (their Friedel mates), ``kx = 0`` once.
-
-**Score.** With the CTF ``c`` on the particle side, for an image transform ``X`` shifted by a
-candidate ``s`` (``X_s``) and a reference projection ``P`` (sums over the band, full plane)::
-
-    cross    = Re sum c X_s conj(P)          (matrix product: particle x shift  by  reference)
-    refpower = sum c^2 |P|^2                 (matrix product: particle  by  reference)
-    "cc":  cross / sqrt(refpower) / sqrt(sum |X|^2)      in [-1, 1] (Cauchy-Schwarz)
-    "ls":  cross - refpower / 2  =  (|X|^2 - |X_s - c P|^2) / 2
-
-"cc" is the normalised cross-correlation (the ``|X|`` factor is the same for every
-reference and shift, shifts being pure phases; it only puts scores on a common scale).
-"ls" is the least-squares score: ``ls / sigma^2`` is the white-noise log-likelihood up to
-a per-particle constant, the quantity posteriors (soft assignment) are made from; it
-depends on the absolute scale of maps and images, "cc" does not.
+The band of pixels searched and the score are those of :mod:`multirefine.refine.scoring`.
 
 **Shifts.** ``shift_px = (dx, dy)`` is the translation to APPLY to the image given to the
 search (:func:`multirefine.fourier.shift.shift_images_ft` moves content by ``+shift``) so
@@ -55,151 +34,35 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from multirefine.errors import InputError
-from multirefine.fourier.fft import frequency_grid_2d
-from multirefine.fourier.interpolate import sample_half_volume
-from multirefine.fourier.projection import prepare_volume_ft
-
-if TYPE_CHECKING:
-    from multirefine.refine.polar import PolarReferences
+from multirefine.refine.polar import PolarReferences, search_global_polar
+from multirefine.refine.scoring import (
+    DEFAULT_MAX_ELEMENTS,
+    Band,
+    Score,
+    SearchResult,
+    as_real_rows,
+    band_phase_ramp,
+    band_slices,
+    half_volumes,
+    make_band,
+    merge_top,
+    particle_terms,
+    score_matrix,
+)
 
 __all__ = [
-    "Band",
     "References",
-    "SearchResult",
-    "band_phase_ramp",
-    "band_slices",
-    "make_band",
     "make_references",
     "refine_assignments",
     "scale_terms",
-    "score_matrix",
     "search_global",
     "search_local",
-    "shift_grid",
 ]
-
-Score = Literal["cc", "ls"]
-DEFAULT_MAX_ELEMENTS = 2**23  # entries per chunk: 32 MiB of float32 scores, 64 MiB of complex64 images
-SLICE_POINTS = 2**22  # sample points per interpolation call in band_slices
-
-
-@dataclass(frozen=True)
-class Band:
-    """The rfft pixels of a ``D`` box used by the search (see the module docstring)."""
-
-    box_size: int
-    radius_px: float
-    index: torch.Tensor  # (M,) int64: flat index into (D, D//2+1)
-    kx: torch.Tensor  # (M,) float32, cycles per box
-    ky: torch.Tensor  # (M,) float32
-    weight: torch.Tensor  # (M,) float32: 2 for kx > 0, 1 for kx = 0
-
-    @property
-    def size(self) -> int:
-        return int(self.index.numel())
-
-    def gather(self, ft: torch.Tensor) -> torch.Tensor:
-        """``(..., D, D//2+1)`` -> ``(..., M)``."""
-        if ft.shape[-2:] != (self.box_size, self.box_size // 2 + 1):
-            raise InputError(
-                f"transforms of shape {tuple(ft.shape[-2:])}: expected the rfft layout of a "
-                f"{self.box_size} box, {(self.box_size, self.box_size // 2 + 1)}"
-            )
-        return ft.reshape(ft.shape[:-2] + (-1,))[..., self.index.to(ft.device)]
-
-    def to(self, device: torch.device | str) -> Band:
-        return Band(
-            self.box_size,
-            self.radius_px,
-            self.index.to(device),
-            self.kx.to(device),
-            self.ky.to(device),
-            self.weight.to(device),
-        )
-
-
-def make_band(
-    box_size: int,
-    band_radius_px: float,
-    low_radius_px: float = 0.5,
-    device: torch.device | str | None = None,
-) -> Band:
-    """The rfft pixels with ``low_radius_px <= |k| < band_radius_px`` of a ``D`` box.
-
-    Radii in pixels of the ``D`` box (cycles per box): the resolution is
-    ``D * pixel_size / band_radius_px`` Å. ``band_radius_px`` is capped at ``D / 2``;
-    ``low_radius_px = 0.5`` leaves out only the DC pixel (0 keeps it).
-    """
-    if not (band_radius_px > low_radius_px >= 0):
-        raise InputError(
-            f"search band {low_radius_px}..{band_radius_px} px: expected 0 <= low < high"
-        )
-    radius = min(float(band_radius_px), box_size / 2)
-    kx, ky = frequency_grid_2d(box_size, device=device)
-    r2 = kx**2 + ky**2
-    mask = (r2 < radius**2) & (r2 >= low_radius_px**2)
-    index = torch.nonzero(mask.reshape(-1)).squeeze(1)
-    kx, ky = kx.reshape(-1)[index], ky.reshape(-1)[index]
-    weight = torch.where(kx > 0, 2.0, 1.0).to(torch.float32)
-    return Band(box_size, radius, index, kx, ky, weight)
-
-
-def band_phase_ramp(shift_px: torch.Tensor, band: Band) -> torch.Tensor:
-    """:func:`~multirefine.fourier.shift.phase_ramp_2d` at the band: ``(..., 2)`` -> ``(..., M)``.
-
-    Multiplying an image transform by it translates the image by ``+shift_px``.
-    """
-    kx, ky = band.kx.to(shift_px.device), band.ky.to(shift_px.device)
-    dx = shift_px[..., 0, None].to(torch.float32)
-    dy = shift_px[..., 1, None].to(torch.float32)
-    phase = (-2 * math.pi / band.box_size) * (kx * dx + ky * dy)
-    return torch.polar(torch.ones_like(phase), phase)
-
-
-def band_slices(
-    volume_ft: torch.Tensor, rotations: torch.Tensor, band: Band, pad: int = 2
-) -> torch.Tensor:
-    """Central slices of a half volume ``(P, P, P//2+1)`` at the band pixels only.
-
-    ``rotations`` ``(..., 3, 3)`` -> ``(..., M)`` complex64; the same values as
-    :func:`multirefine.fourier.projection.extract_central_slices` gathered by ``band``.
-    """
-    rot = rotations.to(device=volume_ft.device, dtype=torch.float32)
-    kxy = torch.stack([band.kx, band.ky], -1).to(device=rot.device, dtype=torch.float32) * pad
-    flat = rot.reshape(-1, 3, 3)
-    out = torch.empty((flat.shape[0], band.size), dtype=torch.complex64, device=rot.device)
-    # In chunks of about SLICE_POINTS sample points: the coordinates and the interpolation's
-    # temporaries (about 60 bytes a point) stay small whatever the number of poses.
-    step = max(1, SLICE_POINTS // max(1, band.size))
-    for start in range(0, flat.shape[0], step):
-        out[start : start + step] = sample_half_volume(volume_ft, kxy @ flat[start : start + step, :2, :])
-    return out.reshape(rot.shape[:-2] + (band.size,))
-
-
-def shift_grid(
-    max_shift_px: float, step_px: float, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Shifts ``(S, 2)`` ``(dx, dy)`` on a square lattice of ``step_px`` within ``max_shift_px``.
-
-    ``(0, 0)`` first, then by length (RELION's ``--offset_range`` / ``--offset_step``).
-    """
-    if not (step_px > 0 and max_shift_px >= 0):
-        raise InputError(
-            f"shift range {max_shift_px} / step {step_px} px: expected range >= 0, step > 0"
-        )
-    k = math.floor(max_shift_px / step_px + 1e-9)
-    ax = np.arange(-k, k + 1, dtype=np.float64) * step_px
-    grid = np.stack(np.meshgrid(ax, ax, indexing="xy"), -1).reshape(-1, 2)
-    length = np.hypot(grid[:, 0], grid[:, 1])
-    grid = grid[length <= max_shift_px + 1e-9]
-    order = np.lexsort((grid[:, 0], grid[:, 1], np.round(np.hypot(grid[:, 0], grid[:, 1]), 9)))
-    return torch.as_tensor(grid[order], dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -230,13 +93,6 @@ class References:
         )
 
 
-def _half_volumes(volumes: torch.Tensor, pad: int) -> tuple[torch.Tensor, int]:
-    """Maps ``(K, D, D, D)`` real or half volumes ``(K, P, P, P//2+1)`` -> half volumes, D."""
-    if volumes.is_complex():
-        return volumes, volumes.shape[-3] // pad
-    return prepare_volume_ft(volumes, pad=pad), volumes.shape[-1]
-
-
 def make_references(
     volumes: torch.Tensor,
     rotations: torch.Tensor | Sequence[torch.Tensor],
@@ -253,7 +109,7 @@ def make_references(
     ``rotations``: one pose set ``(R, 3, 3)`` for all models, or one per model.
     The references live on the volumes' device.
     """
-    half, box = _half_volumes(volumes, pad)
+    half, box = half_volumes(volumes, pad)
     device = half.device
     n_models = half.shape[0]
     if isinstance(rotations, torch.Tensor) and rotations.dim() == 3:
@@ -274,80 +130,6 @@ def make_references(
             stop = min(start + chunk, len(rot))
             slices[k, start:stop] = band_slices(half[k], rot[start:stop], band, pad)
     return References(band, slices, slices.real**2 + slices.imag**2, rot_all, counts)
-
-
-@dataclass
-class SearchResult:
-    """Best poses per particle: the ``top`` best (model, pose) pairs, each at its best
-    shift, in decreasing score.
-
-    ``shift_px`` is the shift to apply to the image given to the search to centre it
-    (RELION origin, see the module docstring). ``pose_index``: the index in the model's
-    reference pose set (global search), or ``c * L + l`` for candidate ``c`` and local
-    rotation ``l`` (local search). ``model_*``: the best per model, for soft assignment and
-    for counting particles that change model; ``-inf`` for models not searched.
-    """
-
-    model: torch.Tensor  # (n, top) int64
-    pose_index: torch.Tensor  # (n, top) int64
-    rotations: torch.Tensor  # (n, top, 3, 3) float32
-    shift_px: torch.Tensor  # (n, top, 2) float32
-    score: torch.Tensor  # (n, top) float32
-    model_scores: torch.Tensor  # (n, K) float32
-    model_rotations: torch.Tensor  # (n, K, 3, 3)
-    model_shift_px: torch.Tensor  # (n, K, 2)
-
-
-def score_matrix(
-    cross: torch.Tensor, refpower: torch.Tensor, image_power: torch.Tensor, score: Score = "cc"
-) -> torch.Tensor:
-    """Scores from the two matrix products (see the module docstring).
-
-    ``cross`` ``(n, S, R)``, ``refpower`` ``(n, R)`` (``sum c^2 |P|^2``), ``image_power``
-    ``(n,)`` (``sum |X|^2``) -> ``(n, S, R)``.
-    """
-    if score == "cc":
-        denom = refpower.clamp_min(1e-30).sqrt() * image_power.clamp_min(1e-30).sqrt()[:, None]
-        return cross / denom[:, None, :]
-    if score == "ls":
-        return cross - 0.5 * refpower[:, None, :]
-    raise InputError(f"search score {score!r}: expected 'cc' or 'ls'")
-
-
-def _particle_terms(
-    images_ft: torch.Tensor, ctf: torch.Tensor | None, band: Band
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """In-band ``X``, ``w c``, ``w c^2`` (each ``(n, M)``) and ``sum w |X|^2`` ``(n,)``."""
-    x = band.gather(images_ft).to(torch.complex64)
-    w = band.weight.to(x.device)
-    if ctf is None:
-        c = torch.ones(x.shape, dtype=torch.float32, device=x.device)
-    else:
-        c = band.gather(ctf).to(device=x.device, dtype=torch.float32)
-    wc = w * c
-    return x, wc, wc * c, (w * (x.real**2 + x.imag**2)).sum(-1)
-
-
-def _as_real_rows(z: torch.Tensor) -> torch.Tensor:
-    """Complex ``(..., M)`` -> real ``(..., 2M)`` (re, im interleaved): ``z . p = Re z conj(p)``."""
-    z = z.contiguous()
-    return torch.view_as_real(z).reshape(z.shape[:-1] + (2 * z.shape[-1],))
-
-
-def _merge_top(
-    best_score: torch.Tensor,
-    best_code: torch.Tensor,
-    score: torch.Tensor,
-    code: torch.Tensor,
-    top: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k: ``(n, top)`` so far and ``(n, N)`` new candidates -> ``(n, top)``."""
-    k = min(top, score.shape[1])
-    s, i = torch.topk(score, k, dim=1)
-    s = torch.cat([best_score, s], 1)
-    c = torch.cat([best_code, torch.gather(code, 1, i)], 1)
-    s, j = torch.topk(s, top, dim=1)
-    return s, torch.gather(c, 1, j)
 
 
 def search_global(
@@ -377,12 +159,12 @@ def search_global(
     images_ft = images_ft.to(device)
     ctf = None if ctf is None else ctf.to(device)
     shifts = torch.as_tensor(shifts_px, dtype=torch.float32).to(device).reshape(-1, 2)
-    x, wc, wc2, x_power = _particle_terms(images_ft, ctf, band)
+    x, wc, wc2, x_power = particle_terms(images_ft, ctf, band)
     n, n_shifts = x.shape[0], shifts.shape[0]
     n_models, n_poses = references.slices.shape[:2]
     # Particle side: w c X_s, rows (shift, particle) shift-major, real (re, im) columns.
     ramp = band_phase_ramp(shifts, band)
-    shifted = _as_real_rows((x * wc)[None] * ramp[:, None, :])  # (S, n, 2M)
+    shifted = as_real_rows((x * wc)[None] * ramp[:, None, :])  # (S, n, 2M)
     rows = shifted.reshape(n_shifts * n, -1)
     chunk = max(1, max_elements // max(1, n * n_shifts))
     best_score = torch.full((n, top), -math.inf, device=device)
@@ -392,12 +174,12 @@ def search_global(
     for k in range(n_models):
         for start in range(0, references.counts[k], chunk):
             stop = min(start + chunk, references.counts[k])
-            refs = _as_real_rows(references.slices[k, start:stop])  # (Rc, 2M)
+            refs = as_real_rows(references.slices[k, start:stop])  # (Rc, 2M)
             cross = (rows @ refs.T).reshape(n_shifts, n, -1).amax(0)  # (n, Rc)
             refpower = wc2 @ references.power[k, start:stop].T
             s = score_matrix(cross[:, None], refpower, x_power, score)[:, 0]  # (n, Rc)
             code = (k * n_poses + torch.arange(start, stop, device=device)).expand(n, -1)
-            best_score, best_code = _merge_top(best_score, best_code, s, code, top)
+            best_score, best_code = merge_top(best_score, best_code, s, code, top)
             m_s, m_i = s.max(1)
             better = m_s > model_score[:, k]
             model_score[:, k] = torch.where(better, m_s, model_score[:, k])
@@ -407,7 +189,7 @@ def search_global(
     flat_slices = references.slices.reshape(n_models * n_poses, -1)
 
     def best_shift(code: torch.Tensor) -> torch.Tensor:
-        refs = _as_real_rows(flat_slices[code])  # (n, T, 2M)
+        refs = as_real_rows(flat_slices[code])  # (n, T, 2M)
         cross = torch.einsum("snm,ntm->nts", shifted, refs)
         return shifts[cross.argmax(-1)]
 
@@ -446,7 +228,7 @@ def scale_terms(
     RELION's first iteration with ``--firstiter_cc`` and its scale correction do).
     """
     device = volumes_ft.device
-    x, wc, wc2, _ = _particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
+    x, wc, wc2, _ = particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
     model, rotations = model.to(device), rotations.to(device=device, dtype=torch.float32)
     p = torch.zeros(x.shape, dtype=torch.complex64, device=device)
     for k in range(volumes_ft.shape[0]):
@@ -496,7 +278,7 @@ def search_local(
     delta = torch.as_tensor(local_rotations, dtype=torch.float32).to(device)
     offsets = torch.as_tensor(shift_offsets_px, dtype=torch.float32).to(device).reshape(-1, 2)
     ctf = None if ctf is None else ctf.to(device)
-    x, wc, wc2, x_power = _particle_terms(images_ft.to(device), ctf, band)
+    x, wc, wc2, x_power = particle_terms(images_ft.to(device), ctf, band)
     n, n_cand = centers.shape[:2]
     n_local, n_shifts, m = delta.shape[0], offsets.shape[0], band.size
     per_particle = n_cand * max(n_local * m, n_shifts * m, n_shifts * n_local)
@@ -517,8 +299,8 @@ def search_local(
             if sel.any():
                 refs[sel] = band_slices(volumes_ft[k], poses[sel], band, pad)
         shifts = center_shifts[sl, :, None, :] + offsets  # (nc, C, S, 2)
-        rows = _as_real_rows((x[sl] * wc[sl])[:, None, None, :] * band_phase_ramp(shifts, band))
-        cross = rows @ _as_real_rows(refs).transpose(-1, -2)  # (nc, C, S, L)
+        rows = as_real_rows((x[sl] * wc[sl])[:, None, None, :] * band_phase_ramp(shifts, band))
+        cross = rows @ as_real_rows(refs).transpose(-1, -2)  # (nc, C, S, L)
         cross, shift_i = cross.max(2)  # best shift per pose: (nc, C, L)
         refpower = ((refs.real**2 + refs.imag**2) @ wc2[sl, None, :, None]).squeeze(-1)
         s = score_matrix(
@@ -572,6 +354,48 @@ def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor)
     return (same & earlier).any(-1)
 
 
+def _local_passes(
+    local_range_deg: float | Sequence[float],
+    local_step_deg: float | Sequence[float],
+    fine_shift_offsets_px: torch.Tensor | Sequence[torch.Tensor],
+) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """The local passes of :func:`refine_assignments`: (local rotations, shift offsets) each,
+    one per entry of the longest argument (scalars and a single tensor mean one pass;
+    shorter lists repeat their last entry)."""
+    from multirefine.geometry.grids import local_rotations
+
+    ranges = np.atleast_1d(np.asarray(local_range_deg, dtype=np.float64))
+    steps = np.atleast_1d(np.asarray(local_step_deg, dtype=np.float64))
+    offsets = (
+        [fine_shift_offsets_px]
+        if isinstance(fine_shift_offsets_px, torch.Tensor)
+        else list(fine_shift_offsets_px)
+    )
+    n_passes = max(len(ranges), len(steps), len(offsets))
+    return [
+        (
+            local_rotations(ranges[min(i, len(ranges) - 1)], steps[min(i, len(steps) - 1)]),
+            offsets[min(i, len(offsets) - 1)],
+        )
+        for i in range(n_passes)
+    ]
+
+
+def _keep_top(result: SearchResult, top: int) -> SearchResult:
+    """``result`` with its ``top`` best (model, pose) pairs only (the per-model bests kept)."""
+    keep = slice(0, top)
+    return SearchResult(
+        result.model[:, keep],
+        result.pose_index[:, keep],
+        result.rotations[:, keep],
+        result.shift_px[:, keep],
+        result.score[:, keep],
+        result.model_scores,
+        result.model_rotations,
+        result.model_shift_px,
+    )
+
+
 def refine_assignments(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
@@ -614,25 +438,7 @@ def refine_assignments(
     skipped. Every model is refined locally, so ``model_scores`` are all fine-level and
     comparable. Returns the ``top`` best (model, pose) pairs of the last pass.
     """
-    from multirefine.geometry.grids import local_rotations
-
-    ranges = np.atleast_1d(np.asarray(local_range_deg, dtype=np.float64))
-    steps = np.atleast_1d(np.asarray(local_step_deg, dtype=np.float64))
-    offsets = (
-        [fine_shift_offsets_px]
-        if isinstance(fine_shift_offsets_px, torch.Tensor)
-        else list(fine_shift_offsets_px)
-    )
-    n_passes = max(len(ranges), len(steps), len(offsets))
-    passes = [
-        (
-            local_rotations(ranges[min(i, len(ranges) - 1)], steps[min(i, len(steps) - 1)]),
-            offsets[min(i, len(offsets) - 1)],
-        )
-        for i in range(n_passes)
-    ]
-    from multirefine.refine.polar import PolarReferences, search_global_polar
-
+    passes = _local_passes(local_range_deg, local_step_deg, fine_shift_offsets_px)
     polar = isinstance(references, PolarReferences)
     if polar and band is None:  # polar references hold no Cartesian band for the local passes
         raise InputError("a search on polar references needs the band of its local passes")
@@ -667,14 +473,4 @@ def refine_assignments(
             top=max(top, candidates),
             max_elements=max_elements,
         )
-    keep = slice(0, top)
-    return SearchResult(
-        result.model[:, keep],
-        result.pose_index[:, keep],
-        result.rotations[:, keep],
-        result.shift_px[:, keep],
-        result.score[:, keep],
-        result.model_scores,
-        result.model_rotations,
-        result.model_shift_px,
-    )
+    return _keep_top(result, top)

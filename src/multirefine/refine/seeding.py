@@ -9,8 +9,13 @@
   map that was low-passed (a consensus map at 30 Å) still gets distinct seeds.
 * ``mapfragment``: a different random part of one map is removed for each model (a soft
   sphere of a third of the particle radius centred on the density).
-* ``randclassify`` is done by the driver: particles are aligned to the one map, then split
-  at random into K sets that are reconstructed.
+* ``randclassify``: particles are aligned to the one map, then split at random into K sets
+  that are reconstructed (:func:`seed_models` draws the split; the driver's first iteration
+  uses it).
+
+Before the first search the starting maps are levelled (:func:`level_start_maps`: a map on a
+level would project as a slab) and maps from different files are aligned to map 1 with a
+hand check where that fits clearly better (:func:`align_to_first`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,20 @@ import torch
 from multirefine.fourier.crop import resample_volume
 from multirefine.fourier.fft import frequency_grid_3d, irfftn3_centered, rfftn3_centered
 from multirefine.fourier.fsc import shell_index_3d
+from multirefine.fourier.masks import soft_sphere_mask, solvent_level
+from multirefine.geometry.euler import rotation_change_deg
+from multirefine.refine.postprocess import ALIGNMENT_MARGIN, align_volume
 
-__all__ = ["fit_to_box", "particle_radius_px", "power_limit_angstrom", "randomize_phases", "remove_fragment"]
+__all__ = [
+    "align_to_first",
+    "fit_to_box",
+    "level_start_maps",
+    "particle_radius_px",
+    "power_limit_angstrom",
+    "randomize_phases",
+    "remove_fragment",
+    "seed_models",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +129,44 @@ def remove_fragment(volume: np.ndarray, seed: int) -> np.ndarray:
     hole = radius / 3
     keep = np.clip((d - hole) / 2.0, 0, 1)  # 2 px soft edge
     return (volume * keep).astype(np.float32)
+
+
+def seed_models(maps: list[np.ndarray], seeding: str, k: int, apix: float, seed: int,
+                n_particles: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The K starting maps from the maps given (``seeding`` "models": as they are; else one map
+    varied into K, see the module docstring), and for ``randclassify`` the random split of the
+    ``n_particles`` particles that the first reconstruction uses (else None)."""
+    if seeding == "models":
+        return list(maps), None
+    base = maps[0]
+    if seeding == "randphase":
+        beyond = 1.4 * power_limit_angstrom(base, apix)
+        log.info("seeding %d models: phases randomised beyond %.1f Å", k, beyond)
+        return [randomize_phases(base, apix, beyond, seed + i) for i in range(k)], None
+    if seeding == "mapfragment":
+        return [remove_fragment(base, seed + i) for i in range(k)], None
+    return [base] * k, np.random.default_rng(seed).integers(0, k, n_particles)  # randclassify
+
+
+def level_start_maps(maps: list[np.ndarray], box: int) -> list[np.ndarray]:
+    """Each map minus its level beyond the box's inscribed sphere (a map on a level would
+    project as a slab, and its radius would be the box's)."""
+    corners = soft_sphere_mask(box, box / 2 - 4, 3.0)  # off beyond the box's inscribed sphere
+    return [m - solvent_level(torch.from_numpy(m), corners).item() for m in maps]
+
+
+def align_to_first(maps: list[np.ndarray], apix: float, band_res: float) -> list[np.ndarray]:
+    """Starting maps from different files, each aligned to map 1 (with a hand check) where
+    that fits clearly better (:data:`ALIGNMENT_MARGIN`)."""
+    out = list(maps)
+    for m_index in range(1, len(maps)):
+        aligned, alignment = align_volume(maps[m_index], maps[0], apix, max(band_res, 15.0), 15.0, True)
+        if alignment.score > alignment.identity_score + ALIGNMENT_MARGIN:
+            angle = float(rotation_change_deg(np.eye(3)[None], alignment.matrix[None], np.eye(3)[None])[0])
+            log.info(
+                "starting map %d aligned to map 1: rotated %.0f°%s (correlation %.2f -> %.2f)",
+                m_index + 1, angle, ", hand flipped" if alignment.flipped else "",
+                alignment.identity_score, alignment.score,
+            )
+            out[m_index] = aligned
+    return out

@@ -1,4 +1,4 @@
-"""Each model's particles refined on their own, gold standard (DESIGN.md, "What it is for").
+"""Each model's particles refined on their own, gold standard (docs/architecture.md).
 
 After the multi-model iterations each model keeps its particles (``particles_model_MM.star``);
 each set is then refined on its own to the resolution its data allow, as RELION's
@@ -16,7 +16,7 @@ the order reverses: from 30 Å the closed particles lost their poses (FSC 0.5 ag
 truth 12.6 Å, from 15 Å 10.2 Å); few particles per model want a finer start.
 
 Each iteration, per half: polar references of the half map and the same search as the
-multi-model run (:class:`multirefine.refine.driver.SearchPlan`, one model), then the half
+multi-model run (:class:`multirefine.refine.plan.SearchPlan`, one model), then the half
 accumulators, the half-map FSC and the full map Wiener-filtered by it
 (:func:`multirefine.refine.reconstruct.gold_standard_reconstruction`). The next references
 are the half maps Wiener-filtered by a half map's own SSNR (half the full map's) and masked.
@@ -24,36 +24,24 @@ The band follows the FSC-0.143 resolution, and the angular steps follow the band
 refinement stops when the resolution has not improved by 1 % for :data:`PATIENCE`
 iterations, or after ``--singleiter``.
 
-Files, in ``model_MM/`` of the run folder (a contract, documented in the README):
-``threed_00.mrc`` the starting map (low-passed; the mean of the two when each half-set
-has its own), ``threed_II.mrc`` the full map after iteration ``II``, ``fsc_II.json``,
-``convergence.json``; at the end ``threed_final.mrc`` (the full map, FSC-weighted and
-masked), ``half1_unfil.mrc`` / ``half2_unfil.mrc`` (the last half maps, neither filtered
-nor masked: for ``relion_postprocess`` or any other sharpening) and
-``particles_final.star`` (the set with its final poses), and last ``finished.json``: after
-which multi-model iteration, with how many particles and which ``--singleiter`` and
-``--singleres`` the model was refined. With ``--mass`` the full maps written are
-normalised by it, as every map of the run is.
-
-``multirefine refine --continue`` keeps a model whose ``finished.json`` matches the run
-(the same last iteration, number of particles and options) and refines the others again,
-after removing what an earlier attempt wrote in their folders: an interrupted one, or a
-finished one made from an earlier classification or with another ``--singleiter`` or
-``--singleres``. Files of other names in a model's folder are left alone.
+Each iteration and the end go to a recorder (:class:`ModelRecorder`; the command line's
+writes ``model_MM/``, :class:`multirefine.runfolder.writer.ModelFolder`, whose docstring lists
+the files). ``multirefine refine --continue`` keeps a model whose recorder says it was
+refined before from the same particles with the same options
+(:meth:`ModelRecorder.earlier`), and refines the others again after clearing what an
+earlier attempt left.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from multirefine.fourier.filters import lowpass_volume
@@ -62,51 +50,27 @@ from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
-from multirefine.io.maps import write_map
-from multirefine.io.star import write_particles_star
 from multirefine.parallel import Executor, InProcess
-from multirefine.refine import runfolder
-from multirefine.refine.batch import load_batch
-from multirefine.refine.driver import (
-    RefinementResult,
-    RefineOptions,
-    assignment_table,
-    filtered_scale,
-    plan_search,
-    write_report_safely,
-)
-from multirefine.refine.postprocess import normalize_by_mass
+from multirefine.refine.assignment import assignment_table
+from multirefine.refine.batch import sweep
+from multirefine.refine.driver import RefinementResult
+from multirefine.refine.options import RefineOptions, SweepSettings
+from multirefine.refine.plan import SearchPlan, plan_search
 from multirefine.refine.reconstruct import (
     accumulate_in_shards,
     gold_standard_reconstruction,
     half_set_of_rows,
 )
+from multirefine.refine.scales import filtered_scale, reference_scales
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.runfolder.records import FscRecord, SingleStats
 
-__all__ = ["SingleResult", "SingleStats", "refine_each_model", "refine_single"]
+__all__ = ["ModelRecorder", "SingleResult", "refine_each_model", "refine_single"]
 
 log = logging.getLogger(__name__)
 
 MIN_PARTICLES = 50  # a model with fewer is not refined on its own
 PATIENCE = 2  # iterations without a 1 % better resolution before a refinement stops
-FINISHED = runfolder.MODEL_FINISHED  # written last: the model's own refinement is complete
-# What refine_single writes into its folder (and nothing else there): FINISHED first, so that
-# a folder cleared only in part is never taken for a finished one.
-_OUTPUTS = re.compile(r"threed_\d+\.mrc|fsc_\d+\.json|convergence\.json|threed_final\.mrc|half[12]_unfil\.mrc"
-                      r"|particles_final\.star")
-
-
-@dataclass
-class SingleStats:
-    iteration: int
-    seconds: float
-    band_resolution_angstrom: float
-    coarse_step_deg: float
-    fine_step_deg: float
-    particles: int
-    resolution_0143_angstrom: float
-    median_rotation_change_deg: float | None  # from the previous iteration, symmetry mates counted as one
-    mean_score: float
 
 
 @dataclass
@@ -116,14 +80,54 @@ class SingleResult:
     earlier: bool = False  # finished by an earlier attempt of the run (--continue), kept as it was
 
 
+class ModelRecorder:
+    """Where one model's refinement on its own goes; this one keeps nothing. The command
+    line's writes ``model_MM/`` (:class:`multirefine.runfolder.writer.ModelFolder`)."""
+
+    def start(self, volume: np.ndarray) -> None:
+        """The starting map (the mean of the two half-sets' when each has its own)."""
+
+    def iteration(self, stat: SingleStats, full_map: np.ndarray, fsc: FscRecord) -> None:
+        """A finished iteration: its statistics, full map and half-map FSC."""
+
+    def finish(self, half_maps: list[np.ndarray], full_map: np.ndarray, table: pd.DataFrame) -> None:
+        """The last half maps (unfiltered), the full map and the particles' final poses."""
+
+    def earlier(self, marker: dict) -> list[SingleStats] | None:
+        """The statistics of this model's refinement as an earlier attempt of the run finished
+        it from what ``marker`` describes, if there is one (``--continue``)."""
+        return None
+
+    def clear(self) -> None:
+        """Forget an earlier attempt's refinement of this model."""
+
+    def mark_finished(self, marker: dict) -> None:
+        """The refinement is complete, from what ``marker`` describes."""
+
+
+@dataclass
+class _Halves:
+    """A model's particles and its two half maps through the iterations."""
+
+    stack: object
+    search_stack: object
+    halves: np.ndarray  # (n,) 1 or 2
+    operators: np.ndarray
+    mask: torch.Tensor
+    radius_px: float
+    references: list[np.ndarray]  # per half-set
+
+    def rows(self, half: int) -> np.ndarray:
+        return np.nonzero(self.halves == half)[0]
+
+
 def refine_single(
     stack,
     search_stack,
     start_map: np.ndarray,
     symmetry: str,
-    out: str | Path,
     opts: RefineOptions,
-    mass_kda: float | None = None,
+    recorder: ModelRecorder | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     label: str = "",
     executor: Executor | None = None,
@@ -138,100 +142,42 @@ def refine_single(
     ``shrink``, batch size, device, score and ``m3dkeep`` (per half-set). ``executor`` runs the
     search (a shard of a half-set's rows each, :func:`_search_rows`) and the reconstruction.
     """
-    executor = executor or InProcess()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(opts.device)
-    box, apix, n = stack.box_size, stack.pixel_size_angstrom, len(stack)
-    halves = half_set_of_rows(stack.metadata, opts.seed)
-    operators = symmetry_operators(symmetry)
-    ops = torch.as_tensor(operators, dtype=torch.float32)
-    start_map = np.asarray(start_map, dtype=np.float32)
-    pair = start_map if start_map.ndim == 4 else np.stack([start_map, start_map])
-    radius_px = max(particle_radius_px(m) for m in pair)
-    mask = soft_sphere_mask(box, min(radius_px + 3, box / 2 - 2), 3.0)
-    references = [  # per half-set
-        flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom, apix), mask).numpy()
-        for m in pair
-    ]
-    write_map(out / "threed_00.mrc", (references[0] + references[1]) / 2, apix)
-    band_res = opts.single_start_resolution_angstrom
-    stats: list[SingleStats] = []
+    executor, recorder = executor or InProcess(), recorder or ModelRecorder()
+    device, apix = torch.device(opts.device), stack.pixel_size_angstrom
+    model = _start(stack, search_stack, start_map, symmetry, opts)
+    recorder.start((model.references[0] + model.references[1]) / 2)
+    band_res, stats = opts.single_start_resolution_angstrom, []
     best, since_best = math.inf, 0
     previous_rotations = None
     for iteration in range(1, opts.single_iterations + 1):
         started = time.perf_counter()
-        plan = plan_search(box, apix, band_res, radius_px, opts.speed, [symmetry], opts.max_shift_px, opts.shrink, device)
-        if iteration == 1:
-            # The starting maps in the units of each half-set's particles (the multi-model
-            # run's maps already are: factors near 1; any other map need not be).
-            scales = [
-                float(plan.intensity_scales(
-                    search_stack.subset(np.nonzero(halves == h)[0]),
-                    torch.from_numpy(references[h - 1]).to(device)[None], opts.batch_size,
-                )[0])
-                for h in (1, 2)
-            ]
-            log.info("%sstarting maps scaled to the particles' intensity: x%.3g, x%.3g", label, *scales)
-            references = [r * np.float32(a) for r, a in zip(references, scales)]
-            scale = 1.0  # now in the search stack's units
-        else:  # reconstructions: in the raw particles' units
-            scale = 1.0 if search_stack is stack else filtered_scale(stack, search_stack, plan.band, device)
-        log.info(
-            "%siteration %d: search to %.1f Å, global step %.1f°, local step %.1f°",
-            label, iteration, plan.band_resolution_angstrom, plan.coarse_step_deg, plan.fine_step_deg,
-        )
+        plan = plan_search(stack.box_size, apix, band_res, model.radius_px, opts.speed, [symmetry],
+                           opts.max_shift_px, opts.shrink, device)
+        scale = _scale_references(model, plan, opts, iteration, label)
+        log.info("%siteration %d: search to %.1f Å, global step %.1f°, local step %.1f°", label, iteration,
+                 plan.band_resolution_angstrom, plan.coarse_step_deg, plan.fine_step_deg)
         log.debug("%siteration %d: %s", label, iteration, plan.describe())
-        rotations, shifts, scores = np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n)
-        advance = progress(f"{label}iteration {iteration}: search", n) if progress else (lambda _: None)
-        for h in (1, 2):
-            volume_ft = prepare_volume_ft(torch.from_numpy(references[h - 1]).to(device) * scale)[None]
-            polar = plan.references(volume_ft)
-            rows_h = np.nonzero(halves == h)[0]
-            shards = [part for part in np.array_split(rows_h, max(1, min(executor.parts, len(rows_h)))) if len(part)]
-            parts = executor.map(_search_rows, shards, search_stack, plan, polar, volume_ft, opts, advance=advance,
-                                 sizes=[len(part) for part in shards])
-            for rows, (shard_rotations, shard_shifts, shard_scores) in zip(shards, parts):
-                rotations[rows], shifts[rows], scores[rows] = shard_rotations, shard_shifts, shard_scores
-        table = assignment_table(stack.metadata, np.zeros(n, dtype=np.int64), rotations, shifts, scores,
-                                 np.ones(n), halves, apix)
-        groups = []
-        for h in (1, 2):
-            rows_h = np.nonzero(halves == h)[0]
-            cut = np.quantile(scores[rows_h], 1 - opts.m3dkeep) if len(rows_h) and opts.m3dkeep < 1 else -np.inf
-            groups.append(rows_h[scores[rows_h] >= cut])
+        advance = progress(f"{label}iteration {iteration}: search", len(stack)) if progress else (lambda _: None)
+        rotations, shifts, scores = _search_halves(model, plan, scale, opts, advance, executor)
+        table = assignment_table(stack.metadata, np.zeros(len(stack), dtype=np.int64), rotations, shifts, scores,
+                                 np.ones(len(stack)), model.halves, apix)
         searched = time.perf_counter()
-        advance = progress(f"{label}iteration {iteration}: reconstruct", sum(len(g) for g in groups)) if progress else None
-        acc1, acc2 = accumulate_in_shards(executor, stack.with_metadata(table), groups, 256, device, advance)
-        result = gold_standard_reconstruction(acc1, acc2, ops)
+        result, full_map = _reconstruct_halves(model, table, scores, opts, progress, f"{label}iteration {iteration}",
+                                               executor)
         resolution = resolution_at_threshold(result.fsc, apix, 0.143)
-        # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
-        references = [flatten_solvent(acc.reconstruct(ops, 2 * result.inverse_ssnr).cpu(), mask).numpy()
-                      for acc in (acc1, acc2)]
-        full_map = flatten_solvent(torch.from_numpy(result.full_map), mask).numpy()
         change = None
         if previous_rotations is not None:
-            change = float(np.median(rotation_change_deg(previous_rotations, rotations, operators)))
+            change = float(np.median(rotation_change_deg(previous_rotations, rotations, model.operators)))
         previous_rotations = rotations
-        stat = SingleStats(
-            iteration, time.perf_counter() - started, plan.band_resolution_angstrom, plan.coarse_step_deg,
-            plan.fine_step_deg, n, resolution, change, float(np.mean(scores)),
-        )
+        stat = SingleStats(iteration, time.perf_counter() - started, plan.band_resolution_angstrom,
+                           plan.coarse_step_deg, plan.fine_step_deg, len(stack), resolution, change,
+                           float(np.mean(scores)))
         stats.append(stat)
-        write_map(out / f"threed_{iteration:02d}.mrc", normalize_by_mass(full_map, mass_kda, apix) if mass_kda else full_map,
-                  apix)
-        runfolder.write_json(out / f"fsc_{iteration:02d}.json", {
-            "pixel_size_angstrom": apix,
-            "shell_frequency_per_angstrom": (np.arange(box // 2 + 1) / (box * apix)).tolist(),
-            "half_map_fsc": [result.fsc.tolist()],
-        })
-        runfolder.write_json(out / runfolder.CONVERGENCE, [asdict(s) for s in stats])
+        recorder.iteration(stat, full_map, FscRecord.of(stack.box_size, apix, [result.fsc]))
         log.debug("%siteration %d stages: search %.1f s, reconstruction and files %.1f s", label, iteration,
                   searched - started, time.perf_counter() - searched)
-        log.info(
-            "%siteration %d done in %.0f s: resolution %.2f Å (FSC 0.143, half maps), median rotation change %s",
-            label, iteration, stat.seconds, resolution, "-" if change is None else f"{change:.1f}°",
-        )
+        log.info("%siteration %d done in %.0f s: resolution %.2f Å (FSC 0.143, half maps), median rotation change %s",
+                 label, iteration, stat.seconds, resolution, "-" if change is None else f"{change:.1f}°")
         if np.isfinite(resolution):
             band_res = resolution
         if resolution < 0.99 * best:
@@ -240,29 +186,95 @@ def refine_single(
             since_best += 1
             if since_best >= PATIENCE:
                 break
-    write_map(out / "half1_unfil.mrc", result.half_maps[0], apix)
-    write_map(out / "half2_unfil.mrc", result.half_maps[1], apix)
-    final = normalize_by_mass(full_map, mass_kda, apix) if mass_kda else full_map
-    write_map(out / "threed_final.mrc", final, apix)
-    write_particles_star(out / "particles_final.star", table, stack.optics)
+    recorder.finish(list(result.half_maps), full_map, table)
     return SingleResult(stats, resolution)
 
 
-def _search_rows(rows: np.ndarray, search_stack, plan, polar, volume_ft: torch.Tensor, opts: RefineOptions,
+def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: RefineOptions) -> _Halves:
+    """The set's half-sets, symmetry, mask and starting references (low-passed, masked)."""
+    start_map = np.asarray(start_map, dtype=np.float32)
+    pair = start_map if start_map.ndim == 4 else np.stack([start_map, start_map])
+    radius_px = max(particle_radius_px(m) for m in pair)
+    mask = soft_sphere_mask(stack.box_size, min(radius_px + 3, stack.box_size / 2 - 2), 3.0)
+    references = [  # per half-set
+        flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom,
+                                       stack.pixel_size_angstrom), mask).numpy()
+        for m in pair
+    ]
+    return _Halves(stack, search_stack, half_set_of_rows(stack.metadata, opts.seed), symmetry_operators(symmetry),
+                   mask, radius_px, references)
+
+
+def _scale_references(model: _Halves, plan: SearchPlan, opts: RefineOptions, iteration: int, label: str) -> float:
+    """The factor that puts the references in the search stack's units. Iteration 1: the
+    starting maps, each fitted to its half-set's particles (the multi-model run's maps
+    already are in their units: factors near 1; any other map need not be), then 1.
+    Later, reconstructions are in the raw particles' units: 1, or the ``--usefilt`` factor."""
+    device = torch.device(opts.device)
+    if iteration == 1:
+        scales = [
+            float(reference_scales(model.search_stack.subset(model.rows(h)),
+                                   plan, torch.from_numpy(model.references[h - 1]).to(device)[None],
+                                   opts.batch_size)[0])
+            for h in (1, 2)
+        ]
+        log.info("%sstarting maps scaled to the particles' intensity: x%.3g, x%.3g", label, *scales)
+        model.references = [r * np.float32(a) for r, a in zip(model.references, scales)]
+        return 1.0
+    if model.search_stack is model.stack:
+        return 1.0
+    return filtered_scale(model.stack, model.search_stack, plan.band, device)
+
+
+def _search_halves(model: _Halves, plan: SearchPlan, scale: float, opts: RefineOptions, advance,
+                   executor: Executor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each half-set searched against its own half map: rotations ``(n, 3, 3)``, shifts
+    ``(n, 2)`` px, scores ``(n,)``."""
+    n, device = len(model.stack), torch.device(opts.device)
+    rotations, shifts, scores = np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n)
+    for h in (1, 2):
+        volume_ft = prepare_volume_ft(torch.from_numpy(model.references[h - 1]).to(device) * scale)[None]
+        polar = plan.references(volume_ft)
+        rows_h = model.rows(h)
+        shards = [part for part in np.array_split(rows_h, max(1, min(executor.parts, len(rows_h)))) if len(part)]
+        parts = executor.map(_search_rows, shards, model.search_stack, plan, polar, volume_ft,
+                             SweepSettings.of(opts), advance=advance, sizes=[len(part) for part in shards])
+        for rows, (shard_rotations, shard_shifts, shard_scores) in zip(shards, parts):
+            rotations[rows], shifts[rows], scores[rows] = shard_rotations, shard_shifts, shard_scores
+    return rotations, shifts, scores
+
+
+def _reconstruct_halves(model: _Halves, table: pd.DataFrame, scores: np.ndarray, opts: RefineOptions, progress,
+                        label: str, executor: Executor):
+    """The half maps from each half-set's best ``m3dkeep``, their FSC and the full map; the
+    next references are the half maps Wiener-filtered by a half map's own SSNR and masked."""
+    groups = []
+    for h in (1, 2):
+        rows_h = model.rows(h)
+        cut = np.quantile(scores[rows_h], 1 - opts.m3dkeep) if len(rows_h) and opts.m3dkeep < 1 else -np.inf
+        groups.append(rows_h[scores[rows_h] >= cut])
+    advance = progress(f"{label}: reconstruct", sum(len(g) for g in groups)) if progress else None
+    acc1, acc2 = accumulate_in_shards(executor, model.stack.with_metadata(table), groups, 256,
+                                      torch.device(opts.device), advance)
+    ops = torch.as_tensor(model.operators, dtype=torch.float32)
+    result = gold_standard_reconstruction(acc1, acc2, ops)
+    # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
+    model.references = [flatten_solvent(acc.reconstruct(ops, 2 * result.inverse_ssnr).cpu(), model.mask).numpy()
+                        for acc in (acc1, acc2)]
+    return result, flatten_solvent(torch.from_numpy(result.full_map), model.mask).numpy()
+
+
+def _search_rows(rows: np.ndarray, search_stack, plan, polar, volume_ft: torch.Tensor, settings: SweepSettings,
                  advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best pose of each of the stack rows ``rows`` against one half map (its polar
     references ``polar`` and transform ``volume_ft``): rotations ``(n, 3, 3)``, shifts
-    ``(n, 2)`` px and scores ``(n,)``, in batches of ``opts.batch_size``."""
+    ``(n, 2)`` px and scores ``(n,)``, in batches of ``settings.batch_size``."""
     rotations, shifts, scores = np.zeros((len(rows), 3, 3)), np.zeros((len(rows), 2)), np.zeros(len(rows))
-    for first in range(0, len(rows), opts.batch_size):
-        at = np.arange(first, min(len(rows), first + opts.batch_size))
-        batch = load_batch(search_stack, rows[at], device=volume_ft.device, center=False)
-        found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, opts.score)
+    for at, batch in sweep(search_stack, rows, settings.batch_size, volume_ft.device, advance):
+        found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, settings.score)
         rotations[at] = found.model_rotations[:, 0].cpu().double().numpy()
         shifts[at] = found.model_shift_px[:, 0].cpu().double().numpy()
         scores[at] = found.model_scores[:, 0].cpu().numpy()
-        if advance is not None:
-            advance(len(at))
     return rotations, shifts, scores
 
 
@@ -273,63 +285,37 @@ def refine_each_model(
     multi: RefinementResult,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     executor: Executor | None = None,
+    recorders: Callable[[int], ModelRecorder] | None = None,
+    after: Callable[[], None] | None = None,
 ) -> list[SingleResult | None]:
-    """Refine each model's particles of ``multi`` on their own, into ``model_MM/`` of the
-    run folder; a model with fewer than :data:`MIN_PARTICLES` particles is left out (None)."""
+    """Refine each model's particles of ``multi`` on their own; ``recorders(m)`` (m from 1)
+    gives model m's recorder, ``after`` is called when a model is done (the command line:
+    the report). A model with fewer than :data:`MIN_PARTICLES` particles is left out (None)."""
     classes = multi.table["rlnClassNumber"].to_numpy()
     results: list[SingleResult | None] = []
     for m_index, volume in enumerate(multi.maps):
         rows = np.nonzero(classes == m_index + 1)[0]
-        folder = Path(opts.path) / runfolder.model_folder_name(m_index + 1)
+        recorder = recorders(m_index + 1) if recorders else ModelRecorder()
         if len(rows) < MIN_PARTICLES:
             log.warning("model %d holds %d particles (< %d): not refined on its own", m_index + 1, len(rows), MIN_PARTICLES)
-            _clear(folder)  # a refinement from an earlier classification of the run is no longer this model's
+            recorder.clear()  # a refinement from an earlier classification of the run is no longer this model's
             results.append(None)
             continue
         marker = {"after_iteration": multi.stats[-1].iteration if multi.stats else 0, "particles": len(rows),
                   "single_iterations": opts.single_iterations,
                   "single_start_resolution_angstrom": opts.single_start_resolution_angstrom}
-        done = _finished(folder, marker)
+        done = recorder.earlier(marker)
         if done is not None:
-            log.info("model %d: refined on its own before (%s), kept", m_index + 1, folder / FINISHED)
-            results.append(done)
+            log.info("model %d: refined on its own before, kept", m_index + 1)
+            results.append(SingleResult(done, done[-1].resolution_0143_angstrom, earlier=True))
             continue
-        _clear(folder)
+        recorder.clear()
         log.info("model %d: %d particles refined on their own (gold standard)", m_index + 1, len(rows))
         subset = stack.with_metadata(multi.table).subset(rows)
         search_subset = subset if search_stack is stack else search_stack.subset(rows)
-        results.append(refine_single(
-            subset, search_subset, volume, opts.symmetries[m_index], folder,
-            opts, None if not opts.mass_kda else opts.mass_kda[m_index], progress, f"model {m_index + 1}, ", executor,
-        ))
-        runfolder.write_json(folder / FINISHED, marker)
-        write_report_safely(Path(opts.path))
+        results.append(refine_single(subset, search_subset, volume, opts.symmetries[m_index], opts, recorder,
+                                     progress, f"model {m_index + 1}, ", executor))
+        recorder.mark_finished(marker)
+        if after is not None:
+            after()
     return results
-
-
-def _finished(folder: Path, marker: dict) -> SingleResult | None:
-    """The model's own refinement as an earlier attempt of this run finished it, if its
-    ``finished.json`` says it was made from the same particles with the same options."""
-    try:
-        if json.loads((folder / FINISHED).read_text()) != marker:
-            return None
-        stats = [SingleStats(**s) for s in json.loads((folder / runfolder.CONVERGENCE).read_text())]
-    except (OSError, ValueError, TypeError):
-        return None
-    if not stats or not (folder / "threed_final.mrc").exists():
-        return None
-    return SingleResult(stats, stats[-1].resolution_0143_angstrom, earlier=True)
-
-
-def _clear(folder: Path) -> None:
-    """Remove what an earlier attempt wrote into a model's folder (an interrupted one, or a
-    finished one made from another classification or with other options): refine_single's
-    files only, so that nothing stale outlives the new refinement. Other files stay."""
-    if not folder.is_dir():
-        return
-    (folder / FINISHED).unlink(missing_ok=True)
-    stale = [path for path in folder.iterdir() if _OUTPUTS.fullmatch(path.name)]
-    for path in stale:
-        path.unlink()
-    if stale:
-        log.info("%s: removed %d files of an earlier refinement of this model", folder, len(stale))

@@ -22,10 +22,10 @@ does not vote):
   iteration's own maps, after both were given a few rounds of classification at fixed
   poses (a fresh split is blurred, the assignment it competes with has had iterations to
   sharpen); the driver makes the maps, scores them and decides
-  (:func:`multirefine.refine.driver._split_and_merge`).
+  (:func:`multirefine.refine.trial.split_and_merge`).
 
 Everything here is arithmetic on arrays; the maps and scores come from
-:mod:`multirefine.refine.driver`.
+:mod:`multirefine.refine.trial`.
 """
 
 from __future__ import annotations

@@ -22,24 +22,28 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import starfile
 
+from multirefine import runfolder
 from multirefine.errors import InputError
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import read_map
-from multirefine.refine import runfolder
 from multirefine.report.plots import (
     plot_class_montage,
+    plot_convergence,
     plot_directions,
     plot_fsc,
     plot_map_sections,
 )
 
-__all__ = ["REPORT", "write_report"]
+__all__ = ["REPORT", "update_report", "write_report", "write_report_safely"]
+
+log = logging.getLogger(__name__)
 
 REPORT = "index.html"
 FIGURES = "report"
@@ -203,6 +207,143 @@ def _split_merge_text(trial: dict | None) -> str:
             f"{trial['gain']:+.0f} ({'kept' if trial['kept'] else 'not kept'})")
 
 
+def _heading(run: Path, parms: dict, stats: list[dict], k: int, iteration: int) -> list[str]:
+    """The page's title and what the run was: input, models, symmetry, seeding, progress."""
+    return [
+        f"<h1>multirefine run <code>{html.escape(run.name)}</code></h1>",
+        (
+            f"<p>{html.escape(str(parms.get('input', '')))}: {k} models, symmetry "
+            f"{html.escape(','.join(parms.get('symmetries', [])))}, "
+            f"seeding {html.escape(str(parms.get('seeding', '')))}; "
+            f"{iteration} of {parms.get('iterations', iteration)} iterations done, "
+            f"{sum(s['seconds'] for s in stats):.0f} s.</p>"
+        ),
+    ]
+
+
+def _models_section(last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
+    """The summary per model: particles and resolution, after the last iteration and on its own."""
+    rows = []
+    for m in range(k):
+        single = singles.get(m + 1)
+        rows.append([
+            f"model {m + 1}", last["particles_per_model"][m], last["resolution_0143_angstrom"][m],
+            None if single is None else single[-1]["resolution_0143_angstrom"],
+            None if single is None else len(single),
+        ])
+    return [
+        "<h2>Models</h2>",
+        _table(
+            ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)", "its iterations"],
+            rows, left=1,
+        ),
+        (
+            "<p>The multi-model iterations' half maps are aligned against the full maps; the resolution "
+            "after each model's own refinement comes from independent half-sets (gold standard).</p>"
+        ),
+    ]
+
+
+def _convergence_section(run: Path, stats: list[dict]) -> list[str]:
+    """The convergence figure (when made) and the table of every iteration."""
+    parts = ["<h2>Convergence</h2>"]
+    if (run / runfolder.CONVERGENCE_FIGURE).exists():
+        parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
+    parts.append(_table(
+        ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
+         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)", "split and merge"],
+        [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
+          None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
+          ", ".join(str(c) for c in s["particles_per_model"]),
+          ", ".join(f"{c:.0f}" for c in s.get("particles_in_maps") or []),
+          ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"]),
+          _split_merge_text(s.get("split_merge"))] for s in stats],
+    ))
+    return parts
+
+
+def _map_sections(run: Path, iteration: int, k: int, singles: dict[int, list[dict]], figures: Path) -> str | None:
+    """Central sections and projections of every model's last map and of its refined map,
+    as one figure (its name; None: no map)."""
+    maps, labels = [], []
+    for m in range(1, k + 1):
+        path = run / runfolder.map_name(iteration, m)
+        if path.exists():
+            maps.append(read_map(path)[0])
+            labels.append(f"model {m}, it. {iteration}")
+        final = run / runfolder.model_folder_name(m) / "threed_final.mrc"
+        if m in singles and final.exists():
+            maps.append(read_map(final)[0])
+            labels.append(f"model {m}, own")
+    if not maps:
+        return None
+    name = f"maps_{iteration:02d}.png"
+    plot_map_sections(maps, labels, figures / name)
+    return name
+
+
+def _iterations_section(
+    run: Path, iteration: int, last: dict, symmetries: list[str], singles: dict[int, list[dict]], figures: Path
+) -> str:
+    """The figures made for every iteration (FSC, maps, class averages, viewing directions),
+    one iteration at a time, under the slider over the iterations."""
+    k = len(last["particles_per_model"])
+    # "II" for the iteration's number in patterns.
+    patterns, shown = [], []
+    if (run / runfolder.fsc_figure_name(iteration)).exists():
+        shown.append(f"<h2>FSC after iteration {_number(iteration)}</h2>")
+        shown.append(_per_iteration(runfolder.fsc_figure_name(iteration), iteration, "FSC", patterns))
+    maps = _map_sections(run, iteration, k, singles, figures)
+    if maps:
+        shown.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
+        shown.append(_per_iteration(f"{FIGURES}/{maps}", iteration, "map sections", patterns))
+    montage = _class_montage(run, iteration, k, figures)
+    if montage:
+        shown.append(f"<h2>Class averages after iteration {_number(iteration)}</h2>")
+        shown.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
+        shown.append(_per_iteration(f"{FIGURES}/{montage}", iteration, "class averages", patterns))
+    directions = _directions(run, iteration, last["particles_per_model"], symmetries, figures)
+    if directions:
+        shown.append(f"<h2>Viewing directions after iteration {_number(iteration)}</h2>")
+        shown.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
+                     "across, tilt from 0 (top) to 180° (bottom); colour: the particles in that direction's class "
+                     "average (the best <code>--classkeep</code> of them). A symmetric model's directions are "
+                     "drawn with their symmetry mates. A region with none is a view the data lack (preferred "
+                     "orientation).</p>")
+        shown.append(_per_iteration(f"{FIGURES}/{directions}", iteration, "viewing directions", patterns))
+    control = _iteration_control(run, iteration, patterns)
+    # The slider stays on screen over these figures only (sticky within their division).
+    return f'<div class="iterations">{control or ""}{"".join(shown)}</div>'
+
+
+def _singles_section(run: Path, singles: dict[int, list[dict]], figures: Path) -> list[str]:
+    """Each model's own refinement: its iterations, and one figure of their FSC curves."""
+    if not singles:
+        return []
+    parts = ["<h2>Each model refined on its own</h2>"]
+    curves, names, shells = [], [], None
+    for m, single in singles.items():
+        fsc_path = run / runfolder.model_folder_name(m) / f"fsc_{single[-1]['iteration']:02d}.json"
+        if fsc_path.exists():
+            fsc = json.loads(fsc_path.read_text())
+            curves.append(fsc["half_map_fsc"][0])
+            names.append(m)
+            shells = fsc["shell_frequency_per_angstrom"]
+        parts.append(f"<h3>model {m} (<code>{runfolder.model_folder_name(m)}/</code>)</h3>")
+        parts.append(_table(
+            ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "particles",
+             "half maps, FSC 0.143 (Å)", "median change of orientation (°)"],
+            [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"],
+              s["fine_step_deg"], s["particles"], s["resolution_0143_angstrom"], s["median_rotation_change_deg"]]
+             for s in single],
+        ))
+    if curves:
+        plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
+                 "each model on its own", labels=[f"model {m}" for m in names])
+        parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
+    return parts
+
+
 def write_report(run: str | Path) -> Path:
     """Write ``run/index.html`` (and its figures in ``run/report/``); return its path."""
     run = Path(run)
@@ -217,107 +358,34 @@ def write_report(run: str | Path) -> Path:
     figures = run / FIGURES
     figures.mkdir(exist_ok=True)
     singles = _single_runs(run, k, iteration)
-    parts = [f"<h1>multirefine run <code>{html.escape(run.name)}</code></h1>"]
-    parts.append(
-        f"<p>{html.escape(str(parms.get('input', '')))}: {k} models, symmetry "
-        f"{html.escape(','.join(parms.get('symmetries', [])))}, seeding {html.escape(str(parms.get('seeding', '')))}; "
-        f"{iteration} of {parms.get('iterations', iteration)} iterations done, "
-        f"{sum(s['seconds'] for s in stats):.0f} s.</p>"
-    )
-    # Summary per model.
-    rows = []
-    for m in range(k):
-        single = singles.get(m + 1)
-        rows.append([
-            f"model {m + 1}", last["particles_per_model"][m], last["resolution_0143_angstrom"][m],
-            None if single is None else single[-1]["resolution_0143_angstrom"],
-            None if single is None else len(single),
-        ])
-    parts.append("<h2>Models</h2>")
-    parts.append(_table(
-        ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)", "its iterations"],
-        rows, left=1,
-    ))
-    parts.append("<p>The multi-model iterations' half maps are aligned against the full maps; the resolution "
-                 "after each model's own refinement comes from independent half-sets (gold standard).</p>")
-    # Convergence.
-    parts.append("<h2>Convergence</h2>")
-    if (run / runfolder.CONVERGENCE_FIGURE).exists():
-        parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
-    parts.append(_table(
-        ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
-         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)", "split and merge"],
-        [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
-          None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
-          ", ".join(str(c) for c in s["particles_per_model"]),
-          ", ".join(f"{c:.0f}" for c in s.get("particles_in_maps") or []),
-          ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"]),
-          _split_merge_text(s.get("split_merge"))] for s in stats],
-    ))
-    # The figures made for every iteration ("II" for its number in patterns), one iteration at a time.
-    patterns, shown = [], []
-    if (run / runfolder.fsc_figure_name(iteration)).exists():
-        shown.append(f"<h2>FSC after iteration {_number(iteration)}</h2>")
-        shown.append(_per_iteration(runfolder.fsc_figure_name(iteration), iteration, "FSC", patterns))
-    # Maps.
-    maps, labels = [], []
-    for m in range(1, k + 1):
-        path = run / runfolder.map_name(iteration, m)
-        if path.exists():
-            maps.append(read_map(path)[0])
-            labels.append(f"model {m}, it. {iteration}")
-        final = run / runfolder.model_folder_name(m) / "threed_final.mrc"
-        if m in singles and final.exists():
-            maps.append(read_map(final)[0])
-            labels.append(f"model {m}, own")
-    if maps:
-        name = f"maps_{iteration:02d}.png"
-        plot_map_sections(maps, labels, figures / name)
-        shown.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
-        shown.append(_per_iteration(f"{FIGURES}/{name}", iteration, "map sections", patterns))
-    montage = _class_montage(run, iteration, k, figures)
-    if montage:
-        shown.append(f"<h2>Class averages after iteration {_number(iteration)}</h2>")
-        shown.append(f"<p>The {CLASSES_PER_MODEL} most populated of each model (label: particles).</p>")
-        shown.append(_per_iteration(f"{FIGURES}/{montage}", iteration, "class averages", patterns))
-    directions = _directions(run, iteration, last["particles_per_model"], parms.get("symmetries", []), figures)
-    if directions:
-        shown.append(f"<h2>Viewing directions after iteration {_number(iteration)}</h2>")
-        shown.append("<p>Each model's particles per projection direction on an equal-area map of the sphere: rot "
-                     "across, tilt from 0 (top) to 180° (bottom); colour: the particles in that direction's class "
-                     "average (the best <code>--classkeep</code> of them). A symmetric model's directions are "
-                     "drawn with their symmetry mates. A region with none is a view the data lack (preferred "
-                     "orientation).</p>")
-        shown.append(_per_iteration(f"{FIGURES}/{directions}", iteration, "viewing directions", patterns))
-    control = _iteration_control(run, iteration, patterns)
-    # The slider stays on screen over these figures only (sticky within their division).
-    parts.append(f'<div class="iterations">{control or ""}{"".join(shown)}</div>')
-    # Each model's own refinement.
-    if singles:
-        parts.append("<h2>Each model refined on its own</h2>")
-        curves, names, shells = [], [], None
-        for m, single in singles.items():
-            fsc_path = run / runfolder.model_folder_name(m) / f"fsc_{single[-1]['iteration']:02d}.json"
-            if fsc_path.exists():
-                fsc = json.loads(fsc_path.read_text())
-                curves.append(fsc["half_map_fsc"][0])
-                names.append(m)
-                shells = fsc["shell_frequency_per_angstrom"]
-            parts.append(f"<h3>model {m} (<code>{runfolder.model_folder_name(m)}/</code>)</h3>")
-            parts.append(_table(
-                ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "particles",
-                 "half maps, FSC 0.143 (Å)", "median change of orientation (°)"],
-                [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"],
-                  s["fine_step_deg"], s["particles"], s["resolution_0143_angstrom"], s["median_rotation_change_deg"]]
-                 for s in single],
-            ))
-        if curves:
-            plot_fsc({"shell_frequency_per_angstrom": shells, "half_map_fsc": curves}, figures / "single_fsc.png",
-                     "each model on its own", labels=[f"model {m}" for m in names])
-            parts.append(f'<img src="{FIGURES}/single_fsc.png" alt="FSC of each model on its own">')
+    parts = [
+        *_heading(run, parms, stats, k, iteration),
+        *_models_section(last, singles, k),
+        *_convergence_section(run, stats),
+        _iterations_section(run, iteration, last, parms.get("symmetries", []), singles, figures),
+        *_singles_section(run, singles, figures),
+    ]
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>multirefine {html.escape(run.name)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
     out = run / REPORT
     with atomic_path(out) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return out
+
+
+def write_report_safely(run: str | Path) -> None:
+    """Rebuild the run's ``index.html``; a failure is logged, and the run goes on."""
+    try:
+        write_report(run)
+    except Exception as exc:  # noqa: BLE001 -- the report must never cost a run its results
+        log.warning("the report %s could not be written: %s", Path(run) / REPORT, exc)
+
+
+def update_report(run: str | Path, iteration: int) -> None:
+    """After an iteration's files are written: its figures (``convergence.png``,
+    ``fsc_II.png``, from ``convergence.json`` and ``fsc_II.json``) and the report."""
+    run = Path(run)
+    plot_convergence(json.loads((run / runfolder.CONVERGENCE).read_text()), run / runfolder.CONVERGENCE_FIGURE)
+    fsc = json.loads((run / runfolder.fsc_name(iteration)).read_text())
+    plot_fsc(fsc, run / runfolder.fsc_figure_name(iteration), f"iteration {iteration}")
+    write_report_safely(run)

@@ -1,44 +1,11 @@
-"""Synthetic particle stacks with ground truth (the data of the demo, tests and benchmark).
-
-Maps come from atomic models (:func:`map_from_atoms`) or from MRC files. Particles are
-central-slice projections (:mod:`multirefine.fourier.projection`) with uniform random
-orientations, random shifts, an astigmatic CTF in RELION's convention and white Gaussian
-noise at a stated SNR, defined as the mean variance of the clean images over the noise
-variance. Images are then divided by the noise standard deviation, so the noise has unit
-variance as in particles normalised by ``relion_preprocess --norm``; the maps keep their own
-units, and the refinement has to find the intensity scale between the two, as with real
-data. Everything follows the conventions a RELION user has (origins in Å are minus the
-particle's displacement from the box centre), so ``relion_reconstruct --ctf`` on
-``truth.star`` gives back the maps.
-
-What real stacks have besides, each off by default (and then the stack is bit-identical to
-one simulated without it; every one draws from its own random stream, so turning one on
-leaves the poses, CTFs, noise and the others' draws as they were):
-
-* a B-factor envelope ``exp(-B k^2 / 4)`` on the signal's amplitude (RELION's convention,
-  ``k`` in 1/Å), not modelled in the CTF the STAR files give (``rlnCtfBfactor`` stays 0);
-* coloured noise: white noise filtered by a radial power spectrum (:func:`noise_power_shape`),
-  scaled so that its variance over the whole image is still the noise variance the SNR sets;
-  the expected power per Fourier shell is written to ``simulation.json``;
-* a contrast factor per particle (gamma-distributed: mean 1, the SD asked for, always
-  positive) multiplying its signal, counted in the clean images' variance;
-* a background offset and a linear ramp per image, in units of the noise SD, added after
-  the images are scaled to unit noise;
-* junk (``rlnClassNumber`` 0): empty boxes (noise only), aggregates (2-6 Gaussian blobs,
-  scaled to the mean variance of a clean particle image) and broken particles (projections,
-  at the row's pose, of one of up to 4 pieces: a class's map cut by a random plane near its
-  centre, a 2 px cosine edge), all through the same CTF, envelope and contrast as particles.
-
-Per-particle truth columns that RELION has no name for start with ``mr`` (see
-:data:`TRUTH_COLUMNS`); ``particles.star`` has none of them.
-"""
+"""Simulated particle stacks: the parameters, what is drawn per particle, the images and
+the files (the package docstring, :mod:`multirefine.simulate`, says what is simulated)."""
 
 from __future__ import annotations
 
 import json
 import math
 import numbers
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,27 +16,20 @@ import torch
 from multirefine.errors import InputError
 from multirefine.fourier.ctf import calculate_ctf_2d
 from multirefine.fourier.fft import (
-    frequency_grid_3d,
     irfft2_centered,
-    irfftn3_centered,
     rfft2_centered,
-    rfftn3_centered,
 )
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
+from multirefine.simulate.noise import (
+    check_noise_table,
+    noise_power_shape,
+    read_noise_spectrum,
+    spectrum_error,
+)
 
-__all__ = [
-    "JUNK_KINDS",
-    "TRUTH_COLUMNS",
-    "AtomicModel",
-    "SimulationParameters",
-    "map_from_atoms",
-    "maps_from_models",
-    "noise_power_shape",
-    "read_atomic_model",
-    "simulate_dataset",
-]
+__all__ = ["JUNK_KINDS", "TRUTH_COLUMNS", "SimulationParameters", "simulate_dataset"]
 
 JUNK_KINDS = ("empty", "blobs", "fragment")
 
@@ -89,113 +49,6 @@ _STREAM_CONTRAST, _STREAM_BACKGROUND, _STREAM_JUNK = 101, 102, 103
 # Broken particles show at most this many pieces (each held as a prepared transform, as
 # much memory as one class's map: 270 MB at a box of 128).
 _FRAGMENT_PIECES = 4
-
-# Elements of biomolecules by the first letter of a PDB atom name.
-_ATOMIC_NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "P": 15, "S": 16}
-
-
-@dataclass
-class AtomicModel:
-    """Atom positions ``(n, 3)`` in Å (x, y, z) and their atomic numbers ``(n,)``."""
-
-    positions_angstrom: np.ndarray
-    atomic_numbers: np.ndarray
-    source: str
-
-
-def read_atomic_model(spec: str) -> AtomicModel:
-    """Read ``path[:CHAINS]`` (PDB or mmCIF via gemmi); ``CHAINS`` like ``AB`` or ``A,B``.
-
-    Hydrogens and waters are left out (cryo-EM maps hardly show them). Elements of standard residues
-    are taken from the atom name, since many PDB files (CHARMM's among them) leave the
-    element column blank or wrong.
-    """
-    import gemmi
-
-    path, _, chains = spec.partition(":")
-    if len(path) == 1 and chains:  # a Windows drive letter is not a chain list
-        path, chains = spec, ""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: atomic model not found")
-    try:
-        structure = gemmi.read_structure(path)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read atomic model ({exc})") from None
-    wanted = {c for c in chains.replace(",", "")} if chains else None
-    model = structure[0]
-    available = [ch.name for ch in model]
-    if wanted is not None and not wanted <= set(available):
-        raise InputError(f"{path}: chains {sorted(wanted - set(available))} not in model (has {available})")
-    positions, numbers = [], []
-    for chain in model:
-        if wanted is not None and chain.name not in wanted:
-            continue
-        for residue in chain:
-            if residue.is_water():
-                continue
-            info = gemmi.find_tabulated_residue(residue.name)
-            standard = info is not None and (info.is_amino_acid() or info.is_nucleic_acid())
-            for atom in residue:
-                if standard:
-                    letter = atom.name.lstrip("0123456789")[:1].upper()
-                    z = _ATOMIC_NUMBER.get(letter, atom.element.atomic_number)
-                else:
-                    z = atom.element.atomic_number
-                if z <= 1:
-                    continue
-                positions.append(atom.pos.tolist())
-                numbers.append(z)
-    if not positions:
-        raise InputError(f"{spec}: no atoms selected")
-    return AtomicModel(np.asarray(positions), np.asarray(numbers, dtype=np.float64), spec)
-
-
-def map_from_atoms(
-    model: AtomicModel,
-    box_size: int,
-    pixel_size_angstrom: float,
-    resolution_angstrom: float,
-    center_angstrom: np.ndarray | None = None,
-) -> np.ndarray:
-    """Density ``(D, D, D)`` ``[z, y, x]``: atoms as Gaussians weighted by atomic number.
-
-    The Gaussian width is ``sigma = 0.225 * resolution`` (Chimera's ``molmap``), applied
-    exactly in Fourier space after trilinear binning of the atoms. ``center_angstrom``
-    (default: the atoms' centre of mass) lands on voxel ``D // 2``.
-    """
-    pos = model.positions_angstrom
-    weights = model.atomic_numbers
-    if center_angstrom is None:
-        center_angstrom = (pos * weights[:, None]).sum(0) / weights.sum()
-    voxel = (pos - center_angstrom) / pixel_size_angstrom + box_size // 2
-    base = np.floor(voxel).astype(np.int64)
-    frac = voxel - base
-    grid = np.zeros((box_size,) * 3)
-    for corner in range(8):
-        off = np.array([corner & 1, (corner >> 1) & 1, (corner >> 2) & 1])
-        idx = base + off
-        w = weights * np.prod(np.where(off, frac, 1 - frac), axis=1)
-        ok = np.all((idx >= 0) & (idx < box_size), axis=1)
-        np.add.at(grid, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), w[ok])
-    if not np.all((voxel > 0) & (voxel < box_size - 1)):
-        raise InputError(
-            f"{model.source}: atoms reach outside a box of {box_size} px at {pixel_size_angstrom} Å/px"
-        )
-    sigma_px = 0.225 * resolution_angstrom / pixel_size_angstrom
-    kx, ky, kz = frequency_grid_3d(box_size, dtype=torch.float64)
-    k2 = (kx**2 + ky**2 + kz**2) / box_size**2
-    ft = rfftn3_centered(torch.from_numpy(grid)) * torch.exp(-2 * math.pi**2 * sigma_px**2 * k2)
-    return irfftn3_centered(ft, box_size).numpy().astype(np.float32)
-
-
-def maps_from_models(
-    models: list[AtomicModel], box_size: int, pixel_size_angstrom: float, resolution_angstrom: float
-) -> list[np.ndarray]:
-    """One map per model, all in the frame of the first model's centre of mass, so that
-    states of one complex stay superposed as they are in the files."""
-    first = models[0]
-    center = (first.positions_angstrom * first.atomic_numbers[:, None]).sum(0) / first.atomic_numbers.sum()
-    return [map_from_atoms(m, box_size, pixel_size_angstrom, resolution_angstrom, center) for m in models]
 
 
 @dataclass
@@ -272,92 +125,9 @@ class SimulationParameters:
                 f"--junk-mix {shown}: expected 3 non-negative shares ({', '.join(JUNK_KINDS)}), not all 0"
             )
         if not self.noise_spectrum_table:
-            self.noise_spectrum_table = _read_noise_spectrum(self.noise_spectrum)
+            self.noise_spectrum_table = read_noise_spectrum(self.noise_spectrum)
         else:
-            _check_noise_table(self.noise_spectrum_table, self.noise_spectrum)
-
-
-def _spectrum_error(spec: str, what: str) -> InputError:
-    return InputError(f"--noise-spectrum {spec}: {what}")
-
-
-def _parse_falloff(spec: str) -> tuple[float, float, float]:
-    """``falloff:CORNER_A,FLOOR[,EXPONENT]`` -> (corner in Å, floor, exponent)."""
-    try:
-        values = [float(v) for v in spec.partition(":")[2].split(",")]
-    except ValueError:
-        values = []
-    if len(values) == 2:
-        values.append(1.0)
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise _spectrum_error(spec, "expected falloff:CORNER_A,FLOOR[,EXPONENT] (numbers)")
-    corner, floor, exponent = values
-    if corner <= 0 or floor < 0 or exponent <= 0:
-        raise _spectrum_error(spec, "expected CORNER_A > 0, FLOOR >= 0, EXPONENT > 0")
-    return corner, floor, exponent
-
-
-def _check_noise_table(rows: list[list[float]], spec: str) -> None:
-    widths = {len(r) for r in rows}
-    if not rows or len(widths) != 1 or widths.pop() not in (1, 2):
-        raise _spectrum_error(spec, "expected one column (power per shell) or two (frequency in 1/Å, power)")
-    table = np.asarray(rows, dtype=np.float64)
-    power = table[:, -1]
-    if not np.isfinite(table).all() or (power < 0).any() or power.max() <= 0:
-        raise _spectrum_error(spec, "expected finite powers >= 0, not all 0")
-    if table.shape[1] == 2 and ((table[:, 0] < 0).any() or (np.diff(table[:, 0]) <= 0).any()):
-        raise _spectrum_error(spec, "expected frequencies >= 0 in increasing order")
-
-
-def _read_noise_spectrum(spec: str) -> list[list[float]]:
-    """The rows of a spectrum file (``[]`` for ``white`` and ``falloff:...``, which are checked)."""
-    if spec == "white":
-        return []
-    if spec.startswith("falloff:"):
-        _parse_falloff(spec)
-        return []
-    path = Path(spec)
-    if not path.is_file():
-        raise _spectrum_error(
-            spec, "expected white, falloff:CORNER_A,FLOOR[,EXPONENT] or a spectrum file (not found)"
-        )
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        text = line.split("#")[0].replace(",", " ").split()
-        if not text:
-            continue
-        try:
-            rows.append([float(v) for v in text])
-        except ValueError:
-            raise _spectrum_error(spec, f"line {number}: expected numbers, got {line.strip()!r}") from None
-    _check_noise_table(rows, spec)
-    return rows
-
-
-def noise_power_shape(
-    params: SimulationParameters, frequency_per_angstrom: np.ndarray, box_size: int
-) -> np.ndarray:
-    """Relative noise power at ``|k|`` (1/Å), any shape; the scale is set by the SNR.
-
-    * ``white``: 1;
-    * ``falloff:CORNER_A,FLOOR[,EXPONENT]``: ``1 / (1 + (|k| CORNER)^EXPONENT) + FLOOR``, a
-      1/f-like fall (EXPONENT 1 by default) past the corner frequency 1/CORNER, on a floor;
-    * a text file, ``#`` comments: one column is the power of shells 0, 1, 2, ... (``|k|`` in
-      cycles per box of the simulated box; at least ``D/2 + 1`` rows), two columns are the
-      frequency in 1/Å and the power; linear between rows, the end values beyond them.
-    """
-    k = np.asarray(frequency_per_angstrom, dtype=np.float64)
-    spec = params.noise_spectrum
-    if spec == "white":
-        return np.ones_like(k)
-    if spec.startswith("falloff:"):
-        corner, floor, exponent = _parse_falloff(spec)
-        return 1.0 / (1.0 + (k * corner) ** exponent) + floor
-    table = np.asarray(params.noise_spectrum_table, dtype=np.float64)
-    if table.shape[1] == 2:
-        return np.interp(k, table[:, 0], table[:, 1])
-    shells = np.arange(len(table)) / (box_size * params.pixel_size_angstrom)
-    return np.interp(k, shells, table[:, 0])
+            check_noise_table(self.noise_spectrum_table, self.noise_spectrum)
 
 
 def _noise_filter(params: SimulationParameters, box_size: int) -> torch.Tensor | None:
@@ -376,13 +146,13 @@ def _noise_filter(params: SimulationParameters, box_size: int) -> torch.Tensor |
         return None
     table = np.asarray(params.noise_spectrum_table)
     if table.size and table.shape[1] == 1 and len(table) < nyquist + 1:
-        raise _spectrum_error(
+        raise spectrum_error(
             params.noise_spectrum,
             f"{len(table)} shells, expected at least {nyquist + 1} for a box of {box_size}",
         )
     power = noise_power_shape(params, radius / (box_size * params.pixel_size_angstrom), box_size)
     if power.mean() <= 0:
-        raise _spectrum_error(params.noise_spectrum, f"no noise power in a box of {box_size}")
+        raise spectrum_error(params.noise_spectrum, f"no noise power in a box of {box_size}")
     power = power / power.mean()
     params.noise_power_per_shell = [float(power[shell == i].mean()) for i in range(nyquist + 1)]
     half = np.sqrt(power[:, : box_size // 2 + 1])

@@ -5,6 +5,10 @@ and renamed) holds the last finished iteration, its maps in the particles' units
 particle's assignment (what ``particles_II.star`` holds) and the layers each map was made
 from. From these the driver rebuilds the maps' Fourier accumulators, which the next
 model choice needs, exactly as the uninterrupted run had them.
+
+A layer is any object with the arrays ``model``, ``rotations``, ``shifts_px``, ``scores``
+and ``weights`` (one entry per particle: :class:`multirefine.refine.layers.Layer`); they
+are read back as tuples of those arrays in that order.
 """
 
 from __future__ import annotations
@@ -17,10 +21,7 @@ import numpy as np
 from multirefine.errors import InputError
 from multirefine.io.atomic import atomic_path
 
-__all__ = ["Layer", "RunState", "load_state", "save_state"]
-
-Layer = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""One reconstruction entry per particle: (model, rotation (3, 3), shift px (2,), score, weight)."""
+__all__ = ["RunState", "load_state", "save_state"]
 
 VERSION = 1
 
@@ -33,16 +34,18 @@ class RunState:
     radius_px: float
     maps: np.ndarray  # (K, D, D, D): the maps made, in particle units (masked; not normalised by --mass)
     table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
-    layers: list[Layer]  # what the maps were made from
+    layers: list  # what the maps were made from (layers, or tuples of their arrays when read)
 
 
-_POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")
+_POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")  # the names in the file
+_LAYER_FIELDS = ("model", "rotations", "shifts_px", "scores", "weights")  # a layer's attributes
 
 
 def save_state(path: Path, state: RunState) -> None:
     """Write ``state`` to ``path`` (atomically: a run killed meanwhile keeps the last one)."""
     arrays = {f"table_{name}": a for name, a in zip(_POSE_FIELDS, state.table_poses)}
-    arrays |= {f"layers_{name}": np.stack([layer[j] for layer in state.layers]) for j, name in enumerate(_POSE_FIELDS)}
+    arrays |= {f"layers_{name}": np.stack([getattr(layer, field) for layer in state.layers])
+               for name, field in zip(_POSE_FIELDS, _LAYER_FIELDS)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, version=VERSION, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
                  **arrays)

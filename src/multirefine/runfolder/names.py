@@ -1,4 +1,4 @@
-"""The run folder: its file names (a contract, documented in the README) and writers.
+"""The run folder's file names (a contract, documented in the README).
 
 ``threed_00_MM.mrc`` are the starting maps, ``threed_II_MM.mrc`` the maps after
 iteration ``II`` (``MM`` = model = ``rlnClassNumber``, from 01), ``particles_II.star``
@@ -8,7 +8,7 @@ every input particle with its assignment, ``classes_II.mrcs`` the class averages
 per-iteration statistics, ``0_refine_parms.json`` every resolved
 option, ``state.npz`` what ``--continue`` needs (rewritten after every iteration),
 ``particles_model_MM.star`` the final particle set of each model, and
-``model_MM/`` that set's refinement on its own (:mod:`multirefine.refine.single` lists
+``model_MM/`` that set's refinement on its own (:mod:`multirefine.runfolder.writer` lists
 its files).
 Every file is written under a temporary name and renamed, so an interrupted run leaves
 only complete files.

@@ -1,0 +1,118 @@
+"""The search stage: every particle against every model, its best pose in each.
+
+In: the search stack, the iteration's :class:`~multirefine.refine.plan.SearchPlan`, the
+references (polar, and the maps' transforms for the local passes) and the last maps'
+accumulators for the model choice. Out: :class:`Searched`, per particle its best score, pose
+and shift in every model, the score that picks its model, and (``--sep``) its best poses
+overall. :func:`assignment_table` turns a chosen pose per particle into RELION's columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+import torch
+
+from multirefine.geometry.euler import matrix_to_euler
+from multirefine.parallel import Executor, InProcess
+from multirefine.refine.batch import sweep
+from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction, fold_shards
+from multirefine.refine.options import SweepSettings
+from multirefine.refine.plan import SearchPlan
+from multirefine.refine.polar import PolarReferences
+
+__all__ = ["Searched", "assignment_table", "search_particles", "search_rows"]
+
+
+def assignment_table(
+    metadata: pd.DataFrame, model: np.ndarray, rotations: np.ndarray, shifts_px: np.ndarray,
+    score: np.ndarray, posterior: np.ndarray, halves: np.ndarray, pixel_size: float,
+) -> pd.DataFrame:
+    """The input table with this iteration's assignment in RELION's columns."""
+    rot, tilt, psi = matrix_to_euler(rotations)
+    table = metadata.copy()
+    table["rlnClassNumber"] = model + 1
+    table["rlnAngleRot"] = rot
+    table["rlnAngleTilt"] = tilt
+    table["rlnAnglePsi"] = psi
+    table["rlnOriginXAngst"] = shifts_px[:, 0] * pixel_size
+    table["rlnOriginYAngst"] = shifts_px[:, 1] * pixel_size
+    table["rlnMaxValueProbDistribution"] = posterior
+    table["rlnLogLikeliContribution"] = score
+    table["rlnRandomSubset"] = halves
+    return table
+
+
+@dataclass
+class Searched:
+    """Every particle's search result (``n`` particles, ``K`` models, ``T`` best poses)."""
+
+    model_scores: np.ndarray  # (n, K): the best score in each model
+    model_rotations: np.ndarray  # (n, K, 3, 3): the best pose in each model
+    model_shifts: np.ndarray  # (n, K, 2) px
+    choice_scores: np.ndarray  # (n, K): the score that picks the model (without the particle's fold)
+    image_power: np.ndarray  # (n,): the particle's power within the band
+    top_model: np.ndarray | None = None  # (n, T): --sep, the best poses over all models
+    top_rotations: np.ndarray | None = None
+    top_shifts: np.ndarray | None = None
+    top_scores: np.ndarray | None = None
+
+    @classmethod
+    def joined(cls, parts: list[Searched]) -> Searched:
+        """The results of consecutive shards of rows as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(**{f.name: None if getattr(parts[0], f.name) is None
+                      else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+
+def search_particles(search_stack, plan: SearchPlan, references: PolarReferences, volumes_ft: torch.Tensor,
+                     settings: SweepSettings, last: LastReconstruction | None, fold_maps: FoldMaps, advance=None,
+                     executor: Executor | None = None) -> Searched:
+    """Search every particle against every model, and score its model choice against the
+    last maps without its fold (:mod:`multirefine.refine.choice`; in the first iteration,
+    with no last maps, the search's own scores pick the model).
+
+    The rows go to ``executor`` in shards (:func:`multirefine.refine.choice.fold_shards`),
+    each searched by :func:`search_rows`.
+    """
+    executor = executor or InProcess()
+    shards = fold_shards(len(search_stack), executor.parts, settings.batch_size)
+    parts = executor.map(search_rows, shards, search_stack, plan, references, volumes_ft, settings, last, fold_maps,
+                         advance=advance, sizes=[len(rows) for rows in shards])
+    return Searched.joined(parts)
+
+
+def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: PolarReferences,
+                volumes_ft: torch.Tensor, settings: SweepSettings, last: LastReconstruction | None,
+                fold_maps: FoldMaps, advance=None) -> Searched:
+    """:func:`search_particles` for the stack rows ``rows``, in batches of ``settings.batch_size``."""
+    n, k, device = len(rows), len(volumes_ft), volumes_ft.device
+    sep = settings.sep
+    top = sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
+    found = Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n))
+    if sep > 1:
+        found.top_model = np.zeros((n, top), dtype=np.int64)
+        found.top_rotations, found.top_shifts, found.top_scores = np.zeros((n, top, 3, 3)), np.zeros((n, top, 2)), np.zeros((n, top))
+    if last is None:
+        found.choice_scores = found.model_scores
+    band = plan.band
+    chooser = None if last is None else FoldChooser(last, plan, fold_maps, len(search_stack), settings.score)
+    for at, batch in sweep(search_stack, rows, settings.batch_size, device, advance):
+        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top)
+        if sep > 1:
+            found.top_model[at] = result.model.cpu().numpy()
+            found.top_rotations[at] = result.rotations.cpu().double().numpy()
+            found.top_shifts[at] = result.shift_px.cpu().double().numpy()
+            found.top_scores[at] = result.score.cpu().numpy()
+        found.model_scores[at] = result.model_scores.cpu().numpy()
+        found.model_rotations[at] = result.model_rotations.cpu().double().numpy()
+        found.model_shifts[at] = result.model_shift_px.cpu().double().numpy()
+        if chooser is not None:
+            found.choice_scores[at] = chooser.scores(batch, rows[at], found.model_rotations[at],
+                                                     found.model_shifts[at])
+        x = band.gather(batch.images_ft)
+        found.image_power[at] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
+    return found

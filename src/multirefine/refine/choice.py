@@ -1,0 +1,219 @@
+"""The model choice: each particle is judged in every model against maps made without it.
+
+A particle took part in its model's last reconstruction, so that map holds its own noise
+and its score there is biased up: a random split of one state's particles then stays as it
+was (measured: 600 adk particles of one state, 2 models from a random split, 18 % and 4 %
+changed model in iterations 2-3 against the full maps). Each particle is therefore scored
+again, at its pose in every model, against the models' last maps rebuilt without its fold
+(:data:`CHOICE_FOLDS` contiguous folds of the stack's rows; :func:`leave_out_volumes`,
+exact since a reconstruction is linear in its accumulators), and that score picks its model.
+Its poses still come from the full maps. (Against the other half-set's maps the choice also
+stopped sticking, but those hold half the particles: 76.2 % right on the three-state
+benchmark after 12 iterations, against 98.7 % now and 94.6 % with the full maps;
+BENCHMARKS.md.)
+
+In: the search's poses per model, the last maps' accumulators (:class:`LastReconstruction`).
+Out: scores ``(n, K)``, and from them log-likelihoods and posteriors (:func:`posteriors`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
+from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
+from multirefine.fourier.reconstruction import FourierAccumulator
+from multirefine.parallel import Executor, InProcess
+from multirefine.refine.batch import sweep
+from multirefine.refine.options import SweepSettings
+from multirefine.refine.plan import SearchPlan
+from multirefine.refine.reconstruct import insert_rows
+from multirefine.refine.scoring import Band
+from multirefine.refine.search import search_local
+from multirefine.refine.splitmerge import log_likelihoods
+
+__all__ = [
+    "CHOICE_FOLDS",
+    "FoldChooser",
+    "FoldMaps",
+    "LastReconstruction",
+    "choice_rows",
+    "choice_scores",
+    "cross_validated",
+    "fold_edges",
+    "fold_shards",
+    "leave_out_volumes",
+    "normalised",
+    "posteriors",
+]
+
+# Folds of the model choice: each particle's model is chosen against maps rebuilt without its
+# fold, so each such map keeps 11/12 of its particles. More folds cost one reconstruction per
+# fold and model per iteration.
+CHOICE_FOLDS = 12
+
+
+@dataclass
+class LastReconstruction:
+    """What went into each model's last map, so that a fold of particles can be taken out."""
+
+    totals: list[FourierAccumulator | None]  # per model, both half-sets; None: the map was kept as it was
+    inverse_ssnr: list[np.ndarray | None]  # the full map's Wiener filter, per model
+    maps: list[np.ndarray]  # the maps as made (masked, in particle units)
+    entries: list[tuple[int, object, np.ndarray, np.ndarray]]  # (model, stack with the poses, rows, weights)
+
+
+def fold_edges(n: int, folds: int) -> np.ndarray:
+    """Row boundaries of ``folds`` contiguous folds of ``n`` particles."""
+    return np.linspace(0, n, min(folds, n) + 1).round().astype(np.int64)
+
+
+def leave_out_volumes(
+    last: LastReconstruction, start: int, stop: int, operators: list[torch.Tensor], mask_radius_px: float,
+    band_radius: float, scales: np.ndarray, device,
+) -> torch.Tensor:
+    """The models' last maps rebuilt without stack rows ``[start, stop)`` (the same Wiener
+    filter, mask and scale), ready for projection ``(K, P, P, P//2+1)``, within the search
+    band: each is rebuilt on the smallest box that holds the band (the Fourier samples are
+    the same, the pixel coarser) and its transform padded back with zeros. With no row left
+    out and the whole box kept, each is the model's map exactly: reconstructions are linear
+    in the accumulators."""
+    out = []
+    removed = None  # one buffer for the fold's contribution, reused by every model
+    for m_index, total in enumerate(last.totals):
+        box, pad = len(last.maps[m_index]), 2 if total is None else total.pad
+        if total is None:
+            volume_ft = prepare_volume_ft(torch.from_numpy(last.maps[m_index]).to(device), pad)
+        else:
+            small = min(box, 2 * math.ceil(band_radius + 2))
+            rest = total.cropped(small)
+            pieces = [
+                (source, rows[inside], weights[inside])
+                for model, source, rows, weights in last.entries
+                if model == m_index and (inside := (rows >= start) & (rows < stop)).any()
+            ]
+            if pieces:
+                if removed is None:
+                    removed = FourierAccumulator.zeros(box, pad, device=total.data.device)
+                else:
+                    removed.data.zero_()
+                    removed.weight.zero_()
+                for source, rows, weights in pieces:
+                    # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
+                    insert_rows(removed, source, rows, weights, 256, device, max_radius=small / 2 + 1)
+                taken = removed.cropped(small)
+                rest = rest - taken
+            inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
+            mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
+            volume_ft = prepare_volume_ft(flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), pad)
+        out.append(pad_volume_ft(volume_ft.to(device) * float(scales[m_index]), pad * box))
+    return torch.stack(out)
+
+
+def choice_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, volumes_ft: torch.Tensor, rotations: np.ndarray,
+                   shifts: np.ndarray, band: Band, score: str) -> np.ndarray:
+    """Each particle's score for every model at its pose there ``(n, K)`` against ``volumes_ft``."""
+    n, k = rotations.shape[:2]
+    result = search_local(
+        images_ft, ctf, volumes_ft, band,
+        torch.as_tensor(rotations, dtype=torch.float32), torch.as_tensor(shifts, dtype=torch.float32),
+        torch.arange(k).expand(n, -1), torch.eye(3)[None], torch.zeros(1, 2), score=score,
+    )
+    return result.model_scores.cpu().numpy()
+
+
+class FoldChooser:
+    """Scores particles at given poses in every model against the models' last maps rebuilt
+    without each particle's fold (:data:`CHOICE_FOLDS` folds of the stack's rows). Rows come
+    in order, so each fold's maps are made once."""
+
+    def __init__(self, last: LastReconstruction, plan: SearchPlan, fold_maps: FoldMaps, n: int,
+                 score: str) -> None:
+        self.last, self.plan, self.fold_maps, self.score = last, plan, fold_maps, score
+        self.edges = fold_edges(n, CHOICE_FOLDS)
+        self.fold_of = np.searchsorted(self.edges, np.arange(n), side="right") - 1
+        self.fold, self.volumes_ft = -1, None
+
+    def scores(self, batch, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """``(len(rows), K)`` scores of a loaded batch of stack rows ``rows`` at poses
+        ``rotations`` ``(len(rows), K, 3, 3)`` and ``shifts`` ``(len(rows), K, 2)``."""
+        out = np.zeros((len(rows), len(self.last.maps)))
+        for fold in np.unique(self.fold_of[rows]):
+            if fold != self.fold:
+                self.volumes_ft = leave_out_volumes(
+                    self.last, self.edges[fold], self.edges[fold + 1], self.fold_maps.operators,
+                    self.fold_maps.mask_radius_px, self.plan.band_radius_px, self.fold_maps.scales,
+                    batch.images_ft.device,
+                )
+                self.fold = fold
+            sel = np.nonzero(self.fold_of[rows] == fold)[0]
+            index = torch.as_tensor(sel, device=batch.images_ft.device)
+            out[sel] = choice_scores(
+                batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], self.volumes_ft,
+                rotations[sel], shifts[sel], self.plan.band, self.score,
+            )
+        return out
+
+
+@dataclass
+class FoldMaps:
+    """How the models' maps are rebuilt without a fold (:func:`leave_out_volumes`)."""
+
+    operators: list[torch.Tensor]
+    mask_radius_px: float
+    scales: np.ndarray  # the references' intensity scale per model
+
+
+def fold_shards(n: int, parts: int, batch_size: int) -> list[np.ndarray]:
+    """Stack rows cut into about ``parts`` shards along the model choice's folds; one shard
+    when ``parts`` is 1. Each shard rebuilds its fold's maps without the fold (inserting the
+    fold's particles again, about a sixtieth of searching them at 5 Å), so a fold is cut
+    into pieces of a batch at least: the rebuild then costs at most a fold's insertions per
+    batch searched."""
+    if parts <= 1:
+        return [np.arange(n)]
+    edges = fold_edges(n, CHOICE_FOLDS)
+    folds = len(edges) - 1
+    per_fold = max(1, min(math.ceil(parts / folds), (n // folds) // max(1, batch_size)))
+    return [piece for a, b in itertools.pairwise(edges) for piece in np.array_split(np.arange(a, b), per_fold)
+            if len(piece)]
+
+
+def posteriors(model_scores: np.ndarray, image_power: np.ndarray, n_pixels: float, score: str) -> np.ndarray:
+    """Posterior of each model per particle ``(n, K)`` from its best score for each model
+    (:func:`multirefine.refine.splitmerge.log_likelihoods`)."""
+    return normalised(log_likelihoods(model_scores, image_power, n_pixels, score))
+
+
+def normalised(log_likelihood: np.ndarray) -> np.ndarray:
+    """Per row of ``(n, K)`` log-likelihoods, the probabilities they give (equal priors)."""
+    z = log_likelihood - log_likelihood.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+def cross_validated(search_stack, plan: SearchPlan, last: LastReconstruction, found,
+                    fold_maps: FoldMaps, settings: SweepSettings, executor: Executor | None = None) -> np.ndarray:
+    """Each particle's log-likelihood in every model ``(n, K)`` at its pose there, against the
+    maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each)."""
+    executor = executor or InProcess()
+    shards = fold_shards(len(search_stack), executor.parts, settings.batch_size)
+    parts = executor.map(choice_rows, shards, search_stack, plan, last, found.model_rotations, found.model_shifts,
+                         fold_maps, settings)
+    return log_likelihoods(np.concatenate(parts), found.image_power, float(plan.band.weight.sum()), settings.score)
+
+
+def choice_rows(rows: np.ndarray, search_stack, plan: SearchPlan, last: LastReconstruction, rotations: np.ndarray,
+                shifts: np.ndarray, fold_maps: FoldMaps, settings: SweepSettings, advance=None) -> np.ndarray:
+    """The scores of stack rows ``rows`` ``(len(rows), K)`` at the poses ``rotations[rows]``,
+    ``shifts[rows]``, against the maps of ``last`` rebuilt without each row's fold."""
+    chooser = FoldChooser(last, plan, fold_maps, len(search_stack), settings.score)
+    scores = np.zeros((len(rows), rotations.shape[1]))
+    for at, batch in sweep(search_stack, rows, settings.batch_size, torch.device(settings.device), advance):
+        scores[at] = chooser.scores(batch, rows[at], rotations[rows[at]], shifts[rows[at]])
+    return scores

@@ -1,0 +1,97 @@
+"""A run's options (``0_refine_parms.json``) and their validation.
+
+:class:`RefineOptions` holds every resolved option of ``multirefine refine`` (EMAN2's
+``e2refinemulti`` names where they exist) and checks itself when made
+(:meth:`RefineOptions.validate`), so a library or Dask caller of
+:func:`multirefine.refine.driver.run_refinement` gets the same checks as the command line.
+:class:`SweepSettings` is the little of them that a shard of particle rows needs (what
+travels to a Dask worker with each task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from multirefine.errors import InputError
+
+__all__ = ["SEEDINGS", "RefineOptions", "SweepSettings"]
+
+SEEDINGS = ("models", "randphase", "mapfragment", "randclassify")
+
+
+@dataclass
+class RefineOptions:
+    """Every resolved option of a run (written to ``0_refine_parms.json``)."""
+
+    input: str
+    path: str
+    symmetries: list[str]  # one per model: their number is the number of models
+    iterations: int = 5
+    usefilt: str | None = None
+    targetres: float | None = None
+    speed: int = 5
+    sep: int = 1
+    classiter: int = 0
+    m3dkeep: float = 0.9
+    classkeep: float = 0.85
+    mass_kda: list[float] | None = None
+    max_shift_px: float = 5.0
+    shrink: int = 1
+    batch_size: int = 500
+    device: str = "cpu"
+    align_maps: bool = True
+    seed: int = 0
+    score: str = "ls"
+    soft: bool = False
+    start_maps: list[str] = field(default_factory=list)
+    seeding: str = "models"  # models: the maps given; else one map varied into K (multirefine.refine.seeding)
+    apix: float | None = None  # --apix: the pixel size given, over the particle file's
+    single: bool = True  # each model's particles refined on their own afterwards (--nosingle: not)
+    single_iterations: int = 8
+    single_start_resolution_angstrom: float = 30.0
+    split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_models(self) -> int:
+        return len(self.symmetries)
+
+    def validate(self) -> None:
+        """Raise :class:`~multirefine.errors.InputError` naming the option of a value out of
+        range (the command line's names)."""
+        if self.iterations < 1:
+            raise InputError(f"--iter {self.iterations}: expected 1 or more")
+        if self.single_iterations < 1:
+            raise InputError(f"--singleiter {self.single_iterations}: expected 1 or more")
+        if not self.single_start_resolution_angstrom > 0:
+            raise InputError(f"--singleres {self.single_start_resolution_angstrom}: expected a resolution in Å")
+        for name in ("m3dkeep", "classkeep"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise InputError(f"--{name} {value}: expected a fraction in (0, 1]")
+        if self.sep < 1:
+            raise InputError(f"--sep {self.sep}: expected 1 or more")
+        if self.sep > 1 and self.soft:
+            raise InputError(f"--sep {self.sep} with --soft: --sep spreads a hard assignment; use one of them")
+        if self.classiter < 0:
+            raise InputError(f"--classiter {self.classiter}: expected 0 or more")
+        if self.seeding not in SEEDINGS:
+            raise InputError(f"seeding {self.seeding!r}: expected one of {', '.join(SEEDINGS)}")
+        if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
+            raise InputError(f"--mass: {len(self.mass_kda)} masses for {self.n_models} models")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep over particle rows needs of the options."""
+
+    batch_size: int
+    device: str
+    score: str
+    sep: int = 1
+
+    @classmethod
+    def of(cls, opts: RefineOptions) -> SweepSettings:
+        return cls(opts.batch_size, opts.device, opts.score, opts.sep)

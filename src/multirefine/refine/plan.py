@@ -1,0 +1,145 @@
+"""The search plan of an iteration: the band searched and the steps in angle and shift.
+
+The band follows the resolution (``--targetres`` fixes it; otherwise the worst model's
+gold-standard FSC 0.143, :func:`next_band`, as RELION's auto-refine does), and the angular
+steps follow the band and the particle radius (``--speed`` scales them). In: the box, the
+pixel size, the band's resolution, the particle radius, the symmetries. Out: a
+:class:`SearchPlan`, whose :meth:`SearchPlan.search` runs the global polar pass and two
+local passes on a batch of particles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multirefine.geometry.euler import euler_to_matrix
+from multirefine.geometry.grids import projection_directions
+from multirefine.refine.polar import (
+    PolarGrid,
+    PolarReferences,
+    make_polar_grid,
+    make_polar_references,
+)
+from multirefine.refine.scoring import Band, SearchResult, make_band, shift_grid
+from multirefine.refine.search import refine_assignments
+
+__all__ = ["SearchPlan", "angular_steps", "next_band", "plan_search"]
+
+
+def angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -> tuple[float, float]:
+    """(coarse, fine) angular steps in degrees for a band and particle radius.
+
+    The fine step moves the particle's edge by a third of the band's resolution;
+    ``--speed`` 5 is that, larger is coarser. The coarse (global) step is 2.5 x fine,
+    between 7.5 and 30 degrees.
+    """
+    fine = math.degrees(band_resolution / (3 * radius_angstrom)) * speed / 5
+    fine = float(np.clip(fine, 0.5, 12.0))
+    coarse = float(np.clip(2.5 * fine, 7.5, 30.0))
+    return coarse, fine
+
+
+@dataclass
+class SearchPlan:
+    """One iteration's search at one resolution: its band, steps and grids."""
+
+    band_resolution_angstrom: float
+    band_radius_px: float
+    coarse_step_deg: float  # the global (polar) pass
+    fine_step_deg: float  # the precision the band asks for; the last local pass goes at least this fine
+    shift_step_px: float
+    directions: list[torch.Tensor]  # per model's symmetry: projection directions at psi 0 (n, 3, 3)
+    polar_grid: PolarGrid
+    coarse_shifts_px: torch.Tensor  # (S, 2)
+    shift_offsets_px: list[torch.Tensor]  # one per local pass
+    band: Band  # the local passes' pixels
+
+    def describe(self) -> str:
+        """The grid searched, in words (``-v 1``)."""
+        grid = self.polar_grid
+        return (f"global pass over {', '.join(str(len(d)) for d in self.directions)} directions (per model) x "
+                f"{grid.n_inplane} in-plane angles x {len(self.coarse_shifts_px)} shifts, "
+                f"{len(grid.radii)} radii x {grid.n_angles} angles; local passes at "
+                f"{self.local_steps_deg[0]:.2f} and {self.local_steps_deg[1]:.2f} deg, shifts in steps of "
+                f"{self.shift_step_px / 2:.2f} and {self.shift_step_px / 4:.2f} px")
+
+    @property
+    def local_steps_deg(self) -> tuple[float, float]:
+        """The two local passes' angular steps: a third of the global step, then the fine step
+        or half the first pass's, whichever is finer. (When the second pass went at the fine
+        step alone, it was no finer than the first wherever the fine step is over 2.5 degrees,
+        i.e. in nearly every iteration of the benchmark sets; half the first pass's step ended
+        6-7 % closer to the true poses at 3.2, 4 and 6 Å for the same cost,
+        ``bench/local_passes.py``.)"""
+        first = self.coarse_step_deg / 3
+        return first, min(self.fine_step_deg, first / 2)
+
+    def references(self, volumes_ft: torch.Tensor) -> PolarReferences:
+        """Polar references of ``volumes_ft`` ``(K, P, P, P//2+1)``, model m over ``directions[m]``."""
+        return make_polar_references(volumes_ft, self.directions, self.polar_grid)
+
+    def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
+               volumes_ft: torch.Tensor, score: str, top: int = 1) -> SearchResult:
+        """Global polar pass, then two local passes (:attr:`local_steps_deg`; each within the
+        global step, then within twice its own step) around the best."""
+        first, second = self.local_steps_deg
+        return refine_assignments(
+            images_ft, ctf, references, volumes_ft,
+            coarse_shifts_px=self.coarse_shifts_px,
+            local_range_deg=[self.coarse_step_deg, 2 * second],
+            local_step_deg=[first, second],
+            fine_shift_offsets_px=self.shift_offsets_px,
+            candidates=2, band=self.band, score=score, top=top,
+        )
+
+
+def plan_search(
+    box: int, apix: float, band_res: float, radius_px: float, speed: int, symmetries: list[str],
+    max_shift_px: float, shrink: int = 1, device: torch.device | str = "cpu",
+) -> SearchPlan:
+    """The search for a band of resolution ``band_res`` (Å; kept short of Nyquist, and of
+    the Nyquist of a box shrunk by ``shrink``) and a particle of radius ``radius_px``.
+
+    The global pass runs on a polar grid (:mod:`multirefine.refine.polar`): each model's
+    projection directions over its asymmetric unit, every in-plane angle from one FFT.
+    Global and local passes use the full band. (A global pass at a band matched to its
+    coarse step, 1.25 x coarser, was 1.6 x faster at 8 Å and classified as well on 1000
+    particles, 90.9 vs 91.2 %; on the 6000-particle conformational set it ended at 81.5 %,
+    the full band at 82.3 %, runs there spread by ~10 points, so it is left out until several
+    seeds can rank it.) Shifts in steps of a quarter of the band's resolution.
+    """
+    band_res = max(band_res, 2 * apix * max(shrink, 1) * 1.05)
+    band_radius = min(box * apix / band_res, box / 2 - 1)
+    coarse, fine = angular_steps(band_res, radius_px * apix, speed)
+    directions = []
+    for sym in symmetries:
+        rot, tilt = projection_directions(coarse, sym)
+        directions.append(torch.as_tensor(
+            euler_to_matrix(rot, tilt, np.zeros_like(rot)), dtype=torch.float32, device=device
+        ))
+    shift_step_px = max(1.0, band_res / apix / 4)
+    return SearchPlan(
+        band_resolution_angstrom=band_res,
+        band_radius_px=band_radius,
+        coarse_step_deg=coarse,
+        fine_step_deg=fine,
+        shift_step_px=shift_step_px,
+        directions=directions,
+        polar_grid=make_polar_grid(box, band_radius, coarse, device=device),
+        coarse_shifts_px=shift_grid(max_shift_px, shift_step_px, device=device),
+        shift_offsets_px=[
+            shift_grid(shift_step_px, shift_step_px / 2, device=device),
+            shift_grid(shift_step_px / 2, shift_step_px / 4, device=device),
+        ],
+        band=make_band(box, band_radius, device=device),
+    )
+
+
+def next_band(band_res: float, resolutions: list[float], targetres: float | None) -> float:
+    """The next iteration's search resolution: ``--targetres``, or the worst model's FSC 0.143."""
+    finite = [r for r in resolutions if np.isfinite(r)]
+    return band_res if targetres is not None or not finite else max(finite)
