@@ -1,7 +1,8 @@
 """The md5 of every result file under a folder (bench/identity.sh), without what changes
 from run to run and is not a result: timings (``seconds``) and the run's own path in JSON
 records, comment lines of STAR files (a writer's time stamp), the zip entries' dates of
-``.npz`` files (their arrays are hashed instead). One line per file: ``md5  path``."""
+``.npz`` files (their arrays are hashed instead), the labels of MRC headers (mrcfile writes
+its time there; the data, shape and voxel size are hashed). One line per file: ``md5  path``."""
 
 import hashlib
 import json
@@ -29,6 +30,12 @@ def digest(path: Path) -> str:
     elif path.suffix == ".npz":
         with np.load(path) as f:
             data = b"".join(k.encode() + np.ascontiguousarray(f[k]).tobytes() for k in sorted(f.files))
+    elif path.suffix in (".mrc", ".mrcs"):
+        import mrcfile
+
+        with mrcfile.open(path, permissive=True) as f:
+            data = (np.ascontiguousarray(f.data).tobytes() + str(f.data.shape).encode()
+                    + str(float(f.voxel_size.x)).encode())
     else:
         data = path.read_bytes()
     return hashlib.md5(data).hexdigest()

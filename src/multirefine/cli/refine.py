@@ -106,6 +106,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    "one after it, not in the last 2, tries merging the most redundant model into the others and "
                    "re-seeding it from half of the largest, and keeps that when the cross-validated likelihood "
                    "grows)")
+    p.add_argument("--noise", choices=("white", "coloured"), default="white",
+                   help="noise model of the score and the reconstruction: white (default), or coloured: the "
+                   "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
+                   "weights every frequency (RELION's sigma2 noise spectra)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
     p.add_argument("--continue", dest="continue_run", metavar="RUN",
@@ -182,7 +186,7 @@ def _resolve(args: argparse.Namespace):
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
-        split_merge=not args.nosplitmerge,
+        split_merge=not args.nosplitmerge, noise_model=args.noise,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )

@@ -84,6 +84,9 @@ class ParticleStack:
         self._open = open_files if open_files is not None else OpenImageFiles()
         self._box = box_size
         self._box_origin = box_origin or "rlnImageSize"
+        # The noise model every batch of this stack is whitened by when it is loaded
+        # (multirefine.refine.noise.NoiseModel; None: white noise); kept by subsets.
+        self.noise = None
 
     # --- size and geometry ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -232,7 +235,7 @@ class ParticleStack:
     def subset(self, indices: Any) -> ParticleStack:
         """A new stack over particles ``indices`` (metadata re-indexed 0..n-1; files shared)."""
         idx = self._indices(indices)
-        return ParticleStack(
+        out = ParticleStack(
             self.path,
             self.metadata.iloc[idx].reset_index(drop=True),
             self.optics,
@@ -244,6 +247,14 @@ class ParticleStack:
             open_files=self._open,
             box_origin=self._box_origin,
         )
+        out.noise = self.noise
+        return out
+
+    def with_noise(self, noise) -> ParticleStack:
+        """The same particles, whitened by ``noise`` when loaded (:mod:`multirefine.refine.noise`)."""
+        out = self.subset(slice(None))
+        out.noise = noise
+        return out
 
     def with_metadata(
         self, metadata: pd.DataFrame, optics: pd.DataFrame | None = None

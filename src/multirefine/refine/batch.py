@@ -71,7 +71,8 @@ class ParticleBatch:
 
 
 def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> ParticleBatch:
-    """Read rows ``indices`` of a ParticleStack into tensors on ``device``."""
+    """Read rows ``indices`` of a ParticleStack into tensors on ``device`` (whitened by the
+    stack's noise model, where it has one)."""
     rows = stack.metadata.iloc[indices]
     images = torch.as_tensor(np.asarray(stack[indices]), dtype=torch.float32, device=device)
     images_ft = rfft2_centered(images)
@@ -79,6 +80,9 @@ def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> 
         shift = origins_px_for_rows(rows, stack.pixel_size_angstrom).to(device)
         images_ft = shift_images_ft(images_ft, shift)
     ctf = ctf_for_rows(rows, stack.box_size, device=device) if stack.has_ctf else None
+    noise = getattr(stack, "noise", None)
+    if noise is not None:  # coloured noise: image and CTF whitened (multirefine.refine.noise)
+        images_ft, ctf = noise.whiten(images_ft, ctf, rows)
     return ParticleBatch(np.asarray(indices), images_ft, ctf, rotations_for_rows(rows, device))
 
 

@@ -51,6 +51,7 @@ from multirefine.refine.layers import (
     make_layers,
     reconstruct_models,
 )
+from multirefine.refine.noise import whitened_stacks
 from multirefine.refine.options import RefineOptions, SweepSettings
 from multirefine.refine.plan import SearchPlan, next_band, plan_search
 from multirefine.refine.postprocess import mutual_fsc
@@ -102,8 +103,9 @@ class Recorder:
     """Where finished iterations go; this one keeps nothing (a library caller's default).
     The command line's writes the run folder (:class:`multirefine.runfolder.writer.RunWriter`)."""
 
-    def start(self, maps: list[np.ndarray]) -> None:
-        """The starting maps, as searched in iteration 1 (before their intensity scale)."""
+    def start(self, maps: list[np.ndarray], noise: dict | None = None) -> None:
+        """The starting maps, as searched in iteration 1 (before their intensity scale), and
+        the noise model (:meth:`multirefine.refine.noise.NoiseModel.to_json`; None: white)."""
 
     def iteration(self, record: IterationRecord) -> None:
         """A finished iteration."""
@@ -182,6 +184,7 @@ def run_refinement(
 def _context(opts, stack, search_stack, radius_px: float, executor, progress) -> _Run:
     box = stack.box_size
     mask_radius_px = min(radius_px + 3, box / 2 - 2)
+    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model)
     return _Run(opts, stack, search_stack, half_set_of_rows(stack.metadata, opts.seed),
                 [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries],
                 radius_px, mask_radius_px, soft_sphere_mask(box, mask_radius_px, 3.0), executor, progress)
@@ -201,7 +204,8 @@ def _started(opts, stack, search_stack, start_maps, executor, progress, recorder
     if opts.align_maps and opts.seeding == "models":
         maps = align_to_first(maps, apix, band_res)
     maps = [flatten_solvent(torch.from_numpy(m), run.mask).numpy() for m in maps]  # as every later reference
-    recorder.start(maps)
+    noise = run.stack.noise if opts.noise_model != "white" else None
+    recorder.start(maps, None if noise is None else noise.to_json() | {"pixel_size_angstrom": apix})
     return run, _Current(maps, band_res, [], initial_assignment=initial)
 
 

@@ -50,6 +50,7 @@ class RefineOptions:
     single_iterations: int = 8
     single_start_resolution_angstrom: float = 30.0
     split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
+    noise_model: str = "white"  # --noise: white, or coloured (multirefine.refine.noise)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,6 +80,8 @@ class RefineOptions:
             raise InputError(f"--classiter {self.classiter}: expected 0 or more")
         if self.seeding not in SEEDINGS:
             raise InputError(f"seeding {self.seeding!r}: expected one of {', '.join(SEEDINGS)}")
+        if self.noise_model not in ("white", "coloured"):
+            raise InputError(f"--noise {self.noise_model}: expected white or coloured")
         if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
             raise InputError(f"--mass: {len(self.mass_kda)} masses for {self.n_models} models")
 

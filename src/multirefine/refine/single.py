@@ -54,6 +54,7 @@ from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import assignment_table
 from multirefine.refine.batch import sweep
 from multirefine.refine.driver import RefinementResult
+from multirefine.refine.noise import whitened_stacks
 from multirefine.refine.options import RefineOptions, SweepSettings
 from multirefine.refine.plan import SearchPlan, plan_search
 from multirefine.refine.reconstruct import (
@@ -195,7 +196,9 @@ def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: Refi
     start_map = np.asarray(start_map, dtype=np.float32)
     pair = start_map if start_map.ndim == 4 else np.stack([start_map, start_map])
     radius_px = max(particle_radius_px(m) for m in pair)
-    mask = soft_sphere_mask(stack.box_size, min(radius_px + 3, stack.box_size / 2 - 2), 3.0)
+    mask_radius_px = min(radius_px + 3, stack.box_size / 2 - 2)
+    mask = soft_sphere_mask(stack.box_size, mask_radius_px, 3.0)
+    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model)
     references = [  # per half-set
         flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom,
                                        stack.pixel_size_angstrom), mask).numpy()

@@ -39,6 +39,7 @@ from multirefine.report.plots import (
     plot_directions,
     plot_fsc,
     plot_map_sections,
+    plot_noise_spectra,
 )
 
 __all__ = ["REPORT", "update_report", "write_report", "write_report_safely"]
@@ -244,6 +245,18 @@ def _models_section(last: dict, singles: dict[int, list[dict]], k: int) -> list[
     ]
 
 
+def _noise_section(run: Path, figures: Path) -> list[str]:
+    """The noise model's spectra (``noise.json``, ``--noise coloured``), where the run has one."""
+    path = run / runfolder.NOISE
+    if not path.exists():
+        return []
+    noise = json.loads(path.read_text())
+    plot_noise_spectra(noise, figures / "noise.png")
+    return ["<h2>Noise</h2>", "<p>Noise power per Fourier shell of each optics group, from the images' "
+            "backgrounds (relative units); every frequency of the score and the reconstruction is weighted by "
+            "its inverse.</p>", f'<img src="{FIGURES}/noise.png" alt="noise spectra">']
+
+
 def _convergence_section(run: Path, stats: list[dict]) -> list[str]:
     """The convergence figure (when made) and the table of every iteration."""
     parts = ["<h2>Convergence</h2>"]
@@ -362,6 +375,7 @@ def write_report(run: str | Path) -> Path:
         *_heading(run, parms, stats, k, iteration),
         *_models_section(last, singles, k),
         *_convergence_section(run, stats),
+        *_noise_section(run, figures),
         _iterations_section(run, iteration, last, parms.get("symmetries", []), singles, figures),
         *_singles_section(run, singles, figures),
     ]

@@ -13,7 +13,14 @@ import numpy as np
 
 from multirefine.io.atomic import atomic_path
 
-__all__ = ["plot_class_montage", "plot_convergence", "plot_directions", "plot_fsc", "plot_map_sections"]
+__all__ = [
+    "plot_class_montage",
+    "plot_convergence",
+    "plot_directions",
+    "plot_fsc",
+    "plot_map_sections",
+    "plot_noise_spectra",
+]
 
 
 def plot_convergence(stats: list[dict], path: str | Path) -> None:
@@ -63,6 +70,20 @@ def plot_fsc(fsc: dict, path: str | Path, title: str = "", labels: list[str] | N
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+
+
+def plot_noise_spectra(noise: dict, path: str | Path) -> None:
+    """Noise power per shell of each optics group (``noise.json``), on a log scale."""
+    power = np.asarray(noise["power_per_shell"])
+    box = 2 * (power.shape[1] - 1)
+    freq = np.arange(power.shape[1]) / (box * noise.get("pixel_size_angstrom", 1.0))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for group, curve in zip(noise["optics_groups"], power):
+        ax.semilogy(freq[1:], curve[1:], label=f"optics group {group}")
+    ax.set(xlabel="spatial frequency (1/Å)", ylabel="noise power (relative)", title="noise spectra")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",
     "MODEL_FINISHED",
+    "NOISE",
     "PARAMETERS",
     "STATE",
     "classes_name",
@@ -46,6 +47,7 @@ __all__ = [
 PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
 CONVERGENCE_FIGURE = "convergence.png"
+NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics group (--noise coloured)
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete
 

@@ -58,9 +58,12 @@ class RunWriter:
         self.written_maps = written_maps or (lambda maps: maps)
         self.after = after
 
-    def start(self, maps: list[np.ndarray]) -> None:
+    def start(self, maps: list[np.ndarray], noise: dict | None = None) -> None:
+        """The starting maps (``threed_00_MM.mrc``) and the noise model (``noise.json``)."""
         for m_index, volume in enumerate(maps, start=1):
             write_map(self.path / names.map_name(0, m_index), volume, self.pixel_size)
+        if noise is not None:
+            names.write_json(self.path / names.NOISE, noise)
 
     def iteration(self, record) -> None:
         """``record``: a :class:`multirefine.refine.driver.IterationRecord`."""
