@@ -110,6 +110,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="noise model of the score and the reconstruction: white (default), or coloured: the "
                    "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
                    "weights every frequency (RELION's sigma2 noise spectra)")
+    p.add_argument("--globalsearch", action="store_true",
+                   help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
+                   "consensus refinement); by default such poses are where local searches start (RELION's "
+                   "--sigma_ang), and each later iteration searches around the last one's poses")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
     p.add_argument("--continue", dest="continue_run", metavar="RUN",
@@ -187,10 +191,17 @@ def _resolve(args: argparse.Namespace):
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
+        local_search=_has_poses(search_stack.metadata) and not args.globalsearch,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     return stack, search_stack, maps, opts, k
+
+
+def _has_poses(metadata) -> bool:
+    """Whether a particle table holds orientations (not all zero) to start local searches from."""
+    columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    return all(c in metadata.columns for c in columns) and bool((metadata[list(columns)].to_numpy() != 0).any())
 
 
 def _batch_size(args: argparse.Namespace) -> int:
@@ -316,7 +327,9 @@ def _print_plan(stack, opts, resume) -> None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
     print(
-        f"{opts.iterations} iterations, then "
+        f"{opts.iterations} iterations"
+        + (" (local searches from the input's poses; --globalsearch: global)" if opts.local_search else "")
+        + ", then "
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
     )

@@ -17,13 +17,41 @@ import torch
 
 from multirefine.geometry.euler import matrix_to_euler
 from multirefine.parallel import Executor, InProcess
-from multirefine.refine.batch import sweep
+from multirefine.refine.batch import origins_px_for_rows, rotations_for_rows, sweep
 from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction, fold_shards
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.polar import PolarReferences
 
-__all__ = ["Searched", "assignment_table", "search_particles", "search_rows"]
+__all__ = ["Priors", "Searched", "assignment_table", "search_particles", "search_rows"]
+
+
+@dataclass
+class Priors:
+    """Each particle's pose in every model where local searches start (``n`` particles, ``K``
+    models): the input's poses (a consensus refinement's), then the last iteration's."""
+
+    rotations: np.ndarray  # (n, K, 3, 3)
+    shifts_px: np.ndarray  # (n, K, 2)
+
+    @classmethod
+    def of_table(cls, metadata: pd.DataFrame, pixel_size: float, k: int) -> Priors:
+        """The table's poses (``rlnAngleRot/Tilt/Psi``, ``rlnOriginX/YAngst``) in all ``k`` models."""
+        rotations = rotations_for_rows(metadata).double().numpy()
+        shifts = origins_px_for_rows(metadata, pixel_size).double().numpy()
+        return cls(np.repeat(rotations[:, None], k, 1), np.repeat(shifts[:, None], k, 1))
+
+    @classmethod
+    def of_layers(cls, layers: list[tuple[np.ndarray, ...]], k: int) -> Priors | None:
+        """The poses of a saved state's layers (model, rotations, shifts, ...), one layer per
+        model (hard or soft assignment, not --sep); None where they are not that."""
+        if len(layers) != k or any(not np.all(layer[0] == m) for m, layer in enumerate(layers)):
+            return None
+        return cls(np.stack([layer[1] for layer in layers], 1), np.stack([layer[2] for layer in layers], 1))
+
+    def at(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.as_tensor(self.rotations[rows], dtype=torch.float32, device=device),
+                torch.as_tensor(self.shifts_px[rows], dtype=torch.float32, device=device))
 
 
 def assignment_table(
@@ -70,24 +98,25 @@ class Searched:
 
 def search_particles(search_stack, plan: SearchPlan, references: PolarReferences, volumes_ft: torch.Tensor,
                      settings: SweepSettings, last: LastReconstruction | None, fold_maps: FoldMaps, advance=None,
-                     executor: Executor | None = None) -> Searched:
+                     executor: Executor | None = None, priors: Priors | None = None) -> Searched:
     """Search every particle against every model, and score its model choice against the
     last maps without its fold (:mod:`multirefine.refine.choice`; in the first iteration,
     with no last maps, the search's own scores pick the model).
 
     The rows go to ``executor`` in shards (:func:`multirefine.refine.choice.fold_shards`),
-    each searched by :func:`search_rows`.
+    each searched by :func:`search_rows`. With ``priors`` (every particle's pose in every
+    model) the search is local around them (:meth:`SearchPlan.search`).
     """
     executor = executor or InProcess()
     shards = fold_shards(len(search_stack), executor.parts, settings.batch_size)
     parts = executor.map(search_rows, shards, search_stack, plan, references, volumes_ft, settings, last, fold_maps,
-                         advance=advance, sizes=[len(rows) for rows in shards])
+                         priors, advance=advance, sizes=[len(rows) for rows in shards])
     return Searched.joined(parts)
 
 
 def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: PolarReferences,
                 volumes_ft: torch.Tensor, settings: SweepSettings, last: LastReconstruction | None,
-                fold_maps: FoldMaps, advance=None) -> Searched:
+                fold_maps: FoldMaps, priors: Priors | None = None, advance=None) -> Searched:
     """:func:`search_particles` for the stack rows ``rows``, in batches of ``settings.batch_size``."""
     n, k, device = len(rows), len(volumes_ft), volumes_ft.device
     sep = settings.sep
@@ -101,7 +130,8 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
     band = plan.band
     chooser = None if last is None else FoldChooser(last, plan, fold_maps, len(search_stack), settings.score)
     for at, batch in sweep(search_stack, rows, settings.batch_size, device, advance):
-        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top)
+        near = None if priors is None else priors.at(rows[at], device)
+        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top, near)
         if sep > 1:
             found.top_model[at] = result.model.cpu().numpy()
             found.top_rotations[at] = result.rotations.cpu().double().numpy()

@@ -41,7 +41,7 @@ from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_thr
 from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.parallel import Executor
-from multirefine.refine.assignment import Searched, assignment_table, search_particles
+from multirefine.refine.assignment import Priors, Searched, assignment_table, search_particles
 from multirefine.refine.choice import FoldMaps, LastReconstruction, normalised, posteriors
 from multirefine.refine.classes import iteration_averages
 from multirefine.refine.layers import (
@@ -148,6 +148,7 @@ class _Current:
     model: np.ndarray | None = None  # every particle's model
     last: LastReconstruction | None = None  # for the next model choice
     initial_assignment: np.ndarray | None = None  # --randclassify: iteration 1's split
+    priors: Priors | None = None  # local searches: where each particle's search starts, per model
 
 
 def run_refinement(
@@ -206,13 +207,18 @@ def _started(opts, stack, search_stack, start_maps, executor, progress, recorder
     maps = [flatten_solvent(torch.from_numpy(m), run.mask).numpy() for m in maps]  # as every later reference
     noise = run.stack.noise if opts.noise_model != "white" else None
     recorder.start(maps, None if noise is None else noise.to_json() | {"pixel_size_angstrom": apix})
-    return run, _Current(maps, band_res, [], initial_assignment=initial)
+    priors = None
+    if opts.local_search:
+        priors = Priors.of_table(search_stack.metadata, apix, opts.n_models)
+        log.info("local searches from the input's poses (rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst)")
+    return run, _Current(maps, band_res, [], initial_assignment=initial, priors=priors)
 
 
 def _resumed(opts, stack, search_stack, state: RunState, history, executor, progress) -> tuple[_Run, _Current]:
     """A run taken up after the iteration its state holds: the last maps' accumulators are
     rebuilt from the layers they were made from, for the next model choice."""
     run = _context(opts, stack, search_stack, state.radius_px, executor, progress)
+    apix = stack.pixel_size_angstrom
     maps = [np.asarray(m, dtype=np.float32) for m in state.maps]
     stats = list(history[: state.iteration])
     table = assignment_table(stack.metadata, *state.table_poses, run.halves, stack.pixel_size_angstrom)
@@ -225,7 +231,10 @@ def _resumed(opts, stack, search_stack, state: RunState, history, executor, prog
                                   torch.device(opts.device), progress, f"iteration {state.iteration}: rebuilt",
                                   executor).last
     log.debug("continuing %s after iteration %d of %d", opts.path, state.iteration, opts.iterations)
-    return run, _Current(maps, band_res, stats, table, state.table_poses[0], last)
+    priors = None
+    if opts.local_search:  # each model's poses of the last iteration (its layers), else the table's
+        priors = Priors.of_layers(state.layers, opts.n_models) or Priors.of_table(table, apix, opts.n_models)
+    return run, _Current(maps, band_res, stats, table, state.table_poses[0], last, priors=priors)
 
 
 def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -> _Current:
@@ -241,7 +250,8 @@ def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -
                              torch.device(opts.device))
     fold_maps = FoldMaps(run.operators, run.mask_radius_px, refs.scales)
     found = search_particles(run.search_stack, plan, refs.polar, refs.volumes_ft, run.settings, current.last,
-                             fold_maps, run.bar(f"iteration {iteration}: search", len(run.stack)), run.executor)
+                             fold_maps, run.bar(f"iteration {iteration}: search", len(run.stack)), run.executor,
+                             current.priors)
     searched = time.perf_counter()
     chosen = _choose_and_reconstruct(run, current, plan, found, fold_maps, refs.maps, iteration)
     reconstructed = time.perf_counter()
@@ -256,8 +266,9 @@ def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -
              stat.seconds, stat.particles_per_model,
              "-" if stat.fraction_changed_model is None else f"{100 * stat.fraction_changed_model:.1f} %",
              ", ".join(f"{r:.1f} Å" for r in stat.resolution_0143_angstrom))
+    priors = Priors(chosen.found.model_rotations, chosen.found.model_shifts) if opts.local_search else None
     return _Current(chosen.made.maps, next_band(plan.band_resolution_angstrom, chosen.made.resolutions, opts.targetres),
-                    record.stats, record.table, chosen.model, chosen.made.last)
+                    record.stats, record.table, chosen.model, chosen.made.last, priors=priors)
 
 
 @dataclass

@@ -51,6 +51,7 @@ class RefineOptions:
     single_start_resolution_angstrom: float = 30.0
     split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
     noise_model: str = "white"  # --noise: white, or coloured (multirefine.refine.noise)
+    local_search: bool = False  # searches local around the input's poses, then the last iteration's
 
     def __post_init__(self) -> None:
         self.validate()

@@ -27,7 +27,7 @@ from multirefine.refine.polar import (
 from multirefine.refine.scoring import Band, SearchResult, make_band, shift_grid
 from multirefine.refine.search import refine_assignments
 
-__all__ = ["SearchPlan", "angular_steps", "next_band", "plan_search"]
+__all__ = ["SearchPlan", "angular_steps", "next_band", "plan_search", "prior_result"]
 
 
 def angular_steps(band_resolution: float, radius_angstrom: float, speed: int) -> tuple[float, float]:
@@ -83,9 +83,13 @@ class SearchPlan:
         return make_polar_references(volumes_ft, self.directions, self.polar_grid)
 
     def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
-               volumes_ft: torch.Tensor, score: str, top: int = 1) -> SearchResult:
+               volumes_ft: torch.Tensor, score: str, top: int = 1,
+               priors: tuple[torch.Tensor, torch.Tensor] | None = None) -> SearchResult:
         """Global polar pass, then two local passes (:attr:`local_steps_deg`; each within the
-        global step, then within twice its own step) around the best."""
+        global step, then within twice its own step) around the best. With ``priors``
+        (rotations ``(n, K, 3, 3)`` and shifts ``(n, K, 2)`` px: each particle's pose in every
+        model, e.g. a consensus refinement's), no global pass: the local passes start there
+        (RELION's local searches, ``--sigma_ang``)."""
         first, second = self.local_steps_deg
         return refine_assignments(
             images_ft, ctf, references, volumes_ft,
@@ -94,7 +98,18 @@ class SearchPlan:
             local_step_deg=[first, second],
             fine_shift_offsets_px=self.shift_offsets_px,
             candidates=2, band=self.band, score=score, top=top,
+            previous=None if priors is None else prior_result(*priors),
         )
+
+
+def prior_result(rotations: torch.Tensor, shifts_px: torch.Tensor) -> SearchResult:
+    """A search result that holds given poses (``(n, K, 3, 3)``, shifts ``(n, K, 2)`` px) as
+    each particle's best in every model, scores 0: where local passes start from priors."""
+    n, k = rotations.shape[:2]
+    rotations, shifts_px = rotations.to(torch.float32), shifts_px.to(torch.float32)
+    zeros = torch.zeros((n, 1), dtype=torch.int64, device=rotations.device)
+    return SearchResult(zeros, zeros, rotations[:, :1], shifts_px[:, :1], torch.zeros((n, 1), device=rotations.device),
+                        torch.zeros((n, k), device=rotations.device), rotations, shifts_px)
 
 
 def plan_search(

@@ -1,0 +1,105 @@
+"""Local searches from given poses (a consensus refinement's, RELION's --sigma_ang): they find
+the pose near the prior and never leave its neighbourhood; the command line starts them
+where the input holds poses, unless --globalsearch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_atoms_map
+
+from multirefine.fourier.projection import prepare_volume_ft
+from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
+from multirefine.io.particles import open_particles
+from multirefine.refine.assignment import Priors
+from multirefine.refine.batch import load_batch
+from multirefine.refine.plan import plan_search
+from multirefine.simulate import SimulationParameters, simulate_dataset
+
+BOX, APIX = 32, 2.0
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    volume = random_atoms_map(BOX, 300, seed=5, spread_px=4.0)
+    simulate_dataset(root, [volume], SimulationParameters(n_particles=60, snr=5.0, fractions=[1.0],
+                                                          pixel_size_angstrom=APIX, seed=1, max_shift_px=2.0))
+    return open_particles(root / "truth.star"), volume
+
+
+def _search(stack, volume, priors):
+    plan = plan_search(BOX, APIX, 6.0, 10.0, 5, ["C1"], 3.0)
+    volume_ft = prepare_volume_ft(torch.from_numpy(volume))[None]
+    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    rows = np.arange(len(stack))
+    found = plan.search(batch.images_ft, batch.ctf, plan.references(volume_ft), volume_ft, "ls",
+                        priors=None if priors is None else priors.at(rows, "cpu"))
+    return plan, found.model_rotations[:, 0].double().numpy(), found.model_shift_px[:, 0].double().numpy()
+
+
+def _turned(priors: Priors, degrees: float, seed: int) -> Priors:
+    """Each prior turned by ``degrees`` about a random axis."""
+    rng = np.random.default_rng(seed)
+    axes = rng.normal(size=(len(priors.rotations), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    angle = np.radians(degrees)
+    k = np.zeros((len(axes), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
+    k = k - k.transpose(0, 2, 1)
+    turn = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    return Priors(turn[:, None] @ priors.rotations, priors.shifts_px.copy())
+
+
+def test_local_search_recovers_the_pose_near_its_prior(clean):
+    stack, volume = clean
+    truth = Priors.of_table(stack.metadata, APIX, 1)
+    true_rotations = truth.rotations[:, 0]
+    plan, rotations, shifts = _search(stack, volume, _turned(truth, 6.0, 0))
+    error = rotation_change_deg(true_rotations, rotations, np.eye(3)[None])
+    assert np.median(error) < plan.fine_step_deg and np.mean(error < 3 * plan.fine_step_deg) > 0.9
+    assert np.median(np.abs(shifts - truth.shifts_px[:, 0])) < 0.6
+
+
+def test_local_search_stays_near_a_wrong_prior(clean):
+    """Priors 90 degrees off: a global search finds the true poses, the local one does not
+    leave the neighbourhood of its priors (no global pass)."""
+    stack, volume = clean
+    truth = Priors.of_table(stack.metadata, APIX, 1)
+    wrong = _turned(truth, 90.0, 1)
+    plan, rotations, _ = _search(stack, volume, wrong)
+    assert np.all(rotation_change_deg(wrong.rotations[:, 0], rotations, np.eye(3)[None]) < plan.coarse_step_deg + 5)
+    _, found, _ = _search(stack, volume, None)
+    assert np.median(rotation_change_deg(truth.rotations[:, 0], found, np.eye(3)[None])) < plan.fine_step_deg
+
+
+def test_priors_of_a_table_and_of_layers():
+    rot = euler_to_matrix(np.array([10.0, 20.0]), np.array([30.0, 40.0]), np.array([50.0, 60.0]))
+    import pandas as pd
+
+    table = pd.DataFrame({"rlnAngleRot": [10.0, 20.0], "rlnAngleTilt": [30.0, 40.0], "rlnAnglePsi": [50.0, 60.0],
+                          "rlnOriginXAngst": [2.0, -4.0], "rlnOriginYAngst": [0.0, 6.0]})
+    priors = Priors.of_table(table, 2.0, 3)
+    assert priors.rotations.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(priors.rotations[:, 2], rot, atol=1e-6)
+    np.testing.assert_allclose(priors.shifts_px[:, 0], [[1.0, 0.0], [-2.0, 3.0]])
+    layers = [(np.full(2, m), rot + m, np.full((2, 2), m), np.zeros(2), np.ones(2)) for m in range(2)]
+    from_layers = Priors.of_layers(layers, 2)
+    np.testing.assert_allclose(from_layers.rotations[:, 1], rot + 1)
+    assert Priors.of_layers(layers, 3) is None  # not one layer per model (--sep)
+
+
+@pytest.mark.parametrize(("extra", "local"), [([], True), (["--globalsearch"], False)])
+def test_the_command_line_starts_local_searches_where_the_input_has_poses(clean, tmp_path, capsys, extra, local):
+    from multirefine.cli.main import main
+
+    stack, _ = clean
+    root = stack.path.parent
+    code = main(["refine", "--input", str(root / "truth.star"), "--models", f"{root}/gt_01.mrc,{root}/gt_01.mrc",
+                 "--path", str(tmp_path / "run"), "--check", *extra])
+    assert code == 0
+    assert ("local searches from the input's poses" in capsys.readouterr().out) == local
+    code = main(["refine", "--input", str(root / "particles.star"), "--models", f"{root}/gt_01.mrc,{root}/gt_01.mrc",
+                 "--path", str(tmp_path / "run"), "--check"])
+    assert code == 0 and "local searches" not in capsys.readouterr().out  # no poses in particles.star
