@@ -103,3 +103,28 @@ def test_the_command_line_starts_local_searches_where_the_input_has_poses(clean,
     code = main(["refine", "--input", str(root / "particles.star"), "--models", f"{root}/gt_01.mrc,{root}/gt_01.mrc",
                  "--path", str(tmp_path / "run"), "--check"])
     assert code == 0 and "local searches" not in capsys.readouterr().out  # no poses in particles.star
+
+
+def test_consensus_first_then_local_searches_from_its_poses(clean, tmp_path):
+    """--consensus: all particles refined against the one map (consensus/, gold standard),
+    then the models seeded from its map, searched locally around its poses."""
+    import json
+
+    from multirefine.cli.main import main
+    from multirefine.io.star import read_particles_star
+
+    stack, _ = clean
+    root = stack.path.parent
+    run = tmp_path / "run"
+    code = main(["refine", "--input", str(root / "particles.star"), "--model", f"{root}/gt_01.mrc", "--nmodels", "2",
+                 "--consensus", "--iter", "1", "--singleiter", "1", "--nosingle", "--path", str(run)])
+    assert code == 0
+    parms = json.loads((run / "0_refine_parms.json").read_text())
+    assert parms["consensus"] and parms["local_search"]
+    for name in ("threed_01.mrc", "half1_unfil.mrc", "particles_final.star", "convergence.json"):
+        assert (run / "consensus" / name).exists(), name
+    consensus = read_particles_star(run / "consensus" / "particles_final.star").metadata
+    table = read_particles_star(run / "particles_01.star").metadata
+    np.testing.assert_array_equal(table["rlnRandomSubset"], consensus["rlnRandomSubset"])  # the same half-sets
+    two = ["--models", f"{root}/gt_01.mrc,{root}/gt_01.mrc", "--consensus", "--path", str(tmp_path / "r2")]
+    assert main(["refine", "--input", str(root / "particles.star"), *two]) == 2  # one map only

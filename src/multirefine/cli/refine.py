@@ -110,6 +110,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="noise model of the score and the reconstruction: white (default), or coloured: the "
                    "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
                    "weights every frequency (RELION's sigma2 noise spectra)")
+    p.add_argument("--consensus", action="store_true",
+                   help="first refine all particles against the one starting map (gold standard, into consensus/; "
+                   "--singleiter and --singleres apply), then seed the models from its map and search locally "
+                   "around its poses: for a starting map too featureless to fix the poses")
     p.add_argument("--globalsearch", action="store_true",
                    help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
                    "consensus refinement); by default such poses are where local searches start (RELION's "
@@ -191,7 +195,8 @@ def _resolve(args: argparse.Namespace):
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
-        local_search=_has_poses(search_stack.metadata) and not args.globalsearch,
+        local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
+        consensus=args.consensus,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
@@ -309,6 +314,9 @@ def _writers(opts, stack):
         return maps if not mass else [normalize_by_mass(v, m, apix) for v, m in zip(maps, mass)]
 
     def model_folder(m: int) -> ModelFolder:
+        """Model m's folder (from 1); 0: the consensus refinement's, ``consensus/``."""
+        if m == 0:
+            return ModelFolder(path / runfolder.CONSENSUS, apix, stack.optics)
         written = None if not mass else (lambda volume: normalize_by_mass(volume, mass[m - 1], apix))
         return ModelFolder(path / runfolder.model_folder_name(m), apix, stack.optics, written)
 
@@ -366,7 +374,7 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.parallel import executor_for
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
-    from multirefine.refine.single import refine_each_model
+    from multirefine.refine.single import consensus_refinement, refine_each_model
 
     if args.single and args.nosingle:
         raise InputError("--single and --nosingle: give one of them")
@@ -388,6 +396,10 @@ def main(args: argparse.Namespace) -> int:
         try:
             try:
                 runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+                if opts.consensus and resume is None:
+                    stack, search_stack, consensus = consensus_refinement(
+                        opts, stack, search_stack, maps[0], model_folder(0), progress, executor)
+                    maps = [consensus]
                 multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer)
             except BaseException:
                 if resume is None and not (path / runfolder.STATE).exists():

@@ -52,6 +52,7 @@ class RefineOptions:
     split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
     noise_model: str = "white"  # --noise: white, or coloured (multirefine.refine.noise)
     local_search: bool = False  # searches local around the input's poses, then the last iteration's
+    consensus: bool = False  # --consensus: all particles refined against the one map first (then local searches)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +84,8 @@ class RefineOptions:
             raise InputError(f"seeding {self.seeding!r}: expected one of {', '.join(SEEDINGS)}")
         if self.noise_model not in ("white", "coloured"):
             raise InputError(f"--noise {self.noise_model}: expected white or coloured")
+        if self.consensus and self.seeding == "models" and len(self.start_maps) > 1:
+            raise InputError("--consensus refines all particles against one map: give --model (one map), not --models")
         if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
             raise InputError(f"--mass: {len(self.mass_kda)} masses for {self.n_models} models")
 

@@ -66,7 +66,7 @@ from multirefine.refine.scales import filtered_scale, reference_scales
 from multirefine.refine.seeding import particle_radius_px
 from multirefine.runfolder.records import FscRecord, SingleStats
 
-__all__ = ["ModelRecorder", "SingleResult", "refine_each_model", "refine_single"]
+__all__ = ["ModelRecorder", "SingleResult", "consensus_refinement", "refine_each_model", "refine_single"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class SingleResult:
     stats: list[SingleStats]
     resolution_0143_angstrom: float  # of the last iteration's half maps
     earlier: bool = False  # finished by an earlier attempt of the run (--continue), kept as it was
+    table: pd.DataFrame | None = None  # the particles with their final poses (not kept from an earlier attempt)
+    full_map: np.ndarray | None = None  # the final map (masked, in particle units)
 
 
 class ModelRecorder:
@@ -188,7 +190,7 @@ def refine_single(
             if since_best >= PATIENCE:
                 break
     recorder.finish(list(result.half_maps), full_map, table)
-    return SingleResult(stats, resolution)
+    return SingleResult(stats, resolution, table=table, full_map=full_map)
 
 
 def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: RefineOptions) -> _Halves:
@@ -322,3 +324,21 @@ def refine_each_model(
         if after is not None:
             after()
     return results
+
+
+def consensus_refinement(opts: RefineOptions, stack, search_stack, start_map: np.ndarray,
+                         recorder: ModelRecorder | None = None, progress=None, executor: Executor | None = None):
+    """All particles refined against one map first, gold standard (what a careful user does
+    when the starting map is too featureless to fix the poses: ``--consensus``), from
+    ``start_map`` low-passed to ``--singleres``, with the first model's symmetry. Returns the
+    stacks with the consensus poses and half-sets in their tables (where the multi-model
+    iterations start their local searches) and the consensus map."""
+    log.info("consensus: %d particles refined against one map (gold standard) before the %d models",
+             len(stack), opts.n_models)
+    result = refine_single(stack, search_stack, start_map, opts.symmetries[0], opts, recorder, progress,
+                           "consensus, ", executor)
+    log.info("consensus: %d iterations, resolution %.1f Å (FSC 0.143, independent half maps)", len(result.stats),
+             result.resolution_0143_angstrom)
+    table = result.table.drop(columns=["rlnClassNumber", "rlnMaxValueProbDistribution", "rlnLogLikeliContribution"])
+    posed = stack.with_metadata(table)
+    return posed, (posed if search_stack is stack else search_stack.with_metadata(table)), result.full_map

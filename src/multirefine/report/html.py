@@ -252,9 +252,9 @@ def _noise_section(run: Path, figures: Path) -> list[str]:
         return []
     noise = json.loads(path.read_text())
     plot_noise_spectra(noise, figures / "noise.png")
-    return ["<h2>Noise</h2>", "<p>Noise power per Fourier shell of each optics group, from the images' "
-            "backgrounds (relative units); every frequency of the score and the reconstruction is weighted by "
-            "its inverse.</p>", f'<img src="{FIGURES}/noise.png" alt="noise spectra">']
+    text = ("<p>Noise power per Fourier shell of each optics group, from the images' backgrounds (relative "
+            "units); every frequency of the score and the reconstruction is weighted by its inverse.</p>")
+    return ["<h2>Noise</h2>", text, f'<img src="{FIGURES}/noise.png" alt="noise spectra">']
 
 
 def _convergence_section(run: Path, stats: list[dict]) -> list[str]:

@@ -6,6 +6,7 @@ documented in the README; :mod:`multirefine.runfolder.names`), the per-iteration
 """
 
 from multirefine.runfolder.names import (
+    CONSENSUS,
     CONVERGENCE,
     CONVERGENCE_FIGURE,
     MODEL_FINISHED,
@@ -27,6 +28,7 @@ from multirefine.runfolder.names import (
 )
 
 __all__ = [
+    "CONSENSUS",
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",
     "MODEL_FINISHED",

@@ -24,6 +24,7 @@ from typing import Any
 from multirefine.io.atomic import atomic_path
 
 __all__ = [
+    "CONSENSUS",
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",
     "MODEL_FINISHED",
@@ -47,6 +48,7 @@ __all__ = [
 PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
 CONVERGENCE_FIGURE = "convergence.png"
+CONSENSUS = "consensus"  # --consensus: all particles refined against one map first, its files as model_MM/'s
 NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics group (--noise coloured)
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete

@@ -33,7 +33,12 @@ from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import write_map, write_stack
 from multirefine.io.star import write_particles_star
 from multirefine.runfolder import names
-from multirefine.runfolder.records import FscRecord, SingleStats, read_convergence, write_convergence
+from multirefine.runfolder.records import (
+    FscRecord,
+    SingleStats,
+    read_convergence,
+    write_convergence,
+)
 from multirefine.runfolder.state import save_state
 
 __all__ = ["ModelFolder", "RunWriter"]
