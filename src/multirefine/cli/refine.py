@@ -114,6 +114,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="first refine all particles against the one starting map (gold standard, into consensus/; "
                    "--singleiter and --singleres apply), then seed the models from its map and search locally "
                    "around its poses: for a starting map too featureless to fix the poses")
+    p.add_argument("--junk", type=float, metavar="F",
+                   help="junk (empty boxes, aggregates, broken particles): a particle whose fitted intensity at its "
+                   "best pose (the least-squares scale of the reference in it) is below F times the median is in no "
+                   "map and has rlnClassNumber 0 (try 0.5); re-judged every iteration; default: none")
     p.add_argument("--globalsearch", action="store_true",
                    help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
                    "consensus refinement); by default such poses are where local searches start (RELION's "
@@ -196,7 +200,7 @@ def _resolve(args: argparse.Namespace):
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
-        consensus=args.consensus,
+        consensus=args.consensus, junk_scale=args.junk,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )

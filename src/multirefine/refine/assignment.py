@@ -22,6 +22,7 @@ from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction,
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.polar import PolarReferences
+from multirefine.refine.search import scale_terms
 
 __all__ = ["Priors", "Searched", "assignment_table", "search_particles", "search_rows"]
 
@@ -86,6 +87,9 @@ class Searched:
     top_rotations: np.ndarray | None = None
     top_shifts: np.ndarray | None = None
     top_scores: np.ndarray | None = None
+    # (n,): the least-squares intensity of the reference in the particle at its best pose
+    # (cross / refpower): about 1 for a particle, about 0 for an empty box (--junk)
+    fit_scale: np.ndarray | None = None
 
     @classmethod
     def joined(cls, parts: list[Searched]) -> Searched:
@@ -121,7 +125,8 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
     n, k, device = len(rows), len(volumes_ft), volumes_ft.device
     sep = settings.sep
     top = sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
-    found = Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n))
+    found = Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n),
+                     fit_scale=np.zeros(n))
     if sep > 1:
         found.top_model = np.zeros((n, top), dtype=np.int64)
         found.top_rotations, found.top_shifts, found.top_scores = np.zeros((n, top, 3, 3)), np.zeros((n, top, 2)), np.zeros((n, top))
@@ -145,4 +150,7 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
                                                      found.model_shifts[at])
         x = band.gather(batch.images_ft)
         found.image_power[at] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
+        cross, power = scale_terms(batch.images_ft, batch.ctf, volumes_ft, band, result.model[:, 0],
+                                   result.rotations[:, 0], result.shift_px[:, 0])
+        found.fit_scale[at] = (cross / power.clamp_min(1e-30)).cpu().numpy()
     return found

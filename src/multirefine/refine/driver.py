@@ -21,9 +21,7 @@ Each iteration (:func:`run_refinement`):
 5. record: the maps, the particle table, class averages, FSC records and statistics are
    handed to a :class:`Recorder` (the command line's writes the run folder and the report,
    :mod:`multirefine.runfolder.writer`), with the state ``--continue`` needs.
-
-Starting maps are seeded, levelled, aligned (maps from different files) and masked first
-(:mod:`multirefine.refine.seeding`).
+Starting maps are seeded, levelled, aligned and masked first (:mod:`multirefine.refine.seeding`).
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ from multirefine.refine.classes import iteration_averages
 from multirefine.refine.layers import (
     Layer,
     Reconstruction,
+    junk_rows,
     layer_stacks,
     make_layers,
     reconstruct_models,
@@ -282,6 +281,7 @@ class _Chosen:
     made: Reconstruction
     confidence: np.ndarray  # (n, K): each particle's posterior per model (rlnMaxValueProbDistribution)
     spread: bool  # --sep spread the particles over their best poses
+    junk: np.ndarray  # (n,) bool: --junk, in no map (rlnClassNumber 0 in the table)
     trial: SplitMergeTrial | None = None  # the split and merge trial, where one was tried
 
 
@@ -299,12 +299,13 @@ def _choose_and_reconstruct(run: _Run, current: _Current, plan: SearchPlan, foun
     if not opts.soft:
         weights = np.eye(k)[model]
     spread = opts.sep > 1 and not first_split
-    layers = make_layers(found, model, weights, opts.sep if spread else 1)
+    junk = junk_rows(found.fit_scale, opts.junk_scale)
+    layers = make_layers(found, model, weights, opts.sep if spread else 1, junk)
     tables, stacks = layer_stacks(run.stack, layers, run.halves, run.stack.pixel_size_angstrom)
     made = reconstruct_models(run.stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
                               torch.device(opts.device), run.progress, f"iteration {iteration}: reconstruct",
                               run.executor)
-    chosen = _Chosen(model, found, layers, tables, made, confidence, spread)
+    chosen = _Chosen(model, found, layers, tables, made, confidence, spread, junk)
     moved = None if current.model is None else float(np.mean(current.model != model))
     if (opts.split_merge and not opts.soft and not spread and k >= MIN_MODELS
             and split_merge_due(iteration, opts.iterations, current.stats, moved)):
@@ -326,6 +327,7 @@ def _record(run: _Run, current: _Current, plan: SearchPlan, chosen: _Chosen, map
     table_poses = (model, found.model_rotations[rows, model], found.model_shifts[rows, model], score,
                    chosen.confidence[rows, model])
     table = assignment_table(stack.metadata, *table_poses, run.halves, apix)
+    table.loc[chosen.junk, "rlnClassNumber"] = 0
     to_previous = None
     if iteration > 1:  # this iteration's maps against its references, the last iteration's maps
         to_previous = [
@@ -340,7 +342,7 @@ def _record(run: _Run, current: _Current, plan: SearchPlan, chosen: _Chosen, map
     stat = IterationStats(
         iteration, time.perf_counter() - started, plan.band_resolution_angstrom, plan.coarse_step_deg,
         plan.fine_step_deg, np.bincount(model, minlength=k).tolist(), changed, made.resolutions, to_previous,
-        float(np.mean(score)), made.particles_in_maps, chosen.trial,
+        float(np.mean(score)), made.particles_in_maps, chosen.trial, int(chosen.junk.sum()),
     )
     fsc = FscRecord.of(stack.box_size, apix, made.fsc_curves, mutual_fsc(made.maps))
     state = RunState(iteration, run.radius_px, made.maps, table_poses, chosen.layers)

@@ -28,7 +28,7 @@ from multirefine.refine.assignment import Searched, assignment_table
 from multirefine.refine.choice import LastReconstruction
 from multirefine.refine.reconstruct import accumulate_in_shards, gold_standard_reconstruction
 
-__all__ = ["Layer", "Reconstruction", "layer_stacks", "make_layers", "reconstruct_models"]
+__all__ = ["Layer", "Reconstruction", "junk_rows", "layer_stacks", "make_layers", "reconstruct_models"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,28 @@ class Layer:
         return self.model, self.rotations, self.shifts_px, self.scores, self.weights
 
 
-def make_layers(found: Searched, model: np.ndarray, posteriors: np.ndarray, sep: int) -> list[Layer]:
+def junk_rows(fit_scale: np.ndarray, fraction: float | None) -> np.ndarray:
+    """``--junk F``: the particles whose fitted intensity at their best pose (the least-squares
+    scale of the reference in them, :attr:`Searched.fit_scale`: about 1 for a particle at its
+    contrast, about 0 for an empty box, about the share of the particle a fragment holds) is
+    below ``F`` times the median; none where ``fraction`` is None. ``(n,)`` bool."""
+    if fraction is None:
+        return np.zeros(len(fit_scale), dtype=bool)
+    return fit_scale < fraction * np.median(fit_scale)
+
+
+def make_layers(found: Searched, model: np.ndarray, posteriors: np.ndarray, sep: int,
+                junk: np.ndarray | None = None) -> list[Layer]:
+    """What each model's map is made from, as layers of one pose per particle (:func:`_layers_of`);
+    the ``junk`` rows (``--junk``) in none of them (weight 0)."""
+    layers = _layers_of(found, model, posteriors, sep)
+    if junk is not None and junk.any():
+        for layer in layers:
+            layer.weights = np.where(junk, 0.0, layer.weights)
+    return layers
+
+
+def _layers_of(found: Searched, model: np.ndarray, posteriors: np.ndarray, sep: int) -> list[Layer]:
     """What each model's map is made from, as layers of one pose per particle.
 
     ``sep`` 1: per model, every particle at its best pose in that model, weighted by its

@@ -52,6 +52,7 @@ class RefineOptions:
     split_merge: bool = True  # --nosplitmerge: not (multirefine.refine.splitmerge)
     noise_model: str = "white"  # --noise: white, or coloured (multirefine.refine.noise)
     local_search: bool = False  # searches local around the input's poses, then the last iteration's
+    junk_scale: float | None = None  # --junk F: particles fitting below F x the median intensity are junk
     consensus: bool = False  # --consensus: all particles refined against the one map first (then local searches)
 
     def __post_init__(self) -> None:

@@ -49,6 +49,7 @@ class IterationStats:
     # convergence.json files written before this field existed.
     particles_in_maps: list[float] | None = None
     split_merge: SplitMergeTrial | None = None  # None where none was tried
+    junk_particles: int | None = None  # --junk: the particles in no map (None: before the option existed)
 
     @classmethod
     def from_json(cls, data: dict) -> IterationStats:
