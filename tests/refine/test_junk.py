@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from helpers import random_atoms_map
 
 from multirefine.refine.layers import junk_rows
@@ -20,6 +21,7 @@ def test_junk_rows_are_those_far_below_the_median():
     assert not junk_rows(scale, None).any()
 
 
+@pytest.mark.slow
 def test_empty_boxes_are_caught(tmp_path):
     """20 % empty boxes at SNR 0.3, --junk 0.5: nearly all caught after 2 iterations, nearly no
     particle lost (measured: all caught, none lost)."""
