@@ -118,6 +118,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="junk (empty boxes, aggregates, broken particles): a particle whose fitted intensity at its "
                    "best pose (the least-squares scale of the reference in it) is below F times the median is in no "
                    "map and has rlnClassNumber 0 (try 0.5); re-judged every iteration; default: none")
+    p.add_argument("--scale", action="store_true",
+                   help="fit each particle's intensity scale (RELION's scale correction, per particle): its CTF is "
+                   "multiplied by it in the search and the reconstruction; estimated after every search at the "
+                   "particle's best pose, shrunk to 1 by a prior of SD 0.25; written as mrIntensityScale")
     p.add_argument("--globalsearch", action="store_true",
                    help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
                    "consensus refinement); by default such poses are where local searches start (RELION's "
@@ -200,7 +204,7 @@ def _resolve(args: argparse.Namespace):
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
-        consensus=args.consensus, junk_scale=args.junk,
+        consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )

@@ -87,6 +87,9 @@ class ParticleStack:
         # The noise model every batch of this stack is whitened by when it is loaded
         # (multirefine.refine.noise.NoiseModel; None: white noise); kept by subsets.
         self.noise = None
+        # The table column of each particle's intensity scale its CTF is multiplied by when
+        # loaded (multirefine.refine.intensity, --scale; None: none); kept by subsets.
+        self.intensity_column = None
 
     # --- size and geometry ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -248,6 +251,7 @@ class ParticleStack:
             box_origin=self._box_origin,
         )
         out.noise = self.noise
+        out.intensity_column = self.intensity_column
         return out
 
     def with_noise(self, noise) -> ParticleStack:

@@ -80,6 +80,10 @@ def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> 
         shift = origins_px_for_rows(rows, stack.pixel_size_angstrom).to(device)
         images_ft = shift_images_ft(images_ft, shift)
     ctf = ctf_for_rows(rows, stack.box_size, device=device) if stack.has_ctf else None
+    column = getattr(stack, "intensity_column", None)
+    if column is not None and column in rows.columns:  # --scale: each particle's intensity
+        scale = torch.as_tensor(rows[column].to_numpy(copy=True), dtype=torch.float32, device=device)[:, None, None]
+        ctf = scale * (ctf if ctf is not None else torch.ones(images_ft.shape, dtype=torch.float32, device=device))
     noise = getattr(stack, "noise", None)
     if noise is not None:  # coloured noise: image and CTF whitened (multirefine.refine.noise)
         images_ft, ctf = noise.whiten(images_ft, ctf, rows)

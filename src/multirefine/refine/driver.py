@@ -36,12 +36,12 @@ import pandas as pd
 import torch
 
 from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
-from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
-from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.parallel import Executor
+from multirefine.refine import start
 from multirefine.refine.assignment import Priors, Searched, assignment_table, search_particles
-from multirefine.refine.choice import FoldMaps, LastReconstruction, normalised, posteriors
+from multirefine.refine.choice import FoldMaps, normalised, posteriors
 from multirefine.refine.classes import iteration_averages
+from multirefine.refine.intensity import next_scales, scales_of
 from multirefine.refine.layers import (
     Layer,
     Reconstruction,
@@ -50,19 +50,10 @@ from multirefine.refine.layers import (
     make_layers,
     reconstruct_models,
 )
-from multirefine.refine.noise import whitened_stacks
-from multirefine.refine.options import RefineOptions, SweepSettings
+from multirefine.refine.options import RefineOptions
 from multirefine.refine.plan import SearchPlan, next_band, plan_search
 from multirefine.refine.postprocess import mutual_fsc
-from multirefine.refine.reconstruct import half_set_of_rows
 from multirefine.refine.scales import scaled_references
-from multirefine.refine.seeding import (
-    align_to_first,
-    level_start_maps,
-    particle_radius_px,
-    power_limit_angstrom,
-    seed_models,
-)
 from multirefine.refine.splitmerge import MIN_MODELS
 from multirefine.refine.trial import FixedPoses, split_and_merge, split_merge_due
 from multirefine.runfolder.records import FscRecord, IterationStats, SplitMergeTrial
@@ -113,43 +104,6 @@ class Recorder:
         """The run's last assignment."""
 
 
-@dataclass
-class _Run:
-    """What stays the same through a run."""
-
-    opts: RefineOptions
-    stack: object
-    search_stack: object
-    halves: np.ndarray
-    operators: list[torch.Tensor]
-    radius_px: float
-    mask_radius_px: float
-    mask: torch.Tensor
-    executor: Executor | None
-    progress: Progress | None
-
-    @property
-    def settings(self) -> SweepSettings:
-        return SweepSettings.of(self.opts)
-
-    def bar(self, label: str, total: int):
-        return self.progress(label, total) if self.progress else None
-
-
-@dataclass
-class _Current:
-    """Where the run is after an iteration: what the next one starts from."""
-
-    maps: list[np.ndarray]
-    band_resolution_angstrom: float
-    stats: list[IterationStats]
-    table: pd.DataFrame | None = None
-    model: np.ndarray | None = None  # every particle's model
-    last: LastReconstruction | None = None  # for the next model choice
-    initial_assignment: np.ndarray | None = None  # --randclassify: iteration 1's split
-    priors: Priors | None = None  # local searches: where each particle's search starts, per model
-
-
 def run_refinement(
     opts: RefineOptions,
     stack,
@@ -172,71 +126,16 @@ def run_refinement(
     """
     recorder = recorder or Recorder()
     if resume is None:
-        run, current = _started(opts, stack, search_stack, start_maps, executor, progress, recorder)
+        run, current = start.start_new(opts, stack, search_stack, start_maps, executor, progress, recorder)
     else:
-        run, current = _resumed(opts, stack, search_stack, resume, history or [], executor, progress)
+        run, current = start.resume(opts, stack, search_stack, resume, history or [], executor, progress)
     for iteration in range(len(current.stats) + 1, opts.iterations + 1):
         current = _iterate(run, current, iteration, recorder)
     recorder.finish(current.table)
     return RefinementResult(current.stats, current.table, current.maps)
 
 
-def _context(opts, stack, search_stack, radius_px: float, executor, progress) -> _Run:
-    box = stack.box_size
-    mask_radius_px = min(radius_px + 3, box / 2 - 2)
-    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model)
-    return _Run(opts, stack, search_stack, half_set_of_rows(stack.metadata, opts.seed),
-                [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries],
-                radius_px, mask_radius_px, soft_sphere_mask(box, mask_radius_px, 3.0), executor, progress)
-
-
-def _started(opts, stack, search_stack, start_maps, executor, progress, recorder: Recorder) -> tuple[_Run, _Current]:
-    """A new run: the starting maps seeded, levelled, aligned and masked; the first band."""
-    apix = stack.pixel_size_angstrom
-    seeded, initial = seed_models([np.asarray(m) for m in start_maps], opts.seeding, opts.n_models, apix,
-                                  opts.seed, len(stack))
-    maps = level_start_maps([np.asarray(m, dtype=np.float32) for m in seeded], stack.box_size)
-    run = _context(opts, stack, search_stack, max(particle_radius_px(m) for m in maps), executor, progress)
-    if opts.targetres is not None:
-        band_res = opts.targetres
-    else:
-        band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
-    if opts.align_maps and opts.seeding == "models":
-        maps = align_to_first(maps, apix, band_res)
-    maps = [flatten_solvent(torch.from_numpy(m), run.mask).numpy() for m in maps]  # as every later reference
-    noise = run.stack.noise if opts.noise_model != "white" else None
-    recorder.start(maps, None if noise is None else noise.to_json() | {"pixel_size_angstrom": apix})
-    priors = None
-    if opts.local_search:
-        priors = Priors.of_table(search_stack.metadata, apix, opts.n_models)
-        log.info("local searches from the input's poses (rlnAngleRot/Tilt/Psi, rlnOriginX/YAngst)")
-    return run, _Current(maps, band_res, [], initial_assignment=initial, priors=priors)
-
-
-def _resumed(opts, stack, search_stack, state: RunState, history, executor, progress) -> tuple[_Run, _Current]:
-    """A run taken up after the iteration its state holds: the last maps' accumulators are
-    rebuilt from the layers they were made from, for the next model choice."""
-    run = _context(opts, stack, search_stack, state.radius_px, executor, progress)
-    apix = stack.pixel_size_angstrom
-    maps = [np.asarray(m, dtype=np.float32) for m in state.maps]
-    stats = list(history[: state.iteration])
-    table = assignment_table(stack.metadata, *state.table_poses, run.halves, stack.pixel_size_angstrom)
-    band_res = next_band(stats[-1].band_resolution_angstrom, stats[-1].resolution_0143_angstrom, opts.targetres)
-    last = None
-    if state.iteration < opts.iterations:
-        layers = [Layer(*arrays) for arrays in state.layers]
-        _, stacks = layer_stacks(stack, layers, run.halves, stack.pixel_size_angstrom)
-        last = reconstruct_models(stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
-                                  torch.device(opts.device), progress, f"iteration {state.iteration}: rebuilt",
-                                  executor).last
-    log.debug("continuing %s after iteration %d of %d", opts.path, state.iteration, opts.iterations)
-    priors = None
-    if opts.local_search:  # each model's poses of the last iteration (its layers), else the table's
-        priors = Priors.of_layers(state.layers, opts.n_models) or Priors.of_table(table, apix, opts.n_models)
-    return run, _Current(maps, band_res, stats, table, state.table_poses[0], last, priors=priors)
-
-
-def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -> _Current:
+def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: Recorder) -> start.Current:
     """One iteration: plan, search, choose and reconstruct, record."""
     opts, started = run.opts, time.perf_counter()
     plan = plan_search(run.stack.box_size, run.stack.pixel_size_angstrom, current.band_resolution_angstrom,
@@ -254,9 +153,15 @@ def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -
     searched = time.perf_counter()
     chosen = _choose_and_reconstruct(run, current, plan, found, fold_maps, refs.maps, iteration)
     reconstructed = time.perf_counter()
-    record = _record(run, current, plan, chosen, refs.maps, iteration, started)
+    scales = None
+    if opts.fit_intensity:  # the next iteration's scales (multirefine.refine.intensity)
+        scales = next_scales(scales_of(run.search_stack), found.fit_scale * found.fit_power, found.fit_power,
+                             found.image_power / float(plan.band.weight.sum()))
+    record = _record(run, current, plan, chosen, refs.maps, iteration, started, scales)
     recorded = time.perf_counter()
     recorder.iteration(record)
+    if scales is not None:
+        run.stack, run.search_stack = start.rescaled(run.stack, run.search_stack, scales)
     log.debug("iteration %d stages: search %.1f s, reconstruction %.1f s, class averages %.1f s, files and report "
               "%.1f s", iteration, searched - started, reconstructed - searched, recorded - reconstructed,
               time.perf_counter() - recorded)
@@ -266,8 +171,9 @@ def _iterate(run: _Run, current: _Current, iteration: int, recorder: Recorder) -
              "-" if stat.fraction_changed_model is None else f"{100 * stat.fraction_changed_model:.1f} %",
              ", ".join(f"{r:.1f} Å" for r in stat.resolution_0143_angstrom))
     priors = Priors(chosen.found.model_rotations, chosen.found.model_shifts) if opts.local_search else None
-    return _Current(chosen.made.maps, next_band(plan.band_resolution_angstrom, chosen.made.resolutions, opts.targetres),
-                    record.stats, record.table, chosen.model, chosen.made.last, priors=priors)
+    band_res = next_band(plan.band_resolution_angstrom, chosen.made.resolutions, opts.targetres)
+    return start.Current(chosen.made.maps, band_res, record.stats, record.table, chosen.model, chosen.made.last,
+                         priors=priors)
 
 
 @dataclass
@@ -285,8 +191,8 @@ class _Chosen:
     trial: SplitMergeTrial | None = None  # the split and merge trial, where one was tried
 
 
-def _choose_and_reconstruct(run: _Run, current: _Current, plan: SearchPlan, found: Searched, fold_maps: FoldMaps,
-                            maps: list[np.ndarray], iteration: int) -> _Chosen:
+def _choose_and_reconstruct(run: start.Run, current: start.Current, plan: SearchPlan, found: Searched,
+                            fold_maps: FoldMaps, maps: list[np.ndarray], iteration: int) -> _Chosen:
     """Each particle to its model (the cross-validated choice; ``--randclassify``'s split in
     iteration 1), the maps made, and split and merge where it is due."""
     opts, k = run.opts, run.opts.n_models
@@ -317,8 +223,8 @@ def _choose_and_reconstruct(run: _Run, current: _Current, plan: SearchPlan, foun
     return chosen
 
 
-def _record(run: _Run, current: _Current, plan: SearchPlan, chosen: _Chosen, maps: list[np.ndarray],
-            iteration: int, started: float) -> IterationRecord:
+def _record(run: start.Run, current: start.Current, plan: SearchPlan, chosen: _Chosen, maps: list[np.ndarray],
+            iteration: int, started: float, scales: np.ndarray | None) -> IterationRecord:
     """The iteration's table, class averages, FSC record and statistics."""
     opts, stack = run.opts, run.stack
     apix, n, k = stack.pixel_size_angstrom, len(stack), opts.n_models
@@ -345,5 +251,5 @@ def _record(run: _Run, current: _Current, plan: SearchPlan, chosen: _Chosen, map
         float(np.mean(score)), made.particles_in_maps, chosen.trial, int(chosen.junk.sum()),
     )
     fsc = FscRecord.of(stack.box_size, apix, made.fsc_curves, mutual_fsc(made.maps))
-    state = RunState(iteration, run.radius_px, made.maps, table_poses, chosen.layers)
+    state = RunState(iteration, run.radius_px, made.maps, table_poses, chosen.layers, scales)
     return IterationRecord(iteration, made.maps, table, [*current.stats, stat], fsc, averages, class_table, state)

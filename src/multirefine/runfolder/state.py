@@ -35,6 +35,7 @@ class RunState:
     maps: np.ndarray  # (K, D, D, D): the maps made, in particle units (masked; not normalised by --mass)
     table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
     layers: list  # what the maps were made from (layers, or tuples of their arrays when read)
+    intensity: np.ndarray | None = None  # --scale: each particle's intensity scale for the next iteration
 
 
 _POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")  # the names in the file
@@ -47,6 +48,8 @@ def save_state(path: Path, state: RunState) -> None:
     arrays |= {f"layers_{name}": np.stack([getattr(layer, field) for layer in state.layers])
                for name, field in zip(_POSE_FIELDS, _LAYER_FIELDS)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if state.intensity is not None:
+            arrays["intensity"] = np.asarray(state.intensity)
         np.savez(f, version=VERSION, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
                  **arrays)
 
@@ -72,4 +75,4 @@ def load_state(path: Path, n: int, box: int) -> RunState:
         raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
     layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
     table_poses = tuple(data[f"table_{name}"] for name in _POSE_FIELDS)
-    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers)
+    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers, data.get("intensity"))
