@@ -205,7 +205,7 @@ def _choose_and_reconstruct(run: start.Run, current: start.Current, plan: Search
     if not opts.soft:
         weights = np.eye(k)[model]
     spread = opts.sep > 1 and not first_split
-    junk = junk_rows(found.fit_scale, opts.junk_scale)
+    junk = junk_rows(scales_of(run.search_stack) * found.fit_scale, opts.junk_scale)  # absolute, with --scale
     layers = make_layers(found, model, weights, opts.sep if spread else 1, junk)
     tables, stacks = layer_stacks(run.stack, layers, run.halves, run.stack.pixel_size_angstrom)
     made = reconstruct_models(run.stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
