@@ -30,3 +30,27 @@ def test_flatten_solvent_removes_any_constant_and_leaves_the_solvent_at_zero():
     # Inside the mask the map is the particle on a level of (nearly) zero: the solvent's mean.
     solvent = (r > 10) & (mask > 0)  # inside the mask, beyond the particle
     assert abs(float(flatten_solvent(particle + 3.0, torch.ones_like(mask) * (r <= 12))[solvent].mean())) < 0.01
+
+
+def test_normalise_background_takes_out_planes_and_scales_the_noise():
+    """An offset and a ramp under noise of SD 3 beyond the radius: gone, the noise at SD 1,
+    and what lies within the radius kept (less the plane, over the SD)."""
+    import numpy as np
+
+    from multirefine.fourier.masks import normalise_background
+
+    rng = np.random.default_rng(0)
+    box, n = 32, 20
+    c = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    offset, rx, ry = rng.normal(0, 5, (3, n))
+    planes = offset[:, None, None] + rx[:, None, None] * xx / box + ry[:, None, None] * yy / box
+    particle = 10.0 * (xx**2 + yy**2 < 6**2)
+    noise = rng.normal(0, 3.0, (n, box, box))
+    out = normalise_background((planes + noise + particle).astype(np.float32), 10.0)
+    outside = xx**2 + yy**2 > 10**2
+    assert np.allclose(out[:, outside].std(1), 1.0, atol=1e-5)
+    assert np.abs(out[:, outside].mean(1)).max() < 1e-5
+    expected = (noise + particle) / 3.0
+    assert np.abs(out - expected).mean() < 0.1  # the plane fitted through the noise: close to the true one
+    assert np.array_equal(normalise_background(noise[:1].astype(np.float32), 40.0), noise[:1].astype(np.float32))

@@ -118,6 +118,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="junk (empty boxes, aggregates, broken particles): a particle whose fitted intensity at its "
                    "best pose (the least-squares scale of the reference in it) is below F times the median is in no "
                    "map and has rlnClassNumber 0 (try 0.5); re-judged every iteration; default: none")
+    p.add_argument("--norm", action="store_true",
+                   help="normalise each image as it is read (RELION's relion_preprocess --norm, ramp removed): the "
+                   "plane fitted to its pixels beyond the particle's radius (+3 px) subtracted, divided by their SD")
     p.add_argument("--scale", action="store_true",
                    help="fit each particle's intensity scale (RELION's scale correction, per particle): its CTF is "
                    "multiplied by it in the search and the reconstruction; estimated after every search at the "
@@ -205,6 +208,7 @@ def _resolve(args: argparse.Namespace):
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
         consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale,
+        normalise=args.norm,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["flatten_solvent", "soft_sphere_mask", "solvent_level"]
+__all__ = ["flatten_solvent", "normalise_background", "soft_sphere_mask", "solvent_level"]
 
 
 def soft_sphere_mask(
@@ -40,3 +41,23 @@ def flatten_solvent(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     97 to 80 %).
     """
     return (volume - solvent_level(volume, mask)) * mask.to(volume)
+
+
+def normalise_background(images: np.ndarray, radius_px: float) -> np.ndarray:
+    """Images ``(n, D, D)`` less the plane fitted (least squares) to their pixels beyond
+    ``radius_px`` of the centre, divided by those pixels' SD: the background at 0 with no
+    ramp, the noise at unit variance (RELION's ``relion_preprocess --norm``, ramp removed).
+    Where fewer than 10 pixels lie beyond the radius the images are returned as they are."""
+    box = images.shape[-1]
+    c = np.arange(box, dtype=np.float64) - box // 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    outside = xx**2 + yy**2 > radius_px**2
+    if outside.sum() < 10:
+        return images
+    design = np.stack([np.ones(outside.sum()), xx[outside], yy[outside]], 1)  # (m, 3)
+    values = images[:, outside].astype(np.float64).T  # (m, n)
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)  # (3, n)
+    plane = coef[0][:, None, None] + coef[1][:, None, None] * xx + coef[2][:, None, None] * yy
+    out = images - plane
+    sd = out[:, outside].std(axis=1)
+    return (out / np.maximum(sd, 1e-12)[:, None, None]).astype(np.float32)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from multirefine.errors import InputError
+from multirefine.fourier.masks import normalise_background
 from multirefine.io.columns import IMAGE_NAME, IMAGE_PIXEL_SIZE, IMAGE_SIZE, canonicalize, has_ctf
 from multirefine.io.cryosparc import read_cs
 from multirefine.io.eman2 import read_eman2_hdf_metadata, read_lst
@@ -90,6 +91,9 @@ class ParticleStack:
         # The table column of each particle's intensity scale its CTF is multiplied by when
         # loaded (multirefine.refine.intensity, --scale; None: none); kept by subsets.
         self.intensity_column = None
+        # --norm: each image's background plane and SD beyond this radius (px) taken out as
+        # it is read (multirefine.fourier.masks.normalise_background; None: as stored).
+        self.background_radius_px = None
 
     # --- size and geometry ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -222,6 +226,8 @@ class ParticleStack:
                     f"{self.path}: particle {row} ({self._file_index[row] + 1}@"
                     f"{self.image_file(row)}) contains NaN or Inf pixels"
                 )
+        if self.background_radius_px is not None:
+            out = normalise_background(out, self.background_radius_px)
         return out
 
     def batches(
@@ -252,6 +258,7 @@ class ParticleStack:
         )
         out.noise = self.noise
         out.intensity_column = self.intensity_column
+        out.background_radius_px = self.background_radius_px
         return out
 
     def with_noise(self, noise) -> ParticleStack:

@@ -113,10 +113,20 @@ def estimate_noise_from_edges(stack, radius_px: float, batch_size: int = 500) ->
 NOISE_MODELS = ("white", "coloured")
 
 
-def whitened_stacks(stack, search_stack, radius_px: float, kind: str):
+def whitened_stacks(stack, search_stack, radius_px: float, kind: str, normalise: bool = False):
     """``(stack, search_stack)`` carrying their noise models (``kind`` "coloured": estimated
-    from each stack's backgrounds beyond ``radius_px``; "white": as they are). The search
-    stack stays the same object as the stack where it was (no ``--usefilt``)."""
+    from each stack's backgrounds beyond ``radius_px``; "white": as they are), each image's
+    background plane and SD beyond ``radius_px`` taken out first where ``normalise``
+    (``--norm``). The search stack stays the same object as the stack where it was."""
+    if normalise:
+        same = search_stack is stack
+        stack = stack.subset(slice(None))
+        stack.background_radius_px = radius_px
+        if same:
+            search_stack = stack
+        else:
+            search_stack = search_stack.subset(slice(None))
+            search_stack.background_radius_px = radius_px
     if kind == "white":
         return stack, search_stack
     whitened = stack.with_noise(estimate_noise_from_edges(stack, radius_px))

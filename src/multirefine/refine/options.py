@@ -53,6 +53,7 @@ class RefineOptions:
     noise_model: str = "white"  # --noise: white, or coloured (multirefine.refine.noise)
     local_search: bool = False  # searches local around the input's poses, then the last iteration's
     junk_scale: float | None = None  # --junk F: particles fitting below F x the median intensity are junk
+    normalise: bool = False  # --norm: each image's background plane and SD taken out as it is read
     fit_intensity: bool = False  # --scale: each particle's intensity scale (multirefine.refine.intensity)
     consensus: bool = False  # --consensus: all particles refined against the one map first (then local searches)
 

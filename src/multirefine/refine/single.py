@@ -200,7 +200,7 @@ def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: Refi
     radius_px = max(particle_radius_px(m) for m in pair)
     mask_radius_px = min(radius_px + 3, stack.box_size / 2 - 2)
     mask = soft_sphere_mask(stack.box_size, mask_radius_px, 3.0)
-    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model)
+    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model, opts.normalise)
     references = [  # per half-set
         flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom,
                                        stack.pixel_size_angstrom), mask).numpy()

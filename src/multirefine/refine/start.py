@@ -85,7 +85,7 @@ class Current:
 def context(opts, stack, search_stack, radius_px: float, executor, progress) -> Run:
     box = stack.box_size
     mask_radius_px = min(radius_px + 3, box / 2 - 2)
-    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model)
+    stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model, opts.normalise)
     return Run(opts, stack, search_stack, half_set_of_rows(stack.metadata, opts.seed),
                 [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries],
                 radius_px, mask_radius_px, soft_sphere_mask(box, mask_radius_px, 3.0), executor, progress)
