@@ -66,3 +66,27 @@ def test_estimates_follow_the_particles_contrast(contrasted, tmp_path):
     r = np.corrcoef(truth, found)[0, 1]
     print(f"r = {r:.3f}")
     assert r > 0.8
+
+
+@pytest.mark.slow
+def test_continue_with_noise_norm_and_scales_is_the_uninterrupted_run(contrasted, tmp_path):
+    """--noise coloured --norm --scale: 1 iteration and --continue to 2 gives the classes,
+    poses, scales and maps of 2 iterations in one go (the last maps rebuilt from the stack as
+    the run loaded it)."""
+    from multirefine.cli.main import main
+    from multirefine.io.maps import read_map
+    from multirefine.io.star import read_particles_star
+
+    gt = contrasted / "gt_01.mrc"
+    common = ["--input", str(contrasted / "particles.star"), "--models", f"{gt},{gt}", "--nosingle",
+              "--noise", "coloured", "--norm", "--scale"]
+    assert main(["refine", *common, "--iter", "2", "--path", str(tmp_path / "whole")]) == 0
+    assert main(["refine", *common, "--iter", "1", "--path", str(tmp_path / "cut")]) == 0
+    assert main(["refine", "--continue", str(tmp_path / "cut"), "--iter", "2"]) == 0
+    a = read_particles_star(tmp_path / "whole" / "particles_02.star").metadata
+    b = read_particles_star(tmp_path / "cut" / "particles_02.star").metadata
+    columns = ["rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", INTENSITY_COLUMN]
+    np.testing.assert_array_equal(a[columns].to_numpy(), b[columns].to_numpy())
+    for m in (1, 2):
+        name = f"threed_02_{m:02d}.mrc"
+        np.testing.assert_array_equal(read_map(tmp_path / "whole" / name)[0], read_map(tmp_path / "cut" / name)[0])

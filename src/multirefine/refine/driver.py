@@ -251,5 +251,6 @@ def _record(run: start.Run, current: start.Current, plan: SearchPlan, chosen: _C
         float(np.mean(score)), made.particles_in_maps, chosen.trial, int(chosen.junk.sum()),
     )
     fsc = FscRecord.of(stack.box_size, apix, made.fsc_curves, mutual_fsc(made.maps))
-    state = RunState(iteration, run.radius_px, made.maps, table_poses, chosen.layers, scales)
+    state = RunState(iteration, run.radius_px, made.maps, table_poses, chosen.layers, scales,
+                     None if scales is None else scales_of(run.stack))
     return IterationRecord(iteration, made.maps, table, [*current.stats, stat], fsc, averages, class_table, state)

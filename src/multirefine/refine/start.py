@@ -116,8 +116,10 @@ def start_new(opts, stack, search_stack, start_maps, executor, progress, recorde
 
 def resume(opts, stack, search_stack, state: RunState, history, executor, progress) -> tuple[Run, Current]:
     """A run taken up after the iteration its state holds: the last maps' accumulators are
-    rebuilt from the layers they were made from, for the next model choice."""
+    rebuilt from the layers they were made from (the stack as the run loaded it: normalised,
+    whitened, with the intensity scales it had), for the next model choice."""
     run = context(opts, stack, search_stack, state.radius_px, executor, progress)
+    made_from = run.stack if state.intensity_used is None else with_scales(run.stack, state.intensity_used)
     apix = stack.pixel_size_angstrom
     maps = [np.asarray(m, dtype=np.float32) for m in state.maps]
     stats = list(history[: state.iteration])
@@ -126,8 +128,8 @@ def resume(opts, stack, search_stack, state: RunState, history, executor, progre
     last = None
     if state.iteration < opts.iterations:
         layers = [Layer(*arrays) for arrays in state.layers]
-        _, stacks = layer_stacks(stack, layers, run.halves, stack.pixel_size_angstrom)
-        last = reconstruct_models(stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
+        _, stacks = layer_stacks(made_from, layers, run.halves, apix)
+        last = reconstruct_models(made_from, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
                                   torch.device(opts.device), progress, f"iteration {state.iteration}: rebuilt",
                                   executor).last
     log.debug("continuing %s after iteration %d of %d", opts.path, state.iteration, opts.iterations)

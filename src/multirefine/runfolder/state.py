@@ -36,6 +36,7 @@ class RunState:
     table_poses: tuple[np.ndarray, ...]  # model, rotation, shift px, score, posterior: particles_II.star
     layers: list  # what the maps were made from (layers, or tuples of their arrays when read)
     intensity: np.ndarray | None = None  # --scale: each particle's intensity scale for the next iteration
+    intensity_used: np.ndarray | None = None  # --scale: the scales the maps were made with
 
 
 _POSE_FIELDS = ("model", "rotation", "shift_px", "score", "weight")  # the names in the file
@@ -50,6 +51,7 @@ def save_state(path: Path, state: RunState) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if state.intensity is not None:
             arrays["intensity"] = np.asarray(state.intensity)
+            arrays["intensity_used"] = np.asarray(state.intensity_used)
         np.savez(f, version=VERSION, iteration=state.iteration, radius_px=state.radius_px, maps=np.stack(state.maps),
                  **arrays)
 
@@ -75,4 +77,5 @@ def load_state(path: Path, n: int, box: int) -> RunState:
         raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
     layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
     table_poses = tuple(data[f"table_{name}"] for name in _POSE_FIELDS)
-    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers, data.get("intensity"))
+    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers, data.get("intensity"),
+                    data.get("intensity_used"))
