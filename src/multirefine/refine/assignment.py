@@ -87,10 +87,15 @@ class Searched:
     top_rotations: np.ndarray | None = None
     top_shifts: np.ndarray | None = None
     top_scores: np.ndarray | None = None
-    # (n,): the least-squares intensity of the reference in the particle at its best pose
-    # (cross / refpower): about 1 for a particle, about 0 for an empty box (--junk)
-    fit_scale: np.ndarray | None = None
-    fit_power: np.ndarray | None = None  # (n,): refpower there (the scale's precision times the noise power)
+    # (n,) each: cross and refpower (multirefine.refine.search.scale_terms) at the particle's
+    # best pose, whose ratio is the least-squares intensity of the reference in it (fit_scale)
+    fit_cross: np.ndarray | None = None
+    fit_power: np.ndarray | None = None
+
+    @property
+    def fit_scale(self) -> np.ndarray:
+        """``(n,)``: about 1 for a particle (its contrast), about 0 for an empty box (``--junk``)."""
+        return self.fit_cross / np.maximum(self.fit_power, 1e-30)
 
     @classmethod
     def joined(cls, parts: list[Searched]) -> Searched:
@@ -127,7 +132,7 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
     sep = settings.sep
     top = sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
     found = Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n),
-                     fit_scale=np.zeros(n), fit_power=np.zeros(n))
+                     fit_cross=np.zeros(n), fit_power=np.zeros(n))
     if sep > 1:
         found.top_model = np.zeros((n, top), dtype=np.int64)
         found.top_rotations, found.top_shifts, found.top_scores = np.zeros((n, top, 3, 3)), np.zeros((n, top, 2)), np.zeros((n, top))
@@ -153,6 +158,5 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
         found.image_power[at] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
         cross, power = scale_terms(batch.images_ft, batch.ctf, volumes_ft, band, result.model[:, 0],
                                    result.rotations[:, 0], result.shift_px[:, 0])
-        found.fit_scale[at] = (cross / power.clamp_min(1e-30)).cpu().numpy()
-        found.fit_power[at] = power.cpu().numpy()
+        found.fit_cross[at], found.fit_power[at] = cross.cpu().numpy(), power.cpu().numpy()
     return found

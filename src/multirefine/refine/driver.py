@@ -155,7 +155,7 @@ def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: R
     reconstructed = time.perf_counter()
     scales = None
     if opts.fit_intensity:  # the next iteration's scales (multirefine.refine.intensity)
-        scales = next_scales(scales_of(run.search_stack), found.fit_scale * found.fit_power, found.fit_power,
+        scales = next_scales(scales_of(run.search_stack), found.fit_cross, found.fit_power,
                              found.image_power / float(plan.band.weight.sum()))
     record = _record(run, current, plan, chosen, refs.maps, iteration, started, scales)
     recorded = time.perf_counter()
