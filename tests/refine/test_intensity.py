@@ -9,7 +9,13 @@ import torch
 from helpers import random_atoms_map
 
 from multirefine.refine.batch import load_batch
-from multirefine.refine.intensity import INTENSITY_COLUMN, PRIOR_SD, next_scales, scales_of, with_scales
+from multirefine.refine.intensity import (
+    INTENSITY_COLUMN,
+    PRIOR_SD,
+    next_scales,
+    scales_of,
+    with_scales,
+)
 from multirefine.simulate import SimulationParameters, simulate_dataset
 
 BOX, APIX = 32, 2.0
@@ -39,7 +45,7 @@ def test_the_loaded_ctf_carries_the_scale(contrasted):
     from multirefine.io.particles import open_particles
 
     stack = open_particles(contrasted / "particles.star")
-    assert not scales_of(stack).any() != 1
+    assert np.all(scales_of(stack) == 1.0)  # no column: 1 for every particle
     scales = np.linspace(0.5, 2.0, len(stack))
     scaled = with_scales(stack, scales)
     np.testing.assert_array_equal(scales_of(scaled), scales)
