@@ -1,11 +1,15 @@
-# multirefine: `make demo` installs and runs the demo, `make test` installs and runs the tests.
+# multirefine: `make demo` installs and runs the demo, `make test` installs and runs the tests
+# (all but those marked slow), `make test-slow` the slow ones (end-to-end runs of 20 s or more).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch is enough for everything here; a CUDA machine may set TORCH=torch.
 TORCH  ?= torch==2.13.0
+# pytest-xdist workers (one per core of the 2-core CI machine); JOBS=0 runs in this process.
+JOBS   ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-slow test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +24,12 @@ demo: install
 	$(BIN)/multirefine demo demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -m "not slow"
+
+test-slow: install
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 bench: install
 	$(BIN)/python bench/bench_fourier.py

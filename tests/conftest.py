@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from helpers import DEVICES, random_atoms_map
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test``: ``-n 2``) each worker takes its share of the cores
+    for torch's threads (1 each on 2 cores), not all of them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and os.environ.get("EXPERIMENT_THREADS", "share") == "share":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(workers)))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """``--parallel thread:N`` sets torch's threads for the whole process: put them back after
+    each test, so that no test runs with the threads an earlier one chose."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

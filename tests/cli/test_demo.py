@@ -7,6 +7,7 @@ from multirefine.cli.main import main
 pytest.importorskip("MDAnalysisTests", reason="the demo's atomic models come from mdanalysistests")
 
 
+@pytest.mark.slow
 def test_demo_runs_and_reports_against_the_truth(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "--n", "300", "--iter", "1", "--singleiter", "1"]) == 0
     out = capsys.readouterr().out

@@ -58,18 +58,51 @@ def truth_classes(root) -> np.ndarray:
     return read_particles_star(root / "sim" / "truth.star").metadata["rlnClassNumber"].to_numpy()
 
 
-def test_from_low_passed_true_maps(adk, capsys, caplog):
+def main_captured(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)``'s exit status, what it printed and what it logged (the text capsys and
+    caplog give a test), for a run made once in a module-scoped fixture and asserted on by
+    several tests."""
+    import contextlib
+    import io
+    import logging
+
+    out, logged = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logged)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(argv)
+    finally:
+        root.removeHandler(handler)
+    return code, out.getvalue(), logged.getvalue()
+
+
+# lp_run and continued_runs are each made once (more than 20 s on 2 cores: slow) and asserted
+# on by several tests (`make test-slow` runs a module's tests on one xdist worker: --dist loadfile).
+
+
+@pytest.fixture(scope="module")
+def lp_run(adk):
+    """``multirefine refine -v`` from the true maps low-passed to 20 Å, 3 iterations and 2 of
+    each model on its own: (the run folder, exit status, stdout, log text)."""
     run = adk / "run_lp"
-    code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
-                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--singleiter", "2", "--path", str(run),
-                 "--parallel", "thread:2", "-v"])
+    code, out, logged = main_captured(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
+                                       f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "3", "--singleiter", "2",
+                                       "--path", str(run), "--parallel", "thread:2", "-v"])
+    return run, code, out, logged
+
+
+@pytest.mark.slow
+def test_from_low_passed_true_maps(adk, lp_run):
+    run, code, out, logged = lp_run
     assert code == 0
-    logged = caplog.text  # -v: each iteration's grid and the time of each stage
+    # logged: -v, each iteration's grid and the time of each stage
     for iteration in (1, 2, 3):
         assert f"iteration {iteration}: global pass over " in logged
         assert f"iteration {iteration} stages: search " in logged
     assert "model 1, iteration 1 stages: search " in logged  # each model on its own, too
-    assert f"the report: {run}/index.html" in capsys.readouterr().out
+    assert f"the report: {run}/index.html" in out
     assigned = read_particles_star(run / "particles_03.star").metadata
     accuracy = hungarian_accuracy(truth_classes(adk), assigned["rlnClassNumber"].to_numpy())
     assert accuracy >= 0.95, accuracy
@@ -132,7 +165,8 @@ def test_from_low_passed_true_maps(adk, capsys, caplog):
         assert column in assigned.columns
 
 
-def test_continue_keeps_the_models_refined_before(adk, capsys):
+@pytest.mark.slow
+def test_continue_keeps_the_models_refined_before(adk, lp_run, capsys):
     """A run killed during model 2's own refinement: --continue keeps model 1's refinement
     as it was, refines model 2 again as the uninterrupted run did, and leaves nothing of
     the cut attempt."""
@@ -140,9 +174,7 @@ def test_continue_keeps_the_models_refined_before(adk, capsys):
 
     import mrcfile
 
-    whole = adk / "run_lp"  # made by test_from_low_passed_true_maps
-    if not (whole / "model_02" / "finished.json").exists():
-        pytest.skip("needs the run of test_from_low_passed_true_maps")
+    whole = lp_run[0]
     run = adk / "run_lp_cut"
     shutil.copytree(whole, run)
     (run / "model_02" / "finished.json").unlink()
@@ -181,6 +213,7 @@ def test_continue_keeps_the_models_refined_before(adk, capsys):
     assert "Each model refined on its own" not in page
 
 
+@pytest.mark.slow
 def test_mass_scales_the_maps_written_not_the_references(adk):
     """``--mass``: threshold 1 of every written map encloses the mass; the search still
     compares particles with references in the particles' units, so the classification is
@@ -204,6 +237,7 @@ def test_mass_scales_the_maps_written_not_the_references(adk):
         assert int((volume > 1).sum()) == pytest.approx(expected_voxels, rel=0.02)
 
 
+@pytest.mark.slow
 def test_sep_and_classiter(adk):
     """--sep 2: every particle in its two best orientations of its model with weight 1/2, in
     the maps and the class averages; --classiter 1: class averages re-aligned once. The
@@ -224,6 +258,7 @@ def test_sep_and_classiter(adk):
     assert classes["rlnClassDistribution"].sum() == pytest.approx(1000)
 
 
+@pytest.mark.slow
 def test_randphase_from_one_consensus_map(adk):
     """From one consensus map (20 Å) seeded by --randphase the two states separate.
 
@@ -278,6 +313,7 @@ def one_state(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_one_state_split_at_random_does_not_stick(one_state):
     """Particles of one state split at random into two models must keep moving: nothing tells
     the models apart. Scored against maps they took part in, they stay where chance put them
@@ -295,10 +331,9 @@ def test_one_state_split_at_random_does_not_stick(one_state):
     assert changed[0] >= 0.4 and changed[1] >= 0.25, changed
 
 
-def test_report_is_rebuilt_from_the_run_folder(adk, tmp_path, capsys):
-    run = adk / "run_lp"  # made by test_from_low_passed_true_maps
-    if not (run / "convergence.json").exists():
-        pytest.skip("needs the run of test_from_low_passed_true_maps")
+@pytest.mark.slow
+def test_report_is_rebuilt_from_the_run_folder(lp_run, tmp_path, capsys):
+    run = lp_run[0]
     (run / "index.html").unlink()
     assert main(["report", str(run)]) == 0
     assert (run / "index.html").exists() and "index.html" in capsys.readouterr().out
@@ -406,6 +441,7 @@ def test_usefilt_must_match_the_input(tmp_path, adk, capsys):
     assert "short.mrcs" in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_usefilt_drives_the_search(tmp_path, adk):
     """A low-passed copy of the stack, in other units (x 7, as a denoiser may give), is
     searched; the raw stack is reconstructed."""
@@ -433,26 +469,38 @@ def test_usefilt_drives_the_search(tmp_path, adk):
     assert max(fsc[0][i] for i in beyond) > 0.2
 
 
-def test_continue_gives_the_uninterrupted_run(adk, capsys):
-    """A run stopped after iteration 1 and continued to 2 ends where a run of 2 iterations
-    does: the same assignment, poses and maps (the model choice of iteration 2 needs the
-    accumulators of iteration 1, which --continue rebuilds from state.npz)."""
-    import mrcfile
-
+@pytest.fixture(scope="module")
+def continued_runs(adk):
+    """From the low-passed true maps, --nosingle: ``run_whole`` of 2 iterations, and
+    ``run_part`` of 1, its iteration 2 half-written (as by a run killed), continued to 2:
+    (whole, part, the three exit statuses, the --continue's stdout)."""
     # On the CPU, where sums run in a fixed order (on a GPU they do not: README, --continue).
     common = ["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
               "--nosingle", "--parallel", "thread:2", "--device", "cpu"]
     whole, part = adk / "run_whole", adk / "run_part"
-    assert main([*common, "--iter", "2", "--path", str(whole)]) == 0
-    assert main([*common, "--iter", "1", "--path", str(part)]) == 0
+    codes = [main([*common, "--iter", "2", "--path", str(whole)]), main([*common, "--iter", "1", "--path", str(part)])]
     (part / "threed_02_01.mrc").write_bytes(b"half-written by a run that was killed")
-    capsys.readouterr()
-    assert main(["refine", "--continue", str(part), "--iter", "2", "--parallel", "thread:2", "--device", "cpu"]) == 0
-    assert f"continuing {part} after iteration 1 of 2" in capsys.readouterr().out
+    code, out, _ = main_captured(["refine", "--continue", str(part), "--iter", "2", "--parallel", "thread:2",
+                                  "--device", "cpu"])
+    return whole, part, [*codes, code], out
+
+
+@pytest.mark.slow
+def test_continue_gives_the_uninterrupted_run(continued_runs):
+    """A run stopped after iteration 1 and continued to 2 ends where a run of 2 iterations
+    does: the same assignment, poses and maps (the model choice of iteration 2 needs the
+    accumulators of iteration 1, which --continue rebuilds from state.npz)."""
+    import mrcfile
+    import pandas.testing as pd_testing
+
+    whole, part, (whole_code, part_code, continue_code), out = continued_runs
+    assert whole_code == 0
+    assert part_code == 0
+    assert continue_code == 0
+    assert f"continuing {part} after iteration 1 of 2" in out
     a = read_particles_star(whole / "particles_02.star").metadata
     b = read_particles_star(part / "particles_02.star").metadata
     columns = ["rlnClassNumber", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
-    pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(a[columns], b[columns])
     for name in ("threed_01_01.mrc", "threed_02_01.mrc", "threed_02_02.mrc"):
         np.testing.assert_array_equal(mrcfile.read(part / name), mrcfile.read(whole / name), err_msg=name)
@@ -465,14 +513,13 @@ def test_continue_gives_the_uninterrupted_run(adk, capsys):
     assert (part / "particles_model_02.star").exists()
 
 
-def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
+@pytest.mark.slow
+def test_continue_single_refines_the_models_of_a_nosingle_run(adk, continued_runs, capsys):
     """Classification only (--nosingle, as RELION's Class3D), then --continue --single: each
     model refined on its own from the run's last iteration, no iteration repeated."""
     import shutil
 
-    source = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run (--nosingle, 2 iterations)
-    if not (source / "state.npz").exists():
-        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    source = continued_runs[1]  # --nosingle, 2 iterations
     run = adk / "run_part_single"
     shutil.copytree(source, run)
     capsys.readouterr()
@@ -490,7 +537,8 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, capsys):
     assert "--single and --nosingle" in capsys.readouterr().err
 
 
-def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
+@pytest.mark.slow
+def test_the_units_of_particles_and_maps_change_nothing(adk, continued_runs, tmp_path):
     """Particles not normalised (here x50): the same assignment, poses and posteriors after
     an iteration as the normalised ones give. The starting maps are scaled to the particles
     by least squares, and all else is linear in them. An offset of 3 noise sigmas in every
@@ -500,9 +548,8 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
     (before: 88.9 against 94.5 % after iteration 1)."""
     import mrcfile
 
-    reference = adk / "run_part" / "particles_01.star"  # made by test_continue_gives_the_uninterrupted_run
-    if not (reference.exists() and (adk / "run_whole" / "particles_02.star").exists()):
-        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+    whole, part = continued_runs[:2]
+    reference = part / "particles_01.star"
     star = write_stack_of(adk, tmp_path, 50 * mrcfile.read(adk / "sim" / "particles.mrcs"), name="x50")
     run = tmp_path / "run"
     assert main(["refine", "--input", str(star), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--nosingle",
@@ -514,13 +561,13 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
         assert np.mean(np.abs(a[column] - b[column]) < 1e-2) > 0.995, column
     np.testing.assert_allclose(a["rlnMaxValueProbDistribution"], b["rlnMaxValueProbDistribution"], atol=1e-2)
     np.testing.assert_allclose(read_map(run / "threed_01_01.mrc")[0],
-                               50 * read_map(adk / "run_part" / "threed_01_01.mrc")[0], rtol=1e-3, atol=1e-3 * 50)
+                               50 * read_map(part / "threed_01_01.mrc")[0], rtol=1e-3, atol=1e-3 * 50)
     # The offset reaches the search through the maps made from the particles: iteration 2.
     star = write_stack_of(adk, tmp_path, 3 + mrcfile.read(adk / "sim" / "particles.mrcs"), name="offset")
     assert main(["refine", "--input", str(star), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--nosingle",
                  "--iter", "2", "--path", str(tmp_path / "offset"), "--parallel", "thread:2", "--device", "cpu"]) == 0
     c = read_particles_star(tmp_path / "offset" / "particles_02.star").metadata
-    same_run = read_particles_star(adk / "run_whole" / "particles_02.star").metadata  # normalised, 2 iterations
+    same_run = read_particles_star(whole / "particles_02.star").metadata  # normalised, 2 iterations
     truth = truth_classes(adk)
     assert hungarian_accuracy(truth, c["rlnClassNumber"].to_numpy()) > hungarian_accuracy(
         truth, same_run["rlnClassNumber"].to_numpy()) - 0.01  # measured 97.3 against 96.9 %
@@ -545,10 +592,9 @@ def test_the_units_of_particles_and_maps_change_nothing(adk, tmp_path):
         (["--speed", "5"], "--speed cannot change"),  # refused though 5 is the default
     ],
 )
-def test_continue_takes_the_runs_options(adk, capsys, extra, expected):
-    run = adk / "run_part"  # made by test_continue_gives_the_uninterrupted_run
-    if not (run / "state.npz").exists():
-        pytest.skip("needs the run of test_continue_gives_the_uninterrupted_run")
+@pytest.mark.slow
+def test_continue_takes_the_runs_options(continued_runs, capsys, extra, expected):
+    run = continued_runs[1]
     assert main(["refine", "--continue", str(run), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err

@@ -214,6 +214,7 @@ def test_the_trial_is_not_kept_where_the_states_are_apart(three_states, tmp_path
     assert np.mean(chosen.model == truth) > 0.9
 
 
+@pytest.mark.slow
 def test_a_run_of_three_models_records_its_trials(three_states, tmp_path):
     """`multirefine refine` with three models from the true maps: the trial of iteration 3
     (the only one due in five iterations) is in convergence.json and the report, it is not
