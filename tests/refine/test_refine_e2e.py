@@ -608,7 +608,7 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
     from multirefine.refine import driver
 
     calls = []
-    search = driver._search_particles
+    search = driver.search_particles
 
     def stop_in_iteration_2(*args, **kwargs):
         calls.append(1)
@@ -616,7 +616,7 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
             raise RuntimeError("stopped in iteration 2")
         return search(*args, **kwargs)
 
-    monkeypatch.setattr(driver, "_search_particles", stop_in_iteration_2)
+    monkeypatch.setattr(driver, "search_particles", stop_in_iteration_2)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="iteration 2"):
         main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
@@ -627,8 +627,8 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
         argv = ["refine", "--continue", str(run), *extra]
         args = build_parser().parse_args(argv)
         args.given = _given("refine", argv)
-        _, _, opts, done = _resolve_continue(args)
-        assert done == 1
+        _, _, opts, state, _ = _resolve_continue(args)
+        assert state.iteration == 1
         sizes.append(opts.batch_size)
     assert sizes == [200, 500]
 

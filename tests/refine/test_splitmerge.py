@@ -191,13 +191,13 @@ def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, da
     truth = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy() - 1
     rng = np.random.default_rng(0)
     merged = np.where(truth == 0, rng.integers(0, 2, len(truth)), 2)
-    before = classification_accuracy(truth, merged).accuracy
+    before = classification_accuracy(truth + 1, merged + 1).accuracy  # classes from 1 (0 is junk)
     cluster = DaskCluster(dask_scheduler)
     try:
         chosen, tried = _trial_at_true_poses(three_states, merged, tmp_path, cluster)
     finally:
         cluster.close()
-    after = classification_accuracy(truth, chosen.model).accuracy
+    after = classification_accuracy(truth + 1, chosen.model + 1).accuracy
     print(f"accuracy {before:.3f} -> {after:.3f}", tried)
     assert tried.kept and tried.gain > 0
     assert tried.split == 3 and tried.dissolved in (1, 2)

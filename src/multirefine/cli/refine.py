@@ -106,6 +106,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    "one after it, not in the last 2, tries merging the most redundant model into the others and "
                    "re-seeding it from half of the largest, and keeps that when the cross-validated likelihood "
                    "grows)")
+    _add_data_options(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
+    p.add_argument("--continue", dest="continue_run", metavar="RUN",
+                   help="go on with the run in folder RUN after its last finished iteration")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """What real stacks need: the noise model, normalisation, intensity scales, junk, local
+    searches and a consensus refinement first (multirefine.refine.noise, intensity, ...)."""
     p.add_argument("--noise", choices=("white", "coloured"), default="white",
                    help="noise model of the score and the reconstruction: white (default), or coloured: the "
                    "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
@@ -129,10 +139,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
                    "consensus refinement); by default such poses are where local searches start (RELION's "
                    "--sigma_ang), and each later iteration searches around the last one's poses")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
-    p.add_argument("--continue", dest="continue_run", metavar="RUN",
-                   help="go on with the run in folder RUN after its last finished iteration")
 
 
 def _split(text: str) -> list[str]:
