@@ -87,6 +87,8 @@ class RefineOptions:
             raise InputError(f"seeding {self.seeding!r}: expected one of {', '.join(SEEDINGS)}")
         if self.noise_model not in ("white", "coloured"):
             raise InputError(f"--noise {self.noise_model}: expected white or coloured")
+        if self.junk_scale is not None and not 0 < self.junk_scale < 1:
+            raise InputError(f"--junk {self.junk_scale}: expected a fraction of the median intensity in (0, 1)")
         if self.consensus and self.seeding == "models" and len(self.start_maps) > 1:
             raise InputError("--consensus refines all particles against one map: give --model (one map), not --models")
         if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
