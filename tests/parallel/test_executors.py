@@ -79,6 +79,7 @@ def _run(root, run, *extra):
                  f"{root / 'lp_1.mrc'},{root / 'lp_2.mrc'}", "--iter", "2", "--path", str(run), *extra])
 
 
+@pytest.mark.slow
 def test_a_run_on_a_dask_cluster_is_the_run_made_here(two_states, dask_scheduler, tmp_path, capsys):
     """Two iterations and one of each model on its own, with the searches and reconstructions
     as tasks on two worker processes: the same models, poses and maps as in this process (to

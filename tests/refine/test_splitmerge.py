@@ -179,6 +179,7 @@ def _trial_at_true_poses(root, model, tmp_path, executor=None):
     return split_and_merge(fixed, found, model, layers, made, 3)
 
 
+@pytest.mark.slow
 def test_the_trial_leaves_the_merged_optimum_of_particle_images(three_states, dask_scheduler, tmp_path):
     """One state in two models, two in the third (the benchmark's merged optimum, built by
     hand at the true poses): the trial is kept and parts the blurred states. Its loops run
