@@ -139,6 +139,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
                    "consensus refinement); by default such poses are where local searches start (RELION's "
                    "--sigma_ang), and each later iteration searches around the last one's poses")
+    p.add_argument("--sigma_ang", type=float, metavar="DEG",
+                   help="local searches (see --globalsearch): weight each pose by a Gaussian prior of this SD (degrees) "
+                   "around the particle's last pose, its shift by one of the SD's displacement at the particle's edge "
+                   "(RELION's --sigma_ang); the first local pass stays within 3 SD; default: no prior")
 
 
 def _split(text: str) -> list[str]:
@@ -214,7 +218,7 @@ def _resolve(args: argparse.Namespace):
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
         consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale,
-        normalise=args.norm,
+        normalise=args.norm, sigma_ang_deg=args.sigma_ang,
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )

@@ -142,7 +142,8 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
     chooser = None if last is None else FoldChooser(last, plan, fold_maps, len(search_stack), settings.score)
     for at, batch in sweep(search_stack, rows, settings.batch_size, device, advance):
         near = None if priors is None else priors.at(rows[at], device)
-        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top, near)
+        result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top, near,
+                             settings.sigma_ang_deg)
         if sep > 1:
             found.top_model[at] = result.model.cpu().numpy()
             found.top_rotations[at] = result.rotations.cpu().double().numpy()

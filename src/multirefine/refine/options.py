@@ -56,6 +56,7 @@ class RefineOptions:
     normalise: bool = False  # --norm: each image's background plane and SD taken out as it is read
     fit_intensity: bool = False  # --scale: each particle's intensity scale (multirefine.refine.intensity)
     consensus: bool = False  # --consensus: all particles refined against the one map first (then local searches)
+    sigma_ang_deg: float | None = None  # --sigma_ang: local searches weighted by a Gaussian prior of this SD
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,6 +92,11 @@ class RefineOptions:
             raise InputError(f"--junk {self.junk_scale}: expected a fraction of the median intensity in (0, 1)")
         if self.consensus and self.seeding == "models" and len(self.start_maps) > 1:
             raise InputError("--consensus refines all particles against one map: give --model (one map), not --models")
+        if self.sigma_ang_deg is not None:
+            if not 0 < self.sigma_ang_deg <= 60:
+                raise InputError(f"--sigma_ang {self.sigma_ang_deg}: expected degrees in (0, 60]")
+            if self.score != "ls":
+                raise InputError(f"--sigma_ang with --score {self.score}: a pose prior needs the ls score")
         if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
             raise InputError(f"--mass: {len(self.mass_kda)} masses for {self.n_models} models")
 
@@ -103,7 +109,9 @@ class SweepSettings:
     device: str
     score: str
     sep: int = 1
+    sigma_ang_deg: float | None = None  # local searches: the pose prior's SD (None: no prior)
 
     @classmethod
     def of(cls, opts: RefineOptions) -> SweepSettings:
-        return cls(opts.batch_size, opts.device, opts.score, opts.sep)
+        return cls(opts.batch_size, opts.device, opts.score, opts.sep,
+                   opts.sigma_ang_deg if opts.local_search else None)

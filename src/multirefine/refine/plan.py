@@ -25,7 +25,7 @@ from multirefine.refine.polar import (
     make_polar_references,
 )
 from multirefine.refine.scoring import Band, SearchResult, make_band, shift_grid
-from multirefine.refine.search import refine_assignments
+from multirefine.refine.search import PosePrior, refine_assignments
 
 __all__ = ["SearchPlan", "angular_steps", "next_band", "plan_search", "prior_result"]
 
@@ -57,6 +57,7 @@ class SearchPlan:
     coarse_shifts_px: torch.Tensor  # (S, 2)
     shift_offsets_px: list[torch.Tensor]  # one per local pass
     band: Band  # the local passes' pixels
+    radius_px: float = 0.0  # the particle's (sets a pose prior's shift SD)
 
     def describe(self) -> str:
         """The grid searched, in words (``-v 1``)."""
@@ -84,21 +85,32 @@ class SearchPlan:
 
     def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
                volumes_ft: torch.Tensor, score: str, top: int = 1,
-               priors: tuple[torch.Tensor, torch.Tensor] | None = None) -> SearchResult:
+               priors: tuple[torch.Tensor, torch.Tensor] | None = None,
+               sigma_ang_deg: float | None = None) -> SearchResult:
         """Global polar pass, then two local passes (:attr:`local_steps_deg`; each within the
         global step, then within twice its own step) around the best. With ``priors``
         (rotations ``(n, K, 3, 3)`` and shifts ``(n, K, 2)`` px: each particle's pose in every
         model, e.g. a consensus refinement's), no global pass: the local passes start there
-        (RELION's local searches, ``--sigma_ang``)."""
+        (RELION's local searches). With ``sigma_ang_deg`` too (``--sigma_ang``), a Gaussian
+        prior centred there weights them (:class:`multirefine.refine.search.PosePrior`; the
+        shifts' SD is the displacement of the particle's edge by that angle) and the first
+        pass stays within 3 SD."""
         first, second = self.local_steps_deg
+        window, prior = self.coarse_step_deg, None
+        if priors is not None and sigma_ang_deg:
+            prior = PosePrior(*priors, sigma_ang_deg, max(0.5, math.radians(sigma_ang_deg) * self.radius_px))
+            window = min(window, 3 * sigma_ang_deg)
+            first = min(first, window / 2)
+            second = min(second, first / 2)
         return refine_assignments(
             images_ft, ctf, references, volumes_ft,
             coarse_shifts_px=self.coarse_shifts_px,
-            local_range_deg=[self.coarse_step_deg, 2 * second],
+            local_range_deg=[window, 2 * second],
             local_step_deg=[first, second],
             fine_shift_offsets_px=self.shift_offsets_px,
             candidates=2, band=self.band, score=score, top=top,
             previous=None if priors is None else prior_result(*priors),
+            prior=prior,
         )
 
 
@@ -151,6 +163,7 @@ def plan_search(
             shift_grid(shift_step_px / 2, shift_step_px / 4, device=device),
         ],
         band=make_band(box, band_radius, device=device),
+        radius_px=radius_px,
     )
 
 

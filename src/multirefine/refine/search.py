@@ -56,6 +56,7 @@ from multirefine.refine.scoring import (
 )
 
 __all__ = [
+    "PosePrior",
     "References",
     "make_references",
     "refine_assignments",
@@ -241,6 +242,44 @@ def scale_terms(
     return cross, refpower
 
 
+@dataclass(frozen=True)
+class PosePrior:
+    """A Gaussian prior on each particle's pose in every model, centred on a given pose (RELION's
+    local searches, ``--sigma_ang``): the log prior of a rotation ``R`` and shift ``s`` in model
+    ``k`` is ``-(angle(R, R0)^2 / sigma_ang^2 + |s - s0|^2 / sigma_shift^2) / 2``, the angle
+    geodesic. A local pass then ranks poses by the log-likelihood plus this (the pose is the
+    posterior's mode): where the band holds little signal, as in a first iteration at 24 Å
+    from a consensus refinement's poses, the best pose without it is a random one of the
+    window, with it the centre. For the least-squares score only (``ls / sigma_n^2`` is the
+    log-likelihood; :func:`log_likelihood_unit`)."""
+
+    rotations: torch.Tensor  # (n, K, 3, 3): the centres
+    shifts_px: torch.Tensor  # (n, K, 2)
+    sigma_deg: float
+    sigma_shift_px: float
+
+    def log_prior(self, rows: slice, models: torch.Tensor, poses: torch.Tensor,
+                  shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the particles ``rows`` and their candidates' models ``models`` ``(nc, C)``: the
+        rotations' log prior ``(nc, C, L)`` of ``poses`` ``(nc, C, L, 3, 3)`` and the shifts'
+        ``(nc, C, S)`` of ``shifts_px`` ``(nc, C, S, 2)``."""
+        at = torch.arange(models.shape[0], device=models.device)[:, None]
+        r0 = self.rotations[rows].to(poses)[at, models]  # (nc, C, 3, 3)
+        s0 = self.shifts_px[rows].to(shifts_px)[at, models]  # (nc, C, 2)
+        cos = (((poses * r0[:, :, None]).sum((-2, -1)) - 1) / 2).clamp(-1, 1)
+        angle = torch.acos(cos)
+        rotation = -0.5 * (angle / math.radians(self.sigma_deg)) ** 2
+        shift = -0.5 * ((shifts_px - s0[:, :, None]) ** 2).sum(-1) / self.sigma_shift_px**2
+        return rotation, shift
+
+
+def log_likelihood_unit(x_power: torch.Tensor, band: Band) -> torch.Tensor:
+    """``(n,)``: the least-squares score per unit of log-likelihood, ``sigma_n^2 / 2``, with the
+    noise power per band pixel ``sigma_n^2`` the particle's mean power in the band (at low SNR
+    nearly all of it is noise), as :func:`multirefine.refine.splitmerge.log_likelihoods`."""
+    return x_power / (2 * band.weight.sum().to(x_power))
+
+
 def search_local(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
@@ -256,6 +295,7 @@ def search_local(
     score: Score = "cc",
     top: int = 1,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    prior: PosePrior | None = None,
 ) -> SearchResult:
     """Refine C candidate poses per particle: poses ``Delta @ A``, shifts ``s0 + offset``.
 
@@ -264,8 +304,11 @@ def search_local(
     (the model each candidate belongs to); ``local_rotations`` ``(L, 3, 3)`` (from
     :func:`multirefine.geometry.grids.local_rotations`), ``shift_offsets_px`` ``(S, 2)``.
     Projections of the ``n x C x L`` poses are made on the fly, particles in chunks within
-    ``max_elements``. Runs on the volumes' device.
+    ``max_elements``. Runs on the volumes' device. With ``prior`` (score "ls") the scores
+    include its log prior, in the score's units.
     """
+    if prior is not None and score != "ls":
+        raise InputError(f"a pose prior needs the least-squares score, not {score!r}")
     device = volumes_ft.device
     band = band.to(device)
     n_models = volumes_ft.shape[0]
@@ -301,11 +344,17 @@ def search_local(
         shifts = center_shifts[sl, :, None, :] + offsets  # (nc, C, S, 2)
         rows = as_real_rows((x[sl] * wc[sl])[:, None, None, :] * band_phase_ramp(shifts, band))
         cross = rows @ as_real_rows(refs).transpose(-1, -2)  # (nc, C, S, L)
+        if prior is not None:  # ls = cross - refpower / 2: the shift's log prior goes on cross
+            unit = log_likelihood_unit(x_power[sl], band)[:, None, None]
+            log_rotation, log_shift = prior.log_prior(sl, models, poses, shifts)
+            cross = cross + (unit * log_shift)[..., None]
         cross, shift_i = cross.max(2)  # best shift per pose: (nc, C, L)
         refpower = ((refs.real**2 + refs.imag**2) @ wc2[sl, None, :, None]).squeeze(-1)
         s = score_matrix(
             cross.reshape(nc, 1, -1), refpower.reshape(nc, -1), x_power[sl], score
         ).reshape(nc, n_cand, n_local)
+        if prior is not None:
+            s = s + unit * log_rotation
         if repeated is not None:
             s = torch.where(repeated[..., None], -math.inf, s)
         pick = functools.partial(_pick, models, poses, shifts, shift_i)
@@ -413,6 +462,7 @@ def refine_assignments(
     score: Score = "cc",
     top: int = 1,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    prior: PosePrior | None = None,
 ) -> SearchResult:
     """Coarse global search, then local searches around the best candidate poses.
 
@@ -435,7 +485,8 @@ def refine_assignments(
     place detail finer than about ``radius x step``, and a matched band makes it cheaper
     (fewer pixels); how much coarser is the caller's choice (the driver measured it).
     With ``previous`` (a result for the same particles and images) the global pass is
-    skipped. Every model is refined locally, so ``model_scores`` are all fine-level and
+    skipped; ``prior`` (:class:`PosePrior`) weights every local pass's poses. Every model is
+    refined locally, so ``model_scores`` are all fine-level and
     comparable. Returns the ``top`` best (model, pose) pairs of the last pass.
     """
     passes = _local_passes(local_range_deg, local_step_deg, fine_shift_offsets_px)
@@ -472,5 +523,6 @@ def refine_assignments(
             score=score,
             top=max(top, candidates),
             max_elements=max_elements,
+            prior=prior,
         )
     return _keep_top(result, top)
