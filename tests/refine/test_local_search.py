@@ -120,7 +120,7 @@ def test_consensus_first_then_local_searches_from_its_poses(clean, tmp_path):
                  "--consensus", "--iter", "1", "--singleiter", "1", "--nosingle", "--path", str(run)])
     assert code == 0
     parms = json.loads((run / "0_refine_parms.json").read_text())
-    assert parms["consensus"] and parms["local_search"]
+    assert parms["consensus"] and parms["local_search"] and parms["sigma_ang_deg"] == 2.0  # the prior by default
     for name in ("threed_01.mrc", "half1_unfil.mrc", "particles_final.star", "convergence.json"):
         assert (run / "consensus" / name).exists(), name
     consensus = read_particles_star(run / "consensus" / "particles_final.star").metadata
@@ -186,11 +186,14 @@ def test_a_pose_prior_keeps_the_pose_where_the_data_say_nothing_and_yields_where
 
 def test_sigma_ang_is_checked():
     from multirefine.errors import InputError
-    from multirefine.refine.options import RefineOptions
+    from multirefine.refine.options import RefineOptions, SweepSettings
 
     base = {"input": "p.star", "path": "run", "symmetries": ["C1", "C1"]}
-    with pytest.raises(InputError, match="--sigma_ang 0"):
-        RefineOptions(**base, sigma_ang_deg=0.0)
+    with pytest.raises(InputError, match="--sigma_ang -1"):
+        RefineOptions(**base, sigma_ang_deg=-1.0)
     with pytest.raises(InputError, match="--sigma_ang with --score cc"):
         RefineOptions(**base, sigma_ang_deg=5.0, score="cc")
-    RefineOptions(**base, sigma_ang_deg=5.0)
+    RefineOptions(**base, sigma_ang_deg=0.0, score="cc")
+    assert SweepSettings.of(RefineOptions(**base, sigma_ang_deg=5.0)).sigma_ang_deg is None  # no local searches
+    assert SweepSettings.of(RefineOptions(**base, sigma_ang_deg=5.0, local_search=True)).sigma_ang_deg == 5.0
+    assert SweepSettings.of(RefineOptions(**base, sigma_ang_deg=0.0, local_search=True)).sigma_ang_deg is None

@@ -116,6 +116,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     """What real stacks need: the noise model, normalisation, intensity scales, junk, local
     searches and a consensus refinement first (multirefine.refine.noise, intensity, ...)."""
+    from multirefine.refine.options import SIGMA_ANG_DEG
     p.add_argument("--noise", choices=("white", "coloured"), default="white",
                    help="noise model of the score and the reconstruction: white (default), or coloured: the "
                    "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
@@ -142,7 +143,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma_ang", type=float, metavar="DEG",
                    help="local searches (see --globalsearch): weight each pose by a Gaussian prior of this SD (degrees) "
                    "around the particle's last pose, its shift by one of the SD's displacement at the particle's edge "
-                   "(RELION's --sigma_ang); the first local pass stays within 3 SD; default: no prior")
+                   "(RELION's --sigma_ang); the first local pass stays within 3 SD; 0: no prior, the poses free "
+                   f"within the local window; default {SIGMA_ANG_DEG:g} (0 with --score cc)")
 
 
 def _split(text: str) -> list[str]:
@@ -155,7 +157,7 @@ def _resolve(args: argparse.Namespace):
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
     from multirefine.io.particles import open_particles, open_usefilt
-    from multirefine.refine.options import RefineOptions
+    from multirefine.refine.options import SIGMA_ANG_DEG, RefineOptions
     from multirefine.refine.seeding import fit_to_box
 
     if args.input is None:
@@ -218,7 +220,8 @@ def _resolve(args: argparse.Namespace):
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
         consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale,
-        normalise=args.norm, sigma_ang_deg=args.sigma_ang,
+        normalise=args.norm,
+        sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
