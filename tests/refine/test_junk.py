@@ -45,3 +45,9 @@ def test_empty_boxes_are_caught(tmp_path):
     assert caught > 0.95 and lost < 0.02
     assert stats["junk_particles"] == int((table == 0).sum())
     assert sum(stats["particles_in_maps"]) <= 0.9 * (table > 0).sum() + 1  # junk in no map (--m3dkeep 0.9)
+    # the junk in its own file, beside each model's particles, and in the report
+    junk_table = read_particles_star(run / "particles_junk.star").metadata
+    assert len(junk_table) == int((table == 0).sum()) and (junk_table["rlnClassNumber"] == 0).all()
+    for m in (1, 2):
+        assert (read_particles_star(run / f"particles_model_{m:02d}.star").metadata["rlnClassNumber"] == m).all()
+    assert f"{stats['junk_particles']} particles fit no model" in (run / "index.html").read_text()

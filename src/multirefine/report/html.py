@@ -262,16 +262,22 @@ def _convergence_section(run: Path, stats: list[dict]) -> list[str]:
     parts = ["<h2>Convergence</h2>"]
     if (run / runfolder.CONVERGENCE_FIGURE).exists():
         parts.append(f'<img src="{runfolder.CONVERGENCE_FIGURE}" alt="convergence">')
+    junk = any(s.get("junk_particles") is not None for s in stats)  # --junk
     parts.append(_table(
         ["iteration", "seconds", "search to (Å)", "global step (°)", "local step (°)", "changed model (%)",
-         "particles per model", "in the maps (--m3dkeep)", "half maps, FSC 0.143 (Å)", "split and merge"],
+         "particles per model", *(["junk (in no map)"] if junk else []), "in the maps (--m3dkeep)",
+         "half maps, FSC 0.143 (Å)", "split and merge"],
         [[s["iteration"], float(s["seconds"]), s["band_resolution_angstrom"], s["coarse_step_deg"], s["fine_step_deg"],
           None if s["fraction_changed_model"] is None else 100 * s["fraction_changed_model"],
           ", ".join(str(c) for c in s["particles_per_model"]),
+          *([s.get("junk_particles")] if junk else []),
           ", ".join(f"{c:.0f}" for c in s.get("particles_in_maps") or []),
           ", ".join(_fmt(r) for r in s["resolution_0143_angstrom"]),
           _split_merge_text(s.get("split_merge"))] for s in stats],
     ))
+    if junk and stats[-1].get("junk_particles"):
+        parts.append(f"<p>{stats[-1]['junk_particles']} particles fit no model after iteration {stats[-1]['iteration']} "
+                     f"(--junk): in no map, listed in {runfolder.JUNK_PARTICLES}.</p>")
     return parts
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "CONSENSUS",
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",
+    "JUNK_PARTICLES",
     "MODEL_FINISHED",
     "NOISE",
     "PARAMETERS",
@@ -49,6 +50,7 @@ PARAMETERS = "0_refine_parms.json"
 CONVERGENCE = "convergence.json"
 CONVERGENCE_FIGURE = "convergence.png"
 CONSENSUS = "consensus"  # --consensus: all particles refined against one map first, its files as model_MM/'s
+JUNK_PARTICLES = "particles_junk.star"  # --junk: the last assignment's particles in no map (rlnClassNumber 0)
 NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics group (--noise coloured)
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete

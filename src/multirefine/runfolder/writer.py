@@ -86,11 +86,18 @@ class RunWriter:
         save_state(out / names.STATE, record.state)
 
     def finish(self, table: pd.DataFrame) -> None:
-        """Each model's particles of the last assignment, ``particles_model_MM.star``."""
+        """Each model's particles of the last assignment, ``particles_model_MM.star``, and the
+        particles in no map (``--junk``: ``rlnClassNumber`` 0), ``particles_junk.star``; where
+        there are none, an earlier attempt's junk file is removed."""
         classes = table["rlnClassNumber"].to_numpy()
         for m_index in range(1, self.n_models + 1):
             write_particles_star(self.path / names.model_particles_name(m_index), table[classes == m_index],
                                  self.optics)
+        junk = self.path / names.JUNK_PARTICLES
+        if (classes == 0).any():
+            write_particles_star(junk, table[classes == 0], self.optics)
+        else:
+            junk.unlink(missing_ok=True)
 
 
 class ModelFolder:
