@@ -131,7 +131,7 @@ def test_consensus_first_then_local_searches_from_its_poses(clean, tmp_path):
 
 
 def test_pose_prior_is_a_gaussian_of_the_geodesic_angle_and_the_shift():
-    from multirefine.refine.search import PosePrior
+    from multirefine.refine.scoring import PosePrior
 
     centre = torch.as_tensor(euler_to_matrix(np.array([30.0]), np.array([50.0]), np.array([70.0])),
                              dtype=torch.float32)

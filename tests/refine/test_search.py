@@ -12,11 +12,16 @@ from multirefine.fourier.projection import extract_central_slices, prepare_volum
 from multirefine.fourier.shift import phase_ramp_2d, shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
 from multirefine.geometry.grids import angular_distance, local_rotations, orientation_grid
-from multirefine.refine.scoring import band_phase_ramp, band_slices, make_band, shift_grid
+from multirefine.refine.scoring import (
+    band_phase_ramp,
+    band_slices,
+    make_band,
+    scale_terms,
+    shift_grid,
+)
 from multirefine.refine.search import (
     make_references,
     refine_assignments,
-    scale_terms,
     search_global,
     search_local,
 )

@@ -22,7 +22,7 @@ from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction,
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.polar import PolarReferences
-from multirefine.refine.search import scale_terms
+from multirefine.refine.scoring import scale_terms
 
 __all__ = ["Priors", "Searched", "assignment_table", "search_particles", "search_rows"]
 
@@ -87,7 +87,7 @@ class Searched:
     top_rotations: np.ndarray | None = None
     top_shifts: np.ndarray | None = None
     top_scores: np.ndarray | None = None
-    # (n,) each: cross and refpower (multirefine.refine.search.scale_terms) at the particle's
+    # (n,) each: cross and refpower (multirefine.refine.scoring.scale_terms) at the particle's
     # best pose, whose ratio is the least-squares intensity of the reference in it (fit_scale)
     fit_cross: np.ndarray | None = None
     fit_power: np.ndarray | None = None

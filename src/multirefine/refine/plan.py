@@ -24,8 +24,8 @@ from multirefine.refine.polar import (
     make_polar_grid,
     make_polar_references,
 )
-from multirefine.refine.scoring import Band, SearchResult, make_band, shift_grid
-from multirefine.refine.search import PosePrior, refine_assignments
+from multirefine.refine.scoring import Band, PosePrior, SearchResult, make_band, shift_grid
+from multirefine.refine.search import refine_assignments
 
 __all__ = ["SearchPlan", "angular_steps", "next_band", "plan_search", "prior_result"]
 
@@ -92,7 +92,7 @@ class SearchPlan:
         (rotations ``(n, K, 3, 3)`` and shifts ``(n, K, 2)`` px: each particle's pose in every
         model, e.g. a consensus refinement's), no global pass: the local passes start there
         (RELION's local searches). With ``sigma_ang_deg`` too (``--sigma_ang``), a Gaussian
-        prior centred there weights them (:class:`multirefine.refine.search.PosePrior`; the
+        prior centred there weights them (:class:`multirefine.refine.scoring.PosePrior`; the
         shifts' SD is the displacement of the particle's edge by that angle) and the first
         pass stays within 3 SD."""
         first, second = self.local_steps_deg

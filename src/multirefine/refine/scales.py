@@ -4,7 +4,7 @@ The least-squares score compares particles with references in the same units. St
 maps come in any units and particles are normalised (noise variance 1), so before the
 first search each starting map is scaled to the particles by least squares
 (:func:`reference_scales`: poses by ``cc`` from the polar global pass on a sample, then
-:func:`multirefine.refine.search.scale_terms`); after that the references are the
+:func:`multirefine.refine.scoring.scale_terms`); after that the references are the
 reconstructions, which are in the units of the raw particles by construction. With
 ``--usefilt`` the references are put in the filtered stack's units (:func:`filtered_scale`,
 a regression of filtered on raw images).
@@ -23,8 +23,7 @@ from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.refine.batch import load_batch
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.polar import PolarReferences, search_global_polar
-from multirefine.refine.scoring import Band
-from multirefine.refine.search import scale_terms
+from multirefine.refine.scoring import Band, scale_terms
 
 __all__ = [
     "SCALE_SAMPLE",

@@ -24,6 +24,10 @@ reference and shift, shifts being pure phases; it only puts scores on a common s
 a per-particle constant, the quantity posteriors (soft assignment) are made from; it
 depends on the absolute scale of maps and images, "cc" does not.
 
+**Pose prior.** Local searches may weight each pose by a Gaussian prior around a given one
+(:class:`PosePrior`, ``--sigma_ang``), added to "ls" in its log-likelihood units
+(:func:`log_likelihood_unit`).
+
 Shifts and poses follow :mod:`multirefine.refine.search` (RELION's origin; the slice is
 rows 0, 1 of ``A``).
 """
@@ -46,15 +50,18 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS",
     "SLICE_POINTS",
     "Band",
+    "PosePrior",
     "Score",
     "SearchResult",
     "as_real_rows",
     "band_phase_ramp",
     "band_slices",
     "half_volumes",
+    "log_likelihood_unit",
     "make_band",
     "merge_top",
     "particle_terms",
+    "scale_terms",
     "score_matrix",
     "shift_grid",
 ]
@@ -255,3 +262,76 @@ def merge_top(
     c = torch.cat([best_code, torch.gather(code, 1, i)], 1)
     s, j = torch.topk(s, top, dim=1)
     return s, torch.gather(c, 1, j)
+
+
+@dataclass(frozen=True)
+class PosePrior:
+    """A Gaussian prior on each particle's pose in every model, centred on a given pose (RELION's
+    local searches, ``--sigma_ang``): the log prior of a rotation ``R`` and shift ``s`` in model
+    ``k`` is ``-(angle(R, R0)^2 / sigma_ang^2 + |s - s0|^2 / sigma_shift^2) / 2``, the angle
+    geodesic. A local pass then ranks poses by the log-likelihood plus this (the pose is the
+    posterior's mode): where the band holds little signal, as in a first iteration at 24 Å
+    from a consensus refinement's poses, the best pose without it is a random one of the
+    window, with it the centre. For the least-squares score only (``ls / sigma_n^2`` is the
+    log-likelihood; :func:`log_likelihood_unit`)."""
+
+    rotations: torch.Tensor  # (n, K, 3, 3): the centres
+    shifts_px: torch.Tensor  # (n, K, 2)
+    sigma_deg: float
+    sigma_shift_px: float
+
+    def log_prior(self, rows: slice, models: torch.Tensor, poses: torch.Tensor,
+                  shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the particles ``rows`` and their candidates' models ``models`` ``(nc, C)``: the
+        rotations' log prior ``(nc, C, L)`` of ``poses`` ``(nc, C, L, 3, 3)`` and the shifts'
+        ``(nc, C, S)`` of ``shifts_px`` ``(nc, C, S, 2)``."""
+        at = torch.arange(models.shape[0], device=models.device)[:, None]
+        r0 = self.rotations[rows].to(poses)[at, models]  # (nc, C, 3, 3)
+        s0 = self.shifts_px[rows].to(shifts_px)[at, models]  # (nc, C, 2)
+        cos = (((poses * r0[:, :, None]).sum((-2, -1)) - 1) / 2).clamp(-1, 1)
+        angle = torch.acos(cos)
+        rotation = -0.5 * (angle / math.radians(self.sigma_deg)) ** 2
+        shift = -0.5 * ((shifts_px - s0[:, :, None]) ** 2).sum(-1) / self.sigma_shift_px**2
+        return rotation, shift
+
+
+def log_likelihood_unit(x_power: torch.Tensor, band: Band) -> torch.Tensor:
+    """``(n,)``: the least-squares score per unit of log-likelihood, ``sigma_n^2 / 2``, with the
+    noise power per band pixel ``sigma_n^2`` the particle's mean power in the band (at low SNR
+    nearly all of it is noise), as :func:`multirefine.refine.splitmerge.log_likelihoods`."""
+    return x_power / (2 * band.weight.sum().to(x_power))
+
+
+def scale_terms(
+    images_ft: torch.Tensor,
+    ctf: torch.Tensor | None,
+    volumes_ft: torch.Tensor,
+    band: Band,
+    model: torch.Tensor,
+    rotations: torch.Tensor,
+    shift_px: torch.Tensor,
+    *,
+    pad: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The terms of the least-squares intensity scale between particles and references.
+
+    At each particle's pose (``model`` ``(n,)``, ``rotations`` ``(n, 3, 3)``, ``shift_px``
+    ``(n, 2)``, found by ``cc``, which does not depend on the scale) in the half volumes
+    ``volumes_ft`` ``(K, P, P, P//2+1)``: ``cross = Re sum c X_s conj(P)`` and
+    ``refpower = sum c^2 |P|^2`` over the band. Returns ``(cross, refpower)``, each ``(n,)``:
+    over a set of particles, ``sum cross / sum refpower`` is the factor ``a`` that minimises
+    ``sum |X_s - a c P|^2``, the factor to put references in the particles' units (what
+    RELION's first iteration with ``--firstiter_cc`` and its scale correction do).
+    """
+    device = volumes_ft.device
+    x, wc, wc2, _ = particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
+    model, rotations = model.to(device), rotations.to(device=device, dtype=torch.float32)
+    p = torch.zeros(x.shape, dtype=torch.complex64, device=device)
+    for k in range(volumes_ft.shape[0]):
+        own = model == k
+        if own.any():
+            p[own] = band_slices(volumes_ft[k], rotations[own], band, pad)
+    xs = x * band_phase_ramp(shift_px.to(device), band)
+    cross = (wc * (xs * p.conj()).real).sum(-1)
+    refpower = (wc2 * (p.real**2 + p.imag**2)).sum(-1)
+    return cross, refpower

@@ -43,12 +43,14 @@ from multirefine.refine.polar import PolarReferences, search_global_polar
 from multirefine.refine.scoring import (
     DEFAULT_MAX_ELEMENTS,
     Band,
+    PosePrior,
     Score,
     SearchResult,
     as_real_rows,
     band_phase_ramp,
     band_slices,
     half_volumes,
+    log_likelihood_unit,
     make_band,
     merge_top,
     particle_terms,
@@ -56,11 +58,9 @@ from multirefine.refine.scoring import (
 )
 
 __all__ = [
-    "PosePrior",
     "References",
     "make_references",
     "refine_assignments",
-    "scale_terms",
     "search_global",
     "search_local",
 ]
@@ -207,79 +207,6 @@ def search_global(
     )
 
 
-def scale_terms(
-    images_ft: torch.Tensor,
-    ctf: torch.Tensor | None,
-    volumes_ft: torch.Tensor,
-    band: Band,
-    model: torch.Tensor,
-    rotations: torch.Tensor,
-    shift_px: torch.Tensor,
-    *,
-    pad: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The terms of the least-squares intensity scale between particles and references.
-
-    At each particle's pose (``model`` ``(n,)``, ``rotations`` ``(n, 3, 3)``, ``shift_px``
-    ``(n, 2)``, found by ``cc``, which does not depend on the scale) in the half volumes
-    ``volumes_ft`` ``(K, P, P, P//2+1)``: ``cross = Re sum c X_s conj(P)`` and
-    ``refpower = sum c^2 |P|^2`` over the band. Returns ``(cross, refpower)``, each ``(n,)``:
-    over a set of particles, ``sum cross / sum refpower`` is the factor ``a`` that minimises
-    ``sum |X_s - a c P|^2``, the factor to put references in the particles' units (what
-    RELION's first iteration with ``--firstiter_cc`` and its scale correction do).
-    """
-    device = volumes_ft.device
-    x, wc, wc2, _ = particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
-    model, rotations = model.to(device), rotations.to(device=device, dtype=torch.float32)
-    p = torch.zeros(x.shape, dtype=torch.complex64, device=device)
-    for k in range(volumes_ft.shape[0]):
-        own = model == k
-        if own.any():
-            p[own] = band_slices(volumes_ft[k], rotations[own], band, pad)
-    xs = x * band_phase_ramp(shift_px.to(device), band)
-    cross = (wc * (xs * p.conj()).real).sum(-1)
-    refpower = (wc2 * (p.real**2 + p.imag**2)).sum(-1)
-    return cross, refpower
-
-
-@dataclass(frozen=True)
-class PosePrior:
-    """A Gaussian prior on each particle's pose in every model, centred on a given pose (RELION's
-    local searches, ``--sigma_ang``): the log prior of a rotation ``R`` and shift ``s`` in model
-    ``k`` is ``-(angle(R, R0)^2 / sigma_ang^2 + |s - s0|^2 / sigma_shift^2) / 2``, the angle
-    geodesic. A local pass then ranks poses by the log-likelihood plus this (the pose is the
-    posterior's mode): where the band holds little signal, as in a first iteration at 24 Å
-    from a consensus refinement's poses, the best pose without it is a random one of the
-    window, with it the centre. For the least-squares score only (``ls / sigma_n^2`` is the
-    log-likelihood; :func:`log_likelihood_unit`)."""
-
-    rotations: torch.Tensor  # (n, K, 3, 3): the centres
-    shifts_px: torch.Tensor  # (n, K, 2)
-    sigma_deg: float
-    sigma_shift_px: float
-
-    def log_prior(self, rows: slice, models: torch.Tensor, poses: torch.Tensor,
-                  shifts_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For the particles ``rows`` and their candidates' models ``models`` ``(nc, C)``: the
-        rotations' log prior ``(nc, C, L)`` of ``poses`` ``(nc, C, L, 3, 3)`` and the shifts'
-        ``(nc, C, S)`` of ``shifts_px`` ``(nc, C, S, 2)``."""
-        at = torch.arange(models.shape[0], device=models.device)[:, None]
-        r0 = self.rotations[rows].to(poses)[at, models]  # (nc, C, 3, 3)
-        s0 = self.shifts_px[rows].to(shifts_px)[at, models]  # (nc, C, 2)
-        cos = (((poses * r0[:, :, None]).sum((-2, -1)) - 1) / 2).clamp(-1, 1)
-        angle = torch.acos(cos)
-        rotation = -0.5 * (angle / math.radians(self.sigma_deg)) ** 2
-        shift = -0.5 * ((shifts_px - s0[:, :, None]) ** 2).sum(-1) / self.sigma_shift_px**2
-        return rotation, shift
-
-
-def log_likelihood_unit(x_power: torch.Tensor, band: Band) -> torch.Tensor:
-    """``(n,)``: the least-squares score per unit of log-likelihood, ``sigma_n^2 / 2``, with the
-    noise power per band pixel ``sigma_n^2`` the particle's mean power in the band (at low SNR
-    nearly all of it is noise), as :func:`multirefine.refine.splitmerge.log_likelihoods`."""
-    return x_power / (2 * band.weight.sum().to(x_power))
-
-
 def search_local(
     images_ft: torch.Tensor,
     ctf: torch.Tensor | None,
@@ -309,9 +236,8 @@ def search_local(
     """
     if prior is not None and score != "ls":
         raise InputError(f"a pose prior needs the least-squares score, not {score!r}")
-    device = volumes_ft.device
+    device, n_models = volumes_ft.device, volumes_ft.shape[0]
     band = band.to(device)
-    n_models = volumes_ft.shape[0]
     if centers.dim() == 3:
         centers = centers[:, None]
         center_shifts_px, center_models = center_shifts_px[:, None], center_models[:, None]
@@ -336,11 +262,7 @@ def search_local(
         # A candidate repeated (same model, pose, shift) is scored once: its slices are not
         # made (they stay zero) and its scores are masked below.
         repeated = _repeated(models, centers[sl], center_shifts[sl]) if n_cand > 1 else None
-        refs = torch.zeros((nc, n_cand, n_local, m), dtype=torch.complex64, device=device)
-        for k in range(n_models):
-            sel = models == k if repeated is None else (models == k) & ~repeated
-            if sel.any():
-                refs[sel] = band_slices(volumes_ft[k], poses[sel], band, pad)
+        refs = _candidate_slices(volumes_ft, poses, models, repeated, band, pad)  # (nc, C, L, M)
         shifts = center_shifts[sl, :, None, :] + offsets  # (nc, C, S, 2)
         rows = as_real_rows((x[sl] * wc[sl])[:, None, None, :] * band_phase_ramp(shifts, band))
         cross = rows @ as_real_rows(refs).transpose(-1, -2)  # (nc, C, S, L)
@@ -360,16 +282,35 @@ def search_local(
         pick = functools.partial(_pick, models, poses, shifts, shift_i)
         best_score, best_i = torch.topk(s.reshape(nc, -1), min(top, n_cand * n_local), dim=1)
         b_model, b_pose, b_rot, b_shift = pick(best_i // n_local, best_i % n_local)
-        # Best per model: over the candidates of that model (-inf where there is none).
         cand_score, cand_local = s.max(2)  # (nc, C)
-        model_score = torch.full((nc, n_models), -math.inf, device=device)
-        model_cand = torch.zeros((nc, n_models), dtype=torch.long, device=device)
-        for k in range(n_models):
-            masked = torch.where(models == k, cand_score, torch.full_like(cand_score, -math.inf))
-            model_score[:, k], model_cand[:, k] = masked.max(1)
+        model_score, model_cand = _model_bests(models, cand_score, n_models)
         _, _, m_rot, m_shift = pick(model_cand, cand_local[rows_idx, model_cand])
         out.append((b_model, b_pose, b_rot, b_shift, best_score, model_score, m_rot, m_shift))
     return SearchResult(*(torch.cat(parts) for parts in zip(*out)))
+
+
+def _candidate_slices(volumes_ft: torch.Tensor, poses: torch.Tensor, models: torch.Tensor,
+                      repeated: torch.Tensor | None, band: Band, pad: int) -> torch.Tensor:
+    """``(nc, C, L, M)``: the band slices of every candidate's local poses ``(nc, C, L, 3, 3)``
+    in its model's volume; a repeated candidate's stay zero."""
+    nc, n_cand, n_local = poses.shape[:3]
+    refs = torch.zeros((nc, n_cand, n_local, band.size), dtype=torch.complex64, device=volumes_ft.device)
+    for k in range(volumes_ft.shape[0]):
+        sel = models == k if repeated is None else (models == k) & ~repeated
+        if sel.any():
+            refs[sel] = band_slices(volumes_ft[k], poses[sel], band, pad)
+    return refs
+
+
+def _model_bests(models: torch.Tensor, cand_score: torch.Tensor, n_models: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per particle and model, the best candidate score of that model and its candidate
+    (``(nc, K)`` each; -inf where the model has none)."""
+    model_score = torch.full((cand_score.shape[0], n_models), -math.inf, device=cand_score.device)
+    model_cand = torch.zeros((cand_score.shape[0], n_models), dtype=torch.long, device=cand_score.device)
+    for k in range(n_models):
+        masked = torch.where(models == k, cand_score, torch.full_like(cand_score, -math.inf))
+        model_score[:, k], model_cand[:, k] = masked.max(1)
+    return model_score, model_cand
 
 
 def _pick(
@@ -484,10 +425,9 @@ def refine_assignments(
     pass may use a coarser band than the local ones: a grid of coarse angular step cannot
     place detail finer than about ``radius x step``, and a matched band makes it cheaper
     (fewer pixels); how much coarser is the caller's choice (the driver measured it).
-    With ``previous`` (a result for the same particles and images) the global pass is
-    skipped; ``prior`` (:class:`PosePrior`) weights every local pass's poses. Every model is
-    refined locally, so ``model_scores`` are all fine-level and
-    comparable. Returns the ``top`` best (model, pose) pairs of the last pass.
+    With ``previous`` (a result for the same particles and images) the global pass is skipped;
+    ``prior`` weights every local pass's poses. Every model is refined locally, so
+    ``model_scores`` are all fine-level and comparable. Returns the ``top`` best pairs.
     """
     passes = _local_passes(local_range_deg, local_step_deg, fine_shift_offsets_px)
     polar = isinstance(references, PolarReferences)
