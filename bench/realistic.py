@@ -141,6 +141,9 @@ def make_set(root: Path, spec: RealisticSet, n: int) -> Path:
     simulate_dataset(out, maps, spec.parameters(n))
     for k, volume in enumerate(maps, start=1):
         write_map(out / f"lp30_{k}.mrc", gaussian_lowpass(volume, LOWPASS_ANGSTROM, APIX), APIX)
+    # RELION's --ref for the same two starting maps (bench/run_relion.sh with REF=refs_lp30.star)
+    (out / "refs_lp30.star").write_text(
+        "\ndata_\n\nloop_\n_rlnReferenceImage #1\n" + "".join(f"lp30_{k}.mrc\n" for k in range(1, len(maps) + 1)))
     stack = open_particles(out / "truth.star")
     real = np.nonzero(stack.metadata["rlnClassNumber"].to_numpy() > 0)[0]
     consensus = reconstruct_from_stack(stack, rows=real).full_map

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # RELION 3.1 3-D classification on one benchmark set, the baseline command of docs/architecture.md, "How we measure".
-# usage: bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS] [CONTINUE_FROM]
+# usage: [REF=refs.star] bench/run_relion.sh SET_FOLDER K DIAMETER_A [ITER] [THREADS] [CONTINUE_FROM]
+# REF: the reference(s), relative to SET_FOLDER (default consensus_lp30.mrc, seeded into K classes;
+# a STAR file of K maps, e.g. bench/realistic.py's refs_lp30.star, gives each class its own).
 # Writes SET_FOLDER/relion/run_*, relion/time*.txt (GNU time: wall, peak RSS) and
 # relion/cpu*.csv (bench/cpu_log.py: CPU seconds and memory over time). CONTINUE_FROM = the
 # last finished iteration (e.g. 2) resumes a stopped run from run_it002_optimiser.star.
@@ -25,7 +27,7 @@ if [ -n "$from" ]; then
   exit
 fi
 "$python" "$here/cpu_log.py" relion/cpu.csv -- \
-  /usr/bin/time -v -o relion/time.txt relion_refine --i particles.star --o relion/run --ref consensus_lp30.mrc \
+  /usr/bin/time -v -o relion/time.txt relion_refine --i particles.star --o relion/run --ref "${REF:-consensus_lp30.mrc}" \
   --firstiter_cc --ini_high 30 --K "$k" --tau2_fudge 4 --iter "$iter" \
   --particle_diameter "$diameter" --ctf --flatten_solvent --zero_mask --oversampling 1 \
   --healpix_order 2 --offset_range 5 --offset_step 2 --sym C1 --norm --scale \
