@@ -228,6 +228,10 @@ def _resolve(args: argparse.Namespace):
     return stack, search_stack, maps, opts, k
 
 
+def _prior_text(sigma_ang_deg: float) -> str:
+    return f"pose prior SD {sigma_ang_deg:g}°" if sigma_ang_deg > 0 else "no pose prior"
+
+
 def _has_poses(metadata) -> bool:
     """Whether a particle table holds orientations (not all zero) to start local searches from."""
     columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -363,7 +367,8 @@ def _print_plan(stack, opts, resume) -> None:
               f"({opts.path}/{runfolder.PARAMETERS})")
     print(
         f"{opts.iterations} iterations"
-        + (" (local searches from the input's poses; --globalsearch: global)" if opts.local_search else "")
+        + (f" (local searches from the input's poses, {_prior_text(opts.sigma_ang_deg)}; --globalsearch: global)"
+           if opts.local_search else "")
         + ", then "
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
