@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
+from multirefine.geometry.conversions import axis_angle_to_matrix
 from multirefine.geometry.euler import euler_to_matrix, matrix_to_euler
 from multirefine.io.star import read_particles_star, write_particles_star
 
@@ -35,14 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     n = len(table)
     true = np.asarray(euler_to_matrix(*(table[c].to_numpy(dtype=np.float64)
                                         for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))))
-    turn = Rotation.from_rotvec(np.radians(args.sd_deg) * rng.normal(size=(n, 3))).as_matrix()
+    rotvec = np.radians(args.sd_deg) * rng.normal(size=(n, 3))
+    turn = axis_angle_to_matrix(rotvec)
     rot, tilt, psi = matrix_to_euler(turn @ true)
     table["rlnAngleRot"], table["rlnAngleTilt"], table["rlnAnglePsi"] = rot, tilt, psi
     apix = float(table["rlnImagePixelSize"].iloc[0])
     for axis in ("X", "Y"):
         table[f"rlnOrigin{axis}Angst"] += rng.normal(scale=args.shift_sd_px * apix, size=n)
     write_particles_star(args.out, table, star.optics)
-    angle = np.degrees(np.linalg.norm(Rotation.from_matrix(turn).as_rotvec(), axis=1))
+    angle = np.degrees(np.linalg.norm(rotvec, axis=1))
     print(f"{args.out}: {n} particles, pose error median {np.median(angle):.1f} deg")
 
 

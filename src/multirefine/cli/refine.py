@@ -287,8 +287,6 @@ def _resolve_continue(args: argparse.Namespace):
     try:
         saved = json.loads(parameters.read_text())
         saved.setdefault("split_merge", False)  # a run made before split and merge existed goes on without it
-        if saved.get("sigma_ang_deg", 0.0) is None:  # written as null for a day (no prior): none
-            saved["sigma_ang_deg"] = 0.0
         known = {f.name for f in fields(RefineOptions)}
         opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
     except (ValueError, TypeError, AttributeError) as exc:
