@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import random_atoms_map
@@ -82,18 +85,69 @@ def test_reconstruct_from_truth(sim, capsys):
     assert read_map(out)[0].shape == (32, 32, 32)
 
 
+@pytest.mark.parametrize("layout", ["beside", "project"])
+def test_run_output_finds_the_images(sim, tmp_path, monkeypatch, layout):
+    """``beside``: a STAR file beside its images, refined from another folder into a third;
+    the run's STAR files name the images relative to themselves, so ``multirefine
+    reconstruct`` reads them from any folder. ``project``: a RELION project (images in
+    Extract/, STAR in Select/, names relative to the project); the names stay as they are
+    and read from the project folder, where RELION and its users run."""
+    import shutil
+
+    from multirefine.io.star import read_particles_star, write_particles_star
+
+    source = read_particles_star(sim / "sim" / "particles.star")
+    source.metadata = source.metadata.iloc[:100]
+    if layout == "beside":
+        star = sim / "sim" / "first100.star"
+        write_particles_star(star, source.metadata, source.optics)
+        work, run, readers = tmp_path / "elsewhere", tmp_path / "runs" / "multi_01", [tmp_path, sim / "sim"]
+        work.mkdir()
+    else:
+        work = tmp_path / "project"
+        (work / "Extract" / "job001").mkdir(parents=True)
+        (work / "Select" / "job002").mkdir(parents=True)
+        shutil.copy(sim / "sim" / "particles.mrcs", work / "Extract" / "job001" / "particles.mrcs")
+        renamed = source.metadata.assign(
+            rlnImageName=source.metadata["rlnImageName"].str.replace("@", "@Extract/job001/", regex=False))
+        star = work / "Select" / "job002" / "particles.star"
+        write_particles_star(star, renamed, source.optics)
+        run, readers = Path("MultiRefine/job003"), [work]
+    monkeypatch.chdir(work)
+    assert main(["refine", "--input", str(star), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "1",
+                 "--nosingle", "--path", str(run)]) == 0
+    written = read_particles_star(run / "particles_01.star").metadata["rlnImageName"]
+    if layout == "project":
+        assert (written.to_numpy() == source.metadata["rlnImageName"].str.replace(
+            "@", "@Extract/job001/", regex=False).to_numpy()).all()
+    else:
+        relative = os.path.relpath(sim / "sim", tmp_path / "runs" / "multi_01")
+        assert (written.to_numpy() == source.metadata["rlnImageName"].str.replace(
+            "@", f"@{relative}/", regex=False).to_numpy()).all()
+    run = run.absolute()
+    for here in readers:
+        monkeypatch.chdir(here)
+        for name in ("particles_01.star", "particles_model_01.star"):
+            assert main(["reconstruct", str(run / name), "-o", str(tmp_path / "check.mrc")]) == 0
+        np.testing.assert_array_equal(open_particles(run / "particles_01.star")[[0, 7, 99]],
+                                      open_particles(sim / "sim" / "particles.star")[[0, 7, 99]])
+
+
 def test_split_writes_one_set_per_class_or_the_chosen_ones_together(sim, tmp_path, capsys, monkeypatch):
     """Each class of a particle table goes to its own STAR file with every row as it was;
     --join keeps chosen classes together; a run folder splits its last (or a given)
-    iteration; nothing that exists is overwritten. Image names are written as read, so (as
-    with RELION) they resolve from the project folder."""
+    iteration; nothing that exists is overwritten. Image names that resolve from the current
+    folder (a RELION project) are written as read; others are rewritten to resolve from the
+    new file's folder."""
     import shutil
 
     from multirefine.io.star import read_particles_star
 
     truth = sim / "sim" / "truth.star"
     table = read_particles_star(truth).metadata
-    assert main(["split", str(truth), "--out", str(tmp_path / "each")]) == 0
+    with monkeypatch.context() as project:
+        project.chdir(sim / "sim")
+        assert main(["split", str(truth), "--out", str(tmp_path / "each")]) == 0
     for k in (1, 2):
         part = read_particles_star(tmp_path / "each" / f"particles_model_{k:02d}.star").metadata
         expected = table[table["rlnClassNumber"] == k].reset_index(drop=True)
@@ -104,6 +158,18 @@ def test_split_writes_one_set_per_class_or_the_chosen_ones_together(sim, tmp_pat
             project.chdir(sim / "sim")
             stack = open_particles(tmp_path / "each" / f"particles_model_{k:02d}.star")
             assert stack.read(np.array([0])).shape == (1, 32, 32)
+    # From elsewhere the names found the images from the STAR file's folder: rewritten.
+    monkeypatch.chdir(tmp_path)
+    assert main(["split", str(truth), "--classes", "1", "--out", "elsewhere/deeper"]) == 0
+    part = read_particles_star(tmp_path / "elsewhere" / "deeper" / "particles_model_01.star").metadata
+    expected = table[table["rlnClassNumber"] == 1].reset_index(drop=True)
+    relative = os.path.relpath(sim / "sim", tmp_path / "elsewhere" / "deeper")
+    assert part["rlnImageName"].tolist() == [n.replace("@", f"@{relative}/") for n in expected["rlnImageName"]]
+    monkeypatch.chdir(sim)
+    stack = open_particles(tmp_path / "elsewhere" / "deeper" / "particles_model_01.star")
+    np.testing.assert_array_equal(stack.read(np.array([0, 5])), open_particles(truth).subset(
+        np.flatnonzero(table["rlnClassNumber"].to_numpy() == 1)).read(np.array([0, 5])))
+    monkeypatch.chdir(sim / "sim")  # the project folder again
     # Chosen classes together, in their input order.
     assert main(["split", str(truth), "--classes", "2,1", "--join", "--out", str(tmp_path / "both")]) == 0
     joined = read_particles_star(tmp_path / "both" / "particles_models_01_02.star").metadata

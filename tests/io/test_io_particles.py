@@ -101,8 +101,35 @@ def test_several_files_and_cwd_fallback(tmp_path: Path, monkeypatch: pytest.Monk
     expected = np.stack([b[1], a[0], a[2], b[0]])
     np.testing.assert_array_equal(stack[:], expected)
     np.testing.assert_array_equal(stack[[3, 0]], expected[[3, 0]])
-    assert stack.resolved_image_names(project)[0] == "2@Extract/b.mrcs"
-    assert stack.resolved_image_names()[1] == f"1@{(project / 'Extract' / 'a.mrcs').resolve()}"
+    # A STAR file written anywhere keeps names that resolve from the project folder.
+    assert stack.image_files_for(project / "MultiRefine" / "job001") == {
+        "Extract/b.mrcs": "Extract/b.mrcs", "Extract/a.mrcs": "Extract/a.mrcs"}
+
+
+def test_image_files_for_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names found from the STAR file's own folder are rewritten relative to the folder a new
+    STAR file goes to, absolute ones are kept; the written file reads the same images from
+    any current folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    images = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    write_stack(data / "a.mrcs", images, 1.0)
+    write_stack(tmp_path / "elsewhere" / "b.mrcs", images[::-1].copy(), 1.0)
+    names = ["1@a.mrcs", "2@a.mrcs", f"3@{tmp_path / 'elsewhere' / 'b.mrcs'}"]
+    write_particles_star(data / "particles.star", pd.DataFrame({"rlnImageName": names, "rlnImagePixelSize": 1.0}),
+                         box_size=8)
+    monkeypatch.chdir(tmp_path)
+    stack = open_particles("data/particles.star")
+    out = tmp_path / "runs" / "run1"
+    files = stack.image_files_for(out)
+    absolute = str(tmp_path / "elsewhere" / "b.mrcs")
+    assert files == {"a.mrcs": "../../data/a.mrcs", absolute: absolute}
+    out.mkdir(parents=True)
+    write_particles_star(out / "particles.star", stack.metadata, stack.optics, image_files=files)
+    for here in (tmp_path, out, data):
+        monkeypatch.chdir(here)
+        np.testing.assert_array_equal(open_particles(out / "particles.star")[:], images[[0, 1, 0]])
 
 
 def test_bare_mrcs(tmp_path: Path) -> None:

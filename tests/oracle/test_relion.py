@@ -127,3 +127,25 @@ def test_noise_free_reconstruction_with_ctf(simulated):
     ours = reconstruct_from_stack(stack, np.nonzero(classes == 1)[0]).full_map
     fsc = fourier_shell_correlation(torch.from_numpy(ours), truth)
     assert fsc[1:22].min() > 0.99, fsc
+
+
+def test_relion_reads_a_run_made_from_another_folder(tmp_path, monkeypatch):
+    """A STAR file beside its images, refined from another folder into a third: RELION, run
+    in the run folder, reads the images the run's STAR files name (relion_reconstruct and
+    relion_star_handler --discard_on_stats, which reads every image)."""
+    from multirefine.cli.main import main
+
+    maps = [random_atoms_map(32, 200, seed=s) for s in (1, 2)]
+    params = SimulationParameters(n_particles=120, snr=1.0, fractions=[0.5, 0.5], pixel_size_angstrom=1.5, seed=2)
+    simulate_dataset(tmp_path / "data", maps, params)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    gt = f"{tmp_path}/data/gt_01.mrc,{tmp_path}/data/gt_02.mrc"
+    assert main(["refine", "--input", str(tmp_path / "data" / "particles.star"), "--models", gt, "--iter", "1",
+                 "--nosingle", "--path", "../runs/multi_01"]) == 0
+    folder = tmp_path / "runs" / "multi_01"
+    run([relion_binary("relion_reconstruct"), "--i", "particles_model_01.star", "--o", "model1.mrc", "--ctf"], folder)
+    assert read_map(folder / "model1.mrc")[0].shape == (32, 32, 32)
+    run([relion_binary("relion_star_handler"), "--i", "particles_01.star", "--o", "kept.star",
+         "--discard_on_stats"], folder)
+    assert (folder / "kept.star").exists()

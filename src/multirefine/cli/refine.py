@@ -345,11 +345,11 @@ def _writers(opts, stack):
     def model_folder(m: int) -> ModelFolder:
         """Model m's folder (from 1); 0: the consensus refinement's, ``consensus/``."""
         if m == 0:
-            return ModelFolder(path / runfolder.CONSENSUS, apix, stack.optics)
+            return ModelFolder(path / runfolder.CONSENSUS, apix, stack.optics, image_files=stack.image_files_for)
         written = None if not mass else (lambda volume: normalize_by_mass(volume, mass[m - 1], apix))
-        return ModelFolder(path / runfolder.model_folder_name(m), apix, stack.optics, written)
+        return ModelFolder(path / runfolder.model_folder_name(m), apix, stack.optics, written, stack.image_files_for)
 
-    run = RunWriter(path, apix, stack.optics, opts.n_models, written_maps, update_report)
+    run = RunWriter(path, apix, stack.optics, opts.n_models, written_maps, update_report, stack.image_files_for)
     return run, model_folder, lambda: write_report_safely(path)
 
 

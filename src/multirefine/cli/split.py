@@ -73,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from multirefine import runfolder
-    from multirefine.io.columns import CLASS_NUMBER
+    from multirefine.io.columns import CLASS_NUMBER, IMAGE_NAME
+    from multirefine.io.images import ImageResolver, relocated_image_files
     from multirefine.io.star import read_particles_star, write_particles_star
 
     star, default_out = source_star(Path(args.source), args.iteration)
@@ -94,10 +95,15 @@ def main(args: argparse.Namespace) -> int:
     existing = [out / name for name in groups if (out / name).exists()]
     if existing:
         raise InputError(f"{existing[0]}: exists; nothing was written (give another --out)")
+    try:  # names that find the images from the new folder as they did from the old
+        image_files = relocated_image_files(table[IMAGE_NAME], ImageResolver(star, [star.parent, Path.cwd()]), out)
+    except InputError as error:
+        print(f"warning: {error}; image names are written as they are")
+        image_files = None
     out.mkdir(parents=True, exist_ok=True)
     for name, members in groups.items():
         rows = np.isin(classes, members)
-        write_particles_star(out / name, table[rows], particles.optics)
+        write_particles_star(out / name, table[rows], particles.optics, image_files=image_files)
         print(f"{out / name}: {rows.sum()} particles (class {', '.join(map(str, members))})")
     written = int(np.isin(classes, chosen).sum())
     print(f"split {star}: {len(table)} particles, {written} written, {len(table) - written} in other classes")

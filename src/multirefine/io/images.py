@@ -16,6 +16,7 @@ projects keep lists in ``sets/``). :class:`ImageResolver` does the looking up.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -41,6 +42,8 @@ __all__ = [
     "OpenImageFiles",
     "open_image_file",
     "parse_image_names",
+    "relocated_image_file",
+    "relocated_image_files",
 ]
 
 HDF_SUFFIXES = (".hdf", ".h5", ".hdf5")
@@ -177,6 +180,31 @@ class OpenImageFiles:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["max_open"])  # type: ignore[misc]
+
+
+def relocated_image_file(name: str, found: Path, folder: str | Path) -> str:
+    """The file part of ``rlnImageName`` to write in a STAR file in ``folder`` for an image
+    file that ``name`` found at ``found``.
+
+    An absolute name, and a relative one that finds the same file from the current directory
+    (a RELION project: RELION and its users run in the project folder), stay as they are. Any
+    other name (it was found from the input file's own folder) is rewritten relative to
+    ``folder``: it then finds the file from the STAR file's folder, where this program looks
+    first, and from ``folder``, where RELION looks when it is run there.
+    """
+    if Path(name).is_absolute():
+        return name
+    local = Path(name).absolute()
+    if local.is_file() and os.path.samefile(local, found):
+        return name
+    return os.path.relpath(os.path.abspath(found), os.path.abspath(folder))
+
+
+def relocated_image_files(names: pd.Series, resolver: ImageResolver, folder: str | Path) -> dict[str, str]:
+    """:func:`relocated_image_file` for every file ``names`` (``rlnImageName``) refer to: the
+    file part as read -> the one to write in ``folder``. Raises InputError where one is missing."""
+    files, _, _ = parse_image_names(names, resolver.source)
+    return {name: relocated_image_file(name, resolver(name), folder) for name in files}
 
 
 def parse_image_names(names: pd.Series, path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

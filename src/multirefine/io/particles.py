@@ -34,6 +34,7 @@ from multirefine.io.images import (
     OpenImageFiles,
     open_image_file,
     parse_image_names,
+    relocated_image_files,
 )
 from multirefine.io.star import assign_optics_groups, fill_pixel_size, read_particles_star
 
@@ -149,25 +150,12 @@ class ParticleStack:
         """The resolved image file of particle ``index`` (raises InputError if missing)."""
         return self._resolver(self._files[int(self._file_ids[index])])
 
-    def resolved_image_names(self, relative_to: str | Path | None = None) -> pd.Series:
-        """``rlnImageName`` with resolved files: relative to ``relative_to`` when they lie
-        under it (pass the folder RELION will run in, the project folder), else absolute.
-
-        Use when writing a STAR file elsewhere so its image references stay valid.
-        """
-        resolved: list[str] = []
-        base = None if relative_to is None else Path(relative_to).resolve()
-        for name in self._files:
-            path = self._resolver(name).resolve()
-            if base is not None:
-                try:
-                    path = path.relative_to(base)
-                except ValueError:
-                    pass
-            resolved.append(str(path))
-        files = np.asarray(resolved, dtype=object)[self._file_ids]
-        numbers = (self._file_index + 1).astype(str)
-        return pd.Series([f"{n}@{f}" for n, f in zip(numbers, files)], name=IMAGE_NAME)
+    def image_files_for(self, folder: str | Path) -> dict[str, str]:
+        """How a STAR file written in ``folder`` names this stack's image files: the file
+        part of each ``rlnImageName`` -> the one to write (:func:`multirefine.io.images.relocated_image_file`), so
+        that the written names find the images the way the input's did. Raises InputError
+        where an image file is missing."""
+        return relocated_image_files(self.metadata[IMAGE_NAME], self._resolver, folder)
 
     # --- reading -----------------------------------------------------------------------
     def _indices(self, key: Any) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,12 +318,21 @@ def _box_from_images(star_path: Path, particles: pd.DataFrame) -> int | None:
     return None
 
 
+def _renamed_image_files(names: pd.Series, image_files: Mapping[str, str]) -> pd.Series:
+    number, at, file = names.astype(str).str.partition("@").T.to_numpy()
+    has_at = at == "@"
+    file = np.where(has_at, file, number)  # a bare name is image 1 of that file
+    renamed = np.array([image_files.get(f, f) for f in file], dtype=object)
+    return pd.Series(np.where(has_at, number + "@" + renamed, renamed), index=names.index, name=IMAGE_NAME)
+
+
 def write_particles_star(
     path: str | Path,
     metadata: pd.DataFrame,
     optics: pd.DataFrame | None = None,
     *,
     box_size: int | None = None,
+    image_files: Mapping[str, str] | None = None,
 ) -> None:
     """Write particles as RELION 3.1 STAR (``data_optics`` then ``data_particles``), atomically.
 
@@ -331,13 +341,17 @@ def write_particles_star(
     ``optics=None`` a table is built by :func:`build_optics_table` (``box_size`` supplies
     ``rlnImageSize`` when the metadata lacks it; failing both, it is read from the header of
     the first image file, found relative to ``path``'s folder or the current directory).
-    Optics-level columns are removed from the
+    ``image_files`` renames the file part of ``rlnImageName`` (a file not in it keeps its name;
+    :meth:`multirefine.io.particles.ParticleStack.image_files_for` gives the names that stay
+    valid in another folder). Optics-level columns are removed from the
     particle rows, as are RELION 3.0's ``rlnMagnification``/``rlnDetectorPixelSize`` once the
     pixel size is in the optics table. Written to a temporary name and renamed.
     """
     if IMAGE_NAME not in metadata.columns:
         raise ValueError("write_particles_star: metadata has no rlnImageName column")
     particles = metadata.reset_index(drop=True)
+    if image_files:
+        particles[IMAGE_NAME] = _renamed_image_files(particles[IMAGE_NAME], image_files)
     if optics is None:
         optics, groups = build_optics_table(particles, box_size)
         particles = particles.assign(**{OPTICS_GROUP: groups})

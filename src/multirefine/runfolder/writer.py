@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +51,27 @@ _MODEL_OUTPUTS = re.compile(r"threed_\d+\.mrc|fsc_\d+\.json|convergence\.json|th
                             r"|particles_final\.star")
 
 
+ImageFilesFor = Callable[[Path], Mapping[str, str]]
+
+
 class RunWriter:
     """Writes a run's iterations into ``path`` (see the module docstring). ``written_maps``
     turns the maps into the maps written (``--mass``: normalised by it); ``after`` is called
-    with the run folder and the iteration once its files are written, before the state."""
+    with the run folder and the iteration once its files are written, before the state.
+    ``image_files``: a folder -> how STAR files there name the image files
+    (:meth:`multirefine.io.particles.ParticleStack.image_files_for`; None: as in the table)."""
 
     def __init__(self, path: str | Path, pixel_size: float, optics: pd.DataFrame | None, n_models: int,
                  written_maps: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
-                 after: Callable[[Path, int], None] | None = None) -> None:
+                 after: Callable[[Path, int], None] | None = None,
+                 image_files: ImageFilesFor | None = None) -> None:
         self.path, self.pixel_size, self.optics, self.n_models = Path(path), pixel_size, optics, n_models
         self.written_maps = written_maps or (lambda maps: maps)
         self.after = after
+        self._image_files = _ImageFiles(image_files, self.path)
+
+    def _write_particles(self, path: Path, table: pd.DataFrame) -> None:
+        write_particles_star(path, table, self.optics, image_files=self._image_files())
 
     def start(self, maps: list[np.ndarray], noise: dict | None = None) -> None:
         """The starting maps (``threed_00_MM.mrc``) and the noise model (``noise.json``)."""
@@ -75,7 +85,7 @@ class RunWriter:
         out, iteration = self.path, record.iteration
         for m_index, volume in enumerate(self.written_maps(record.maps), start=1):
             write_map(out / names.map_name(iteration, m_index), volume, self.pixel_size)
-        write_particles_star(out / names.particles_name(iteration), record.table, self.optics)
+        self._write_particles(out / names.particles_name(iteration), record.table)
         write_stack(out / names.classes_name(iteration), record.class_averages, self.pixel_size)
         with atomic_path(out / names.classes_table_name(iteration)) as tmp:
             starfile.write({"classes": record.class_table}, tmp, overwrite=True)
@@ -91,22 +101,35 @@ class RunWriter:
         there are none, an earlier attempt's junk file is removed."""
         classes = table["rlnClassNumber"].to_numpy()
         for m_index in range(1, self.n_models + 1):
-            write_particles_star(self.path / names.model_particles_name(m_index), table[classes == m_index],
-                                 self.optics)
+            self._write_particles(self.path / names.model_particles_name(m_index), table[classes == m_index])
         junk = self.path / names.JUNK_PARTICLES
         if (classes == 0).any():
-            write_particles_star(junk, table[classes == 0], self.optics)
+            self._write_particles(junk, table[classes == 0])
         else:
             junk.unlink(missing_ok=True)
+
+
+class _ImageFiles:
+    """The image file names for STAR files in one folder, worked out once, when first written."""
+
+    def __init__(self, image_files: ImageFilesFor | None, folder: Path) -> None:
+        self._for, self._folder, self._names = image_files, folder, None
+
+    def __call__(self) -> Mapping[str, str] | None:
+        if self._for is not None and self._names is None:
+            self._names = self._for(self._folder)
+        return self._names
 
 
 class ModelFolder:
     """Writes one model's refinement on its own into ``model_MM/`` (see the module docstring)."""
 
     def __init__(self, folder: str | Path, pixel_size: float, optics: pd.DataFrame | None,
-                 written_map: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 written_map: Callable[[np.ndarray], np.ndarray] | None = None,
+                 image_files: ImageFilesFor | None = None) -> None:
         self.folder, self.pixel_size, self.optics = Path(folder), pixel_size, optics
         self.written_map = written_map or (lambda volume: volume)
+        self._image_files = _ImageFiles(image_files, self.folder)
         self.stats: list[SingleStats] = []
 
     def start(self, volume: np.ndarray) -> None:
@@ -123,7 +146,7 @@ class ModelFolder:
         write_map(self.folder / "half1_unfil.mrc", half_maps[0], self.pixel_size)
         write_map(self.folder / "half2_unfil.mrc", half_maps[1], self.pixel_size)
         write_map(self.folder / "threed_final.mrc", self.written_map(full_map), self.pixel_size)
-        write_particles_star(self.folder / "particles_final.star", table, self.optics)
+        write_particles_star(self.folder / "particles_final.star", table, self.optics, image_files=self._image_files())
 
     def mark_finished(self, marker: dict) -> None:
         names.write_json(self.folder / names.MODEL_FINISHED, marker)
