@@ -59,6 +59,15 @@ def test_e2refinemulti_is_refine_with_its_options(sim, capsys):
     assert "multirefine refine: error:" in capsys.readouterr().err
 
 
+def test_without_iter_a_run_goes_until_it_settles(sim, capsys):
+    common = ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
+              "--check"]
+    assert main(common) == 0
+    assert "until the assignment settles (at most 25 iterations), then" in capsys.readouterr().out
+    assert main([*common, "--iter", "3"]) == 0
+    assert "\n3 iterations, then" in capsys.readouterr().out
+
+
 def test_simulate_writes_what_a_user_has_and_the_truth(sim):
     folder = sim / "sim"
     for name in ("particles.mrcs", "particles.star", "truth.star", "gt_01.mrc", "gt_02.mrc", "simulation.json"):

@@ -5,7 +5,9 @@ reconstructs each model from its particles (CTF-corrected, gold-standard half-se
 symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
 threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
 0_refine_parms.json, the report index.html and, at the end, particles_model_MM.star per
-model. Then each model's particles are refined on their own, gold standard (independent
+model. Without --iter the iterations go on until the assignment settles (fewer than 1 % of
+the particles change model in two iterations running and the resolution has stopped
+improving; at least 5, at most 25). Then each model's particles are refined on their own, gold standard (independent
 half-sets, each aligned to its own half map), into model_MM/: threed_final.mrc,
 half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
 
@@ -44,12 +46,13 @@ from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ITERATIONS = 5
 # What --continue may change; every other option is the run's (0_refine_parms.json).
 CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    from multirefine.refine.options import MAX_ITERATIONS, MIN_ITERATIONS
+
     p = parser
     p.add_argument("--input", help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs (needed unless --continue)")
     p.add_argument("--models", help="starting maps, comma-separated, or one file holding K maps")
@@ -63,7 +66,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding)",
     )
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
-    p.add_argument("--iter", type=int, help=f"iterations (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--iter", type=int,
+                   help=f"iterations (default: until fewer than 1 %% of the particles change model in two iterations "
+                        f"running and the resolution stops improving; at least {MIN_ITERATIONS}, at most {MAX_ITERATIONS})")
     p.add_argument("--path", help="run folder (default: the next free multi_NN)")
     p.add_argument("--mass", help="molecular mass in kDa, one or one per model: threshold 1 encloses it")
     p.add_argument("--apix", type=float, help="pixel size in Å (overrides the particle file)")
@@ -157,7 +162,7 @@ def _resolve(args: argparse.Namespace):
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
     from multirefine.io.particles import open_particles, open_usefilt
-    from multirefine.refine.options import SIGMA_ANG_DEG, RefineOptions
+    from multirefine.refine.options import MAX_ITERATIONS, SIGMA_ANG_DEG, RefineOptions
     from multirefine.refine.seeding import fit_to_box
 
     if args.input is None:
@@ -168,8 +173,6 @@ def _resolve(args: argparse.Namespace):
         raise InputError("no starting maps: give --models a.mrc,b.mrc or --model m.mrc --nmodels K")
     if args.model and args.nmodels < 2:
         raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
-    if args.iter is None:
-        args.iter = DEFAULT_ITERATIONS
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -213,7 +216,7 @@ def _resolve(args: argparse.Namespace):
     if path.exists() and any(path.iterdir()):
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
-        input=str(args.input), path=str(path), symmetries=symmetries, iterations=args.iter,
+        input=str(args.input), path=str(path), symmetries=symmetries, iterations=MAX_ITERATIONS if args.iter is None else args.iter, until_settled=args.iter is None,
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
@@ -293,7 +296,7 @@ def _resolve_continue(args: argparse.Namespace):
         raise InputError(f"{parameters}: not readable ({exc})") from None
     opts.path = str(run)
     if args.iter is not None:
-        opts.iterations = args.iter
+        opts.iterations, opts.until_settled = args.iter, False
     opts.single = (opts.single or args.single) and not args.nosingle
     if "singleiter" in given:
         opts.single_iterations = args.singleiter
@@ -364,7 +367,8 @@ def _print_plan(stack, opts, resume) -> None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
     print(
-        f"{opts.iterations} iterations"
+        (f"until the assignment settles (at most {opts.iterations} iterations)" if opts.until_settled
+         else f"{opts.iterations} iterations")
         + (f" (local searches from the input's poses, {_prior_text(opts.sigma_ang_deg)}; --globalsearch: global)"
            if opts.local_search else "")
         + ", then "

@@ -21,6 +21,7 @@ Each iteration (:func:`run_refinement`):
 5. record: the maps, the particle table, class averages, FSC records and statistics are
    handed to a :class:`Recorder` (the command line's writes the run folder and the report,
    :mod:`multirefine.runfolder.writer`), with the state ``--continue`` needs.
+Without ``--iter`` the loop stops once the assignment settles (:func:`settled`).
 Starting maps are seeded, levelled, aligned and masked first (:mod:`multirefine.refine.seeding`).
 """
 
@@ -50,7 +51,7 @@ from multirefine.refine.layers import (
     make_layers,
     reconstruct_models,
 )
-from multirefine.refine.options import RefineOptions
+from multirefine.refine.options import MIN_ITERATIONS, RefineOptions
 from multirefine.refine.plan import SearchPlan, next_band, plan_search
 from multirefine.refine.postprocess import mutual_fsc
 from multirefine.refine.scales import scaled_references
@@ -59,7 +60,11 @@ from multirefine.refine.trial import FixedPoses, split_and_merge, split_merge_du
 from multirefine.runfolder.records import FscRecord, IterationStats, SplitMergeTrial
 from multirefine.runfolder.state import RunState
 
-__all__ = ["IterationRecord", "Recorder", "RefinementResult", "run_refinement"]
+__all__ = ["IterationRecord", "Recorder", "RefinementResult", "run_refinement", "settled"]
+
+# settled(): fewer than 1 % of the particles changed model in each of the last two iterations
+# and no model's resolution improved by 2 % over them.
+SETTLED_CHANGED, SETTLED_GAIN = 0.01, 0.02
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,7 @@ def run_refinement(
     executor: Executor | None = None,
     recorder: Recorder | None = None,
 ) -> RefinementResult:
-    """Run ``opts.iterations`` iterations from ``start_maps`` (K maps, or one map that
+    """Run ``opts.iterations`` iterations (``opts.until_settled``: at most, :func:`settled`) from ``start_maps`` (K maps, or one map that
     ``opts.seeding`` varies into K, :func:`multirefine.refine.seeding.seed_models`).
 
     ``stack`` holds the raw particles (reconstruction), ``search_stack`` the ones searched
@@ -130,9 +135,26 @@ def run_refinement(
     else:
         run, current = start.resume(opts, stack, search_stack, resume, history or [], executor, progress)
     for iteration in range(len(current.stats) + 1, opts.iterations + 1):
+        if opts.until_settled and settled(current.stats):
+            log.info("the assignment settled after %d iterations", len(current.stats))
+            break
         current = _iterate(run, current, iteration, recorder)
     recorder.finish(current.table)
     return RefinementResult(current.stats, current.table, current.maps)
+
+
+def settled(stats: list[IterationStats]) -> bool:
+    """Whether a run without ``--iter`` stops after the iterations of ``stats``: after
+    :data:`MIN_ITERATIONS` or more, once fewer than :data:`SETTLED_CHANGED` of the particles
+    changed model in each of the last two iterations and no model's resolution (FSC 0.143 of
+    the half maps) improved by :data:`SETTLED_GAIN` or more over them."""
+    if len(stats) < max(MIN_ITERATIONS, 3):
+        return False
+    last = stats[-2:]
+    if any(s.fraction_changed_model is None or s.fraction_changed_model >= SETTLED_CHANGED for s in last):
+        return False
+    before, now = stats[-3].resolution_0143_angstrom, stats[-1].resolution_0143_angstrom
+    return all(n > b * (1 - SETTLED_GAIN) for b, n in zip(before, now))
 
 
 def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: Recorder) -> start.Current:
