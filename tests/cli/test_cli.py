@@ -243,6 +243,22 @@ def test_verbose_takes_eman2s_levels(sim, caplog):
             assert lines[-1].startswith("inserting: ") and " of " in lines[-1]
 
 
+def _damaged_star_files(folder, out) -> None:
+    """truth.star with a negative or zero pixel size, without rlnDefocusV, with a NaN defocus."""
+    import starfile
+
+    blocks = starfile.read(folder / "truth.star", always_dict=True)
+    optics, particles = blocks["optics"], blocks["particles"].assign(
+        rlnImageName=blocks["particles"]["rlnImageName"].str.replace("@", f"@{folder}/", regex=False))
+    for name, opt, part in (
+        ("negative_apix", optics.assign(rlnImagePixelSize=-1.0), particles),
+        ("zero_apix", optics.assign(rlnImagePixelSize=0.0), particles),
+        ("no_defocus_v", optics, particles.drop(columns=["rlnDefocusV"])),
+        ("nan_defocus", optics, particles.assign(rlnDefocusU=particles["rlnDefocusU"].where(particles.index != 3))),
+    ):
+        starfile.write({"optics": opt, "particles": part}, out / f"{name}.star", overwrite=True)
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -258,6 +274,18 @@ def test_verbose_takes_eman2s_levels(sim, caplog):
         (["split", "{sim}/truth.star", "--classes", "one", "--out", "{tmp}/s"], "--classes"),
         (["split", "{sim}/truth.star", "--iteration", "2"], "--iteration needs a run folder"),
         (["split", "{tmp}"], "no particles_II.star"),
+        (["reconstruct", "{sim}/particles.star", "-o", "x.mrc"], "reconstruct needs each particle's pose"),
+        (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--batch", "0"], "--batch 0"),
+        (["reconstruct", "{tmp}/negative_apix.star", "-o", "x.mrc"], "rlnImagePixelSize of row 0 is -1"),
+        (["reconstruct", "{tmp}/zero_apix.star", "-o", "x.mrc"], "rlnImagePixelSize of row 0 is 0"),
+        (["reconstruct", "{tmp}/no_defocus_v.star", "-o", "x.mrc"], "but not rlnDefocusV"),
+        (["reconstruct", "{tmp}/nan_defocus.star", "-o", "x.mrc"], "rlnDefocusU of particle 3 is"),
+        (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--apix", "inf"], "--apix inf: expected a positive number"),
+        (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "inf"], "--snr inf"),
+        (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--apix", "0"],
+         "--apix 0.0"),
+        (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1", "--apix", "-2"],
+         "--apix -2.0"),
     ],
 )
 def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):
@@ -267,6 +295,7 @@ def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):
 
     with mrcfile.new(tmp_path / "nan.mrc") as f:
         f.set_data(bad)
+    _damaged_star_files(sim / "sim", tmp_path)
     argv = [a.format(sim=sim / "sim", tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

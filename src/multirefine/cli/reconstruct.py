@@ -39,8 +39,13 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.io.particles import open_particles
     from multirefine.refine.reconstruct import reconstruct_from_stack
 
+    if args.batch < 1:
+        raise InputError(f"--batch {args.batch}: expected 1 or more particles per batch")
     operators = symmetry_operators(args.sym)
     stack = open_particles(args.input, apix=args.apix)
+    missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in stack.metadata.columns]
+    if missing:
+        raise InputError(f"{args.input}: no {', '.join(missing)}; reconstruct needs each particle's pose")
     rows = np.arange(len(stack))
     if args.class_number is not None:
         if "rlnClassNumber" not in stack.metadata.columns:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,11 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n <= 0:
         raise InputError(f"--n {args.n}: expected a positive number of particles")
+    if args.apix is not None and not (math.isfinite(args.apix) and args.apix > 0):
+        raise InputError(f"--apix {args.apix}: expected a positive number of Å per pixel")
     if args.pdb:
         specs = args.pdb.split(",")
-        apix = args.apix or 1.5
+        apix = 1.5 if args.apix is None else args.apix
         maps = _maps_from_pdb(specs, args.box, apix, args.res or 2 * apix)
     else:
         maps, apix = _maps_from_files(args.maps.split(","), args.apix)

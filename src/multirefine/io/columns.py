@@ -74,6 +74,7 @@ __all__ = [
     "STRING_COLUMNS",
     "VOLTAGE",
     "canonicalize",
+    "check_ctf_columns",
     "has_ctf",
     "require_columns",
 ]
@@ -224,8 +225,33 @@ def canonicalize(table: pd.DataFrame, path: str | Path) -> pd.DataFrame:
                     "expected an integer"
                 )
             out[column] = converted.astype(np.int64)
+    for column in (IMAGE_PIXEL_SIZE, DETECTOR_PIXEL_SIZE, MAGNIFICATION):
+        if column in out.columns:
+            values = out[column].to_numpy(dtype=np.float64)
+            bad = ~(np.isfinite(values) & (values > 0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise InputError(f"{path}: {column} of row {row} is {values[row]:g}; expected a positive number")
     if all(c in out.columns for c in CTF_REQUIRED_COLUMNS):
         for column, default in CTF_DEFAULTS.items():
             if column not in out.columns:
                 out[column] = default
     return out
+
+
+def check_ctf_columns(table: pd.DataFrame, path: str | Path) -> None:
+    """Raise InputError where particles have part of the CTF: some of
+    :data:`CTF_REQUIRED_COLUMNS` but not all, or a value that is not finite (the CTF would be
+    dropped for every particle). Particles with none of them have no CTF."""
+    present = [c for c in CTF_REQUIRED_COLUMNS if c in table.columns]
+    if not present:
+        return
+    missing = [c for c in CTF_REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: {', '.join(present)} given but not {', '.join(missing)}; "
+                         "the CTF needs all of them")
+    values = table[list(CTF_REQUIRED_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, column = (int(i[0]) for i in np.nonzero(bad))
+        raise InputError(f"{path}: {CTF_REQUIRED_COLUMNS[column]} of particle {row} is not a number")

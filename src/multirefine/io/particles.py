@@ -22,7 +22,14 @@ import pandas as pd
 
 from multirefine.errors import InputError
 from multirefine.fourier.masks import normalise_background
-from multirefine.io.columns import IMAGE_NAME, IMAGE_PIXEL_SIZE, IMAGE_SIZE, canonicalize, has_ctf
+from multirefine.io.columns import (
+    IMAGE_NAME,
+    IMAGE_PIXEL_SIZE,
+    IMAGE_SIZE,
+    canonicalize,
+    check_ctf_columns,
+    has_ctf,
+)
 from multirefine.io.cryosparc import read_cs
 from multirefine.io.eman2 import read_eman2_hdf_metadata, read_lst
 from multirefine.io.images import (
@@ -326,9 +333,7 @@ def _finish(
         if len(sizes) > 1:
             raise InputError(f"{path}: {IMAGE_SIZE} differs between optics groups {list(sizes)}")
         box_size = int(sizes[0])
-    if apix is not None:
-        if not apix > 0:
-            raise InputError(f"{path}: --apix must be positive, got {apix}")
+    if apix is not None:  # checked by open_particles
         metadata = metadata.assign(**{IMAGE_PIXEL_SIZE: float(apix)})
         if optics is not None and IMAGE_PIXEL_SIZE in optics.columns:
             optics = optics.assign(**{IMAGE_PIXEL_SIZE: float(apix)})
@@ -345,6 +350,7 @@ def _finish(
             )
         stack.metadata = fill_pixel_size(stack.metadata, header)
     stack.metadata = assign_optics_groups(canonicalize(stack.metadata, path), stack._box)
+    check_ctf_columns(stack.metadata, path)
     return stack
 
 
@@ -364,6 +370,8 @@ def open_particles(
     files are always checked lazily, so their metadata is usable without the images).
     """
     path = Path(path)
+    if apix is not None and not (np.isfinite(apix) and apix > 0):
+        raise InputError(f"--apix {apix:g}: expected a positive number of Å per pixel")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()

@@ -97,6 +97,10 @@ class SimulationParameters:
         def finite(value: float) -> bool:
             return isinstance(value, numbers.Real) and math.isfinite(value)
 
+        if not (finite(self.snr) and self.snr > 0):
+            raise InputError(f"--snr {self.snr}: expected a positive number (the signal to noise variance ratio)")
+        if not (finite(self.pixel_size_angstrom) and self.pixel_size_angstrom > 0):
+            raise InputError(f"--apix {self.pixel_size_angstrom}: expected a positive number of Å per pixel")
         fractions = list(self.fractions)
         if not fractions or not all(finite(f) and f >= 0 for f in fractions) or sum(fractions) <= 0:
             shown = ",".join(map(str, fractions))
