@@ -142,6 +142,58 @@ def test_run_output_finds_the_images(sim, tmp_path, monkeypatch, layout):
                                       open_particles(sim / "sim" / "particles.star")[[0, 7, 99]])
 
 
+def test_one_run_folder_takes_one_refine_at_a_time(sim, tmp_path, capsys):
+    """While a process holds a run folder, a new run there and a --continue of it both stop
+    with one line naming the holder and leave the folder as it was; a lock file left by a
+    killed process (a file nobody holds) is taken over."""
+    from multirefine.errors import InputError
+    from multirefine.runfolder.lock import LOCK_NAME, FolderLock
+
+    run = tmp_path / "run"
+    common = ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc"]
+    (tmp_path / "empty").mkdir()
+    with FolderLock(tmp_path / "empty"):
+        assert main([*common, "--iter", "1", "--nosingle", "--path", str(tmp_path / "empty")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"in use by process {os.getpid()} on " in err and len(err.splitlines()) == 1
+        assert [p.name for p in (tmp_path / "empty").iterdir()] == [LOCK_NAME]
+        with pytest.raises(InputError, match="in use by process"):
+            FolderLock(tmp_path / "empty").__enter__()
+    assert not any((tmp_path / "empty").iterdir())  # the lock file goes with the lock
+    (run).mkdir()
+    (run / LOCK_NAME).write_text("process 1 on a node that was killed\n")  # held by nobody
+    assert main([*common, "--iter", "1", "--nosingle", "--path", str(run)]) == 0
+    assert not (run / LOCK_NAME).exists()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with FolderLock(run):
+        assert main(["refine", "--continue", str(run), "--iter", "2"]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(sim, tmp_path):
+    """A batch scheduler's SIGTERM during the first iteration: exit 130, "interrupted", and no
+    folder left that neither a new run nor --continue could use."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multirefine.cli.main", "refine", "--input", str(sim / "sim" / "particles.star"),
+         "--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "3", "--nosingle", "--path", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "0_refine_parms.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "multirefine refine: interrupted" in err and "Traceback" not in err
+    assert not run.exists() or (run / "state.npz").exists()
+
+
 def test_split_writes_one_set_per_class_or_the_chosen_ones_together(sim, tmp_path, capsys, monkeypatch):
     """Each class of a particle table goes to its own STAR file with every row as it was;
     --join keeps chosen classes together; a run folder splits its last (or a given)

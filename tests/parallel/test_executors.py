@@ -28,6 +28,16 @@ def test_bad_parallel_specs_name_the_option(spec):
         parse_parallel(spec)
 
 
+def test_a_scheduler_file_that_never_appears_is_one_error(tmp_path, monkeypatch):
+    """distributed itself waits for a scheduler file forever; the run waits CONNECT_TIMEOUT_S."""
+    pytest.importorskip("distributed")
+    from multirefine.parallel import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 0.5)
+    with pytest.raises(InputError, match="no scheduler file there after 0.5 s"):
+        cluster.DaskCluster(str(tmp_path / "scheduler.json"))
+
+
 @pytest.fixture(scope="module")
 def two_states(tmp_path_factory):
     """600 particles of adk open and closed, SNR 0.1, CTF; the true maps low-passed to 20 Å."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from types import ModuleType
 
 from multirefine import __version__
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging_level(args.verbose))  # also where handlers were set before
     for noisy in ("matplotlib", "PIL", "h5py", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    terminate = _sigterm_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
@@ -103,6 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"multirefine {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (what batch schedulers send at a time limit) stops a command as Ctrl-C does:
+    a new run that has no finished iteration removes its folder, any other leaves what
+    ``--continue`` takes up. Returns the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 def e2refinemulti(argv: list[str] | None = None) -> int:

@@ -164,6 +164,7 @@ def _resolve(args: argparse.Namespace):
     from multirefine.io.particles import open_particles, open_usefilt
     from multirefine.refine.options import MAX_ITERATIONS, SIGMA_ANG_DEG, RefineOptions
     from multirefine.refine.seeding import fit_to_box
+    from multirefine.runfolder.lock import LOCK_NAME
 
     if args.input is None:
         raise InputError("no particles: give --input (or --continue RUN)")
@@ -213,7 +214,7 @@ def _resolve(args: argparse.Namespace):
         # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
     device = _device_and_threads(args)
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):  # a lock: said when it is taken
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
         input=str(args.input), path=str(path), symmetries=symmetries, iterations=MAX_ITERATIONS if args.iter is None else args.iter, until_settled=args.iter is None,
@@ -403,12 +404,44 @@ def _make_folder(path: Path, resume) -> bool:
     return created
 
 
-def main(args: argparse.Namespace) -> int:
+def _run(opts, stack, search_stack, maps, resume, history, executor, created: bool) -> None:
+    """The run itself, in its folder (held by this process), from new or from ``resume``."""
     from multirefine import runfolder
-    from multirefine.parallel import executor_for
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import consensus_refinement, refine_each_model
+
+    path = Path(opts.path)
+    writer, model_folder, report = _writers(opts, stack)
+    progress = StageProgress()
+    try:
+        try:
+            runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+            if opts.consensus and resume is None:
+                stack, search_stack, consensus = consensus_refinement(
+                    opts, stack, search_stack, maps[0], model_folder(0), progress, executor)
+                maps = [consensus]
+            multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer)
+        except BaseException:
+            if resume is None and not (path / runfolder.STATE).exists():
+                _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
+            raise
+        last = multi.stats[-1]
+        print(
+            f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
+            f"per model {last.particles_per_model}; resolution (FSC 0.143, half maps) "
+            + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
+        )
+        if opts.single:
+            _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
+                                             report), path)
+    finally:
+        progress.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    from multirefine.parallel import executor_for
+    from multirefine.runfolder.lock import LOCK_NAME, FolderLock
 
     if args.single and args.nosingle:
         raise InputError("--single and --nosingle: give one of them")
@@ -425,31 +458,10 @@ def main(args: argparse.Namespace) -> int:
             return 0
         path = Path(opts.path)
         created = _make_folder(path, resume)
-        writer, model_folder, report = _writers(opts, stack)
-        progress = StageProgress()
-        try:
-            try:
-                runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
-                if opts.consensus and resume is None:
-                    stack, search_stack, consensus = consensus_refinement(
-                        opts, stack, search_stack, maps[0], model_folder(0), progress, executor)
-                    maps = [consensus]
-                multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer)
-            except BaseException:
-                if resume is None and not (path / runfolder.STATE).exists():
-                    _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
-                raise
-            last = multi.stats[-1]
-            print(
-                f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "
-                f"per model {last.particles_per_model}; resolution (FSC 0.143, half maps) "
-                + ", ".join(f"{r:.1f} Å" for r in last.resolution_0143_angstrom)
-            )
-            if opts.single:
-                _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
-                                                 report), path)
-        finally:
-            progress.close()
+        with FolderLock(path):
+            if resume is None and any(p.name != LOCK_NAME for p in path.iterdir()):
+                raise InputError(f"--path {path}: another command wrote into the folder meanwhile (choose another)")
+            _run(opts, stack, search_stack, maps, resume, history, executor, created)
         if opts.device.startswith("cuda"):
             import torch
 

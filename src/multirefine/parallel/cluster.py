@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +57,13 @@ class DaskCluster:
         else:
             raise InputError(f"--parallel dask:{address}: neither a scheduler's address (tcp://host:8786) "
                              "nor a scheduler file")
+        if "scheduler_file" in connect:  # distributed waits for the file without a limit: not so long
+            deadline = time.monotonic() + CONNECT_TIMEOUT_S
+            while not Path(where).is_file():
+                if time.monotonic() > deadline:
+                    raise InputError(f"--parallel dask:{address}: no scheduler file there after "
+                                     f"{CONNECT_TIMEOUT_S:g} s (is the scheduler started?)")
+                time.sleep(0.2)
         try:
             self.client = Client(**connect, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, DaskTimeoutError, ValueError) as exc:
