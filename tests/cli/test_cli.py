@@ -334,6 +334,10 @@ def _damaged_star_files(folder, out) -> None:
         (["reconstruct", "{tmp}/nan_defocus.star", "-o", "x.mrc"], "rlnDefocusU of particle 3 is"),
         (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--apix", "inf"], "--apix inf: expected a positive number"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "inf"], "--snr inf"),
+        (["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--nmodels", "100000",
+          "--check"], "100000 models for 400 particles"),
+        (["refine", "--input", "{sim}/particles.star", "--models", "{tmp}/coarse.mrc,{sim}/../map1.mrc", "--check"],
+         "coarse.mrc: 32 px at 100 Å/px span 3200 Å"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--apix", "0"],
          "--apix 0.0"),
         (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1", "--apix", "-2"],
@@ -348,6 +352,7 @@ def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):
     with mrcfile.new(tmp_path / "nan.mrc") as f:
         f.set_data(bad)
     _damaged_star_files(sim / "sim", tmp_path)
+    write_map(tmp_path / "coarse.mrc", read_map(sim / "map1.mrc")[0], 100.0)  # a wrong voxel size
     argv = [a.format(sim=sim / "sim", tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -47,6 +47,7 @@ from multirefine.errors import InputError
 log = logging.getLogger(__name__)
 
 # What --continue may change; every other option is the run's (0_refine_parms.json).
+MIN_PARTICLES_PER_MODEL = 10  # two half-sets of 5: below that a model's FSC means nothing
 CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
 
 
@@ -196,6 +197,9 @@ def _resolve(args: argparse.Namespace):
     k = len(maps) if args.models else args.nmodels
     if k < 1:
         raise InputError("no starting maps")
+    if k * MIN_PARTICLES_PER_MODEL > len(stack):
+        raise InputError(f"{k} models for {len(stack)} particles: give each model {MIN_PARTICLES_PER_MODEL} "
+                         f"particles or more (at most {max(1, len(stack) // MIN_PARTICLES_PER_MODEL)} models)")
     symmetries = [parse_symmetry(s) for s in _split(args.sym)]
     if len(symmetries) == 1:
         symmetries *= k

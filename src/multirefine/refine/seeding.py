@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from multirefine.errors import InputError
 from multirefine.fourier.crop import resample_volume
 from multirefine.fourier.fft import frequency_grid_3d, irfftn3_centered, rfftn3_centered
 from multirefine.fourier.fsc import shell_index_3d
@@ -46,13 +47,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_SPAN = 4  # fit_to_box: a starting map may span at most this many particle boxes
+
 
 def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
-    """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred)."""
+    """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred).
+    Raises InputError where the map resampled would span over :data:`MAX_SPAN` times the box
+    (a voxel size in its header that is wrong, most likely: 100 Å/px made 2400³ of 24³)."""
     out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     size = out.shape[-1]
     if voxel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
         new = max(2, round(size * voxel_size / pixel_size))
+        if new > MAX_SPAN * box_size:
+            raise InputError(f"{name}: {size} px at {voxel_size:g} Å/px span {size * voxel_size:.0f} Å, over "
+                             f"{MAX_SPAN} times the particles' box ({box_size * pixel_size:.0f} Å); is the voxel size "
+                             "in its header right?")
         log.info("%s: resampled from %.4g to %.4g Å/px (%d -> %d px)", name, voxel_size, pixel_size, size, new)
         out = resample_volume(out, new)
         size = new
