@@ -68,6 +68,31 @@ def test_without_iter_a_run_goes_until_it_settles(sim, capsys):
     assert "\n3 iterations, then" in capsys.readouterr().out
 
 
+def test_threads_default_to_the_cores_allowed(sim, capsys, monkeypatch):
+    """No --parallel: the cores the process may use (a Slurm job's SLURM_CPUS_PER_TASK, else its
+    CPU affinity); --j N is RELION's shorthand for --parallel thread:N."""
+    import torch
+
+    from multirefine.parallel import allowed_threads
+
+    before = torch.get_num_threads()
+    common = ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
+              "--check"]
+    try:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+        assert allowed_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+        assert main(common) == 0
+        assert "particle loops: this process, 3 threads" in capsys.readouterr().out
+        assert main([*common, "--j", "1"]) == 0
+        assert "particle loops: this process, 1 thread" in capsys.readouterr().out
+        assert main([*common, "--j", "2", "--parallel", "thread:1"]) == 2
+        assert "--j 2 and --parallel thread:1: give one of them" in capsys.readouterr().err
+        assert main([*common, "--j", "0"]) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_simulate_writes_what_a_user_has_and_the_truth(sim):
     folder = sim / "sim"
     for name in ("particles.mrcs", "particles.star", "truth.star", "gt_01.mrc", "gt_02.mrc", "simulation.json"):

@@ -20,8 +20,8 @@ random start that put one state in two models and two states in one leaves that 
 A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
 --continue RUN: from its last finished iteration, with the options it was started with
 (state.npz, 0_refine_parms.json); the result is the one an uninterrupted run gives. Only
---iter, --single, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem
-may change. A model refined on its own before is kept if nothing it depends on changed.
+--iter, --single, --nosingle, --singleiter, --singleres, --parallel (--j), --device and
+--lowmem may change. A model refined on its own before is kept if nothing it depends on changed.
 
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 # What --continue may change; every other option is the run's (0_refine_parms.json).
 MIN_PARTICLES_PER_MODEL = 10  # two half-sets of 5: below that a model's FSC means nothing
-CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "device", "lowmem", "check", "verbose")
+CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "j", "device", "lowmem", "check",
+                    "verbose")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +95,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="each model's own refinement starts from its map low-passed to this resolution, Å "
                    "(default 30)")
     p.add_argument("--lowmem", action="store_true", help="smaller batches")
-    p.add_argument("--parallel", default="thread:1",
-                   help="thread:N (CPU threads here; default thread:1), or dask:ADDRESS: the searches and "
+    p.add_argument("--j", type=int, metavar="N", help="threads here: --parallel thread:N (RELION's --j)")
+    p.add_argument("--parallel",
+                   help="thread:N (CPU threads here; default: the cores this process may use, SLURM_CPUS_PER_TASK "
+                        "or its CPU affinity), or dask:ADDRESS: the searches and "
                         "reconstructions as tasks on a Dask cluster, ADDRESS its scheduler "
                         "(tcp://host:8786) or scheduler file; the workers compute on the CPU (--device auto is then the CPU) "
                         "and must see the particle files by the same absolute paths")
@@ -250,6 +253,19 @@ def _batch_size(args: argparse.Namespace) -> int:
     return 200 if args.lowmem else 500
 
 
+def _parallel_spec(args: argparse.Namespace) -> str:
+    """``--parallel`` as given, ``--j N`` as ``thread:N``, else ``thread:`` the cores allowed."""
+    from multirefine.parallel import allowed_threads
+
+    if args.j is not None and args.parallel is not None:
+        raise InputError(f"--j {args.j} and --parallel {args.parallel}: give one of them")
+    if args.j is not None:
+        if args.j < 1:
+            raise InputError(f"--j {args.j}: expected 1 or more threads")
+        return f"thread:{args.j}"
+    return args.parallel or f"thread:{allowed_threads()}"
+
+
 def _device_and_threads(args: argparse.Namespace) -> str:
     """The device ``--device`` names, after ``--parallel`` is checked (``thread:N`` sets
     torch's threads here). Dask workers compute on the CPU: ``auto`` is then the CPU."""
@@ -288,7 +304,8 @@ def _resolve_continue(args: argparse.Namespace):
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
-                         "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel, --device and --lowmem can")
+                         "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel (--j), --device and "
+                         "--lowmem can")
     parameters = run / runfolder.PARAMETERS
     if not parameters.is_file():
         raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
@@ -449,6 +466,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.single and args.nosingle:
         raise InputError("--single and --nosingle: give one of them")
+    args.parallel = _parallel_spec(args)
     maps, resume, history = None, None, None
     if args.continue_run is not None:
         stack, search_stack, opts, resume, history = _resolve_continue(args)

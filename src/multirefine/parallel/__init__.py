@@ -6,7 +6,8 @@ the references, its model choice the last maps' accumulators; a reconstruction i
 accumulators over shards. The driver hands such loops to an executor, chosen by
 ``--parallel``:
 
-- ``thread:N`` (:class:`InProcess`): here, torch on N threads, the particles in one shard;
+- ``thread:N`` (:class:`InProcess`): here, torch on N threads, the particles in one shard
+  (the command line's default: the cores the process may use, :func:`allowed_threads`);
 - ``dask:ADDRESS`` (:class:`DaskCluster`): ``ADDRESS`` is a scheduler's address
   (``tcp://host:8786``) or its scheduler file (``dask scheduler --scheduler-file F``,
   dask-mpi, dask-jobqueue). Each shard is a task; what the shards share goes to every worker
@@ -21,9 +22,10 @@ order, so its maps differ from this process's in the last bits.
 
 from __future__ import annotations
 
-from multirefine.parallel.local import Executor, InProcess, add_accumulators, parse_parallel
+from multirefine.parallel.local import Executor, InProcess, add_accumulators, allowed_threads, parse_parallel
 
-__all__ = ["DaskCluster", "Executor", "InProcess", "add_accumulators", "executor_for", "parse_parallel"]
+__all__ = ["DaskCluster", "Executor", "InProcess", "add_accumulators", "allowed_threads", "executor_for",
+           "parse_parallel"]
 
 
 def __getattr__(name: str):

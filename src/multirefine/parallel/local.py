@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -42,6 +44,18 @@ def add_accumulators(a: list, b: list) -> list:
     for x, y in zip(a, b, strict=True):
         x += y
     return a
+
+
+def allowed_threads() -> int:
+    """The CPU cores this process may use: ``SLURM_CPUS_PER_TASK`` where a Slurm job sets it,
+    else the process's CPU affinity (``taskset``, a batch system's cpuset), else the machine's."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isascii() and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this system
+        return max(1, os.cpu_count() or 1)
 
 
 def parse_parallel(spec: str) -> tuple[str, str]:
