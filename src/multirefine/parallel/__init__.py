@@ -22,7 +22,13 @@ order, so its maps differ from this process's in the last bits.
 
 from __future__ import annotations
 
-from multirefine.parallel.local import Executor, InProcess, add_accumulators, allowed_threads, parse_parallel
+from multirefine.parallel.local import (
+    Executor,
+    InProcess,
+    add_accumulators,
+    allowed_threads,
+    parse_parallel,
+)
 
 __all__ = ["DaskCluster", "Executor", "InProcess", "add_accumulators", "allowed_threads", "executor_for",
            "parse_parallel"]
