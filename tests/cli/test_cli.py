@@ -219,6 +219,38 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(sim, tmp_path):
     assert not run.exists() or (run / "state.npz").exists()
 
 
+def test_a_run_records_itself(sim, tmp_path):
+    """0_refine_parms.json lists each command that wrote the run (command line, version, date,
+    host, device, threads), run.log holds what each printed and logged, and the report shows
+    the commands and links the run's files."""
+    import json
+
+    from multirefine import __version__
+    from multirefine.io.star import read_particles_star, write_particles_star
+
+    source = read_particles_star(sim / "sim" / "particles.star")
+    star = tmp_path / "first100.star"
+    write_particles_star(star, source.metadata.iloc[:100].assign(
+        rlnImageName=source.metadata["rlnImageName"].iloc[:100].str.replace("@", f"@{sim}/sim/", regex=False)),
+        source.optics)
+    run = tmp_path / "run"
+    assert main(["refine", "--input", str(star), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "1",
+                 "--nosingle", "--path", str(run), "--j", "1"]) == 0
+    assert main(["refine", "--continue", str(run), "--iter", "2"]) == 0
+    commands = json.loads((run / "0_refine_parms.json").read_text())["commands"]
+    assert [c["command_line"].split()[1:3] for c in commands] == [["refine", "--input"], ["refine", "--continue"]]
+    assert commands[0]["version"] == __version__ and commands[0]["threads"] == 1 and commands[0]["device"] == "cpu"
+    assert commands[0]["parallel"] == "thread:1" and commands[0]["host"] and commands[1]["started"]
+    log = (run / "run.log").read_text()
+    assert log.count("==== ") == 2 and "particle loops: this process, 1 thread" in log
+    assert "iteration 1 done in" in log and "iteration 2 done in" in log and "results in" in log
+    page = (run / "index.html").read_text()
+    assert "--continue" in page and __version__ in page
+    for name in ("particles_02.star", "threed_02_01.mrc", "particles_model_02.star", "run.log", "0_refine_parms.json"):
+        assert f'<a href="{name}">' in page
+    assert 'href="particles_junk.star"' not in page  # no junk: no link to a file that is not there
+
+
 def test_split_writes_one_set_per_class_or_the_chosen_ones_together(sim, tmp_path, capsys, monkeypatch):
     """Each class of a particle table goes to its own STAR file with every row as it was;
     --join keeps chosen classes together; a run folder splits its last (or a given)

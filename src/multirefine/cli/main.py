@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args.given = _given(args.command, argv)
+    args.argv = [args.command, *argv[1:]] if argv and argv[0] == args.command else argv
     logging.basicConfig(format="%(message)s")
     logging.getLogger().setLevel(logging_level(args.verbose))  # also where handlers were set before
     for noisy in ("matplotlib", "PIL", "h5py", "numexpr"):

@@ -34,11 +34,12 @@ examples:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
 import sys
-from contextlib import closing
+from contextlib import closing, redirect_stdout
 from dataclasses import asdict
 from pathlib import Path
 
@@ -273,7 +274,7 @@ def _device_and_threads(args: argparse.Namespace) -> str:
 
     from multirefine.parallel import InProcess, parse_parallel
 
-    kind, value = parse_parallel(args.parallel)
+    kind, value = parse_parallel(args.parallel or _parallel_spec(args))
     if kind == "thread":
         InProcess(int(value))
     device = args.device
@@ -425,19 +426,22 @@ def _make_folder(path: Path, resume) -> bool:
     return created
 
 
-def _run(opts, stack, search_stack, maps, resume, history, executor, created: bool) -> None:
-    """The run itself, in its folder (held by this process), from new or from ``resume``."""
+def _run(opts, stack, search_stack, maps, resume, history, executor, created: bool, record: dict) -> None:
+    """The run itself, in its folder (held by this process), from new or from ``resume``;
+    ``record``: this command (:func:`multirefine.runfolder.record.command_record`)."""
     from multirefine import runfolder
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import consensus_refinement, refine_each_model
+    from multirefine.runfolder.record import COMMANDS
 
     path = Path(opts.path)
     writer, model_folder, report = _writers(opts, stack)
     progress = StageProgress()
     try:
         try:
-            runfolder.write_json(path / runfolder.PARAMETERS, asdict(opts))
+            earlier = json.loads((path / runfolder.PARAMETERS).read_text()).get(COMMANDS, []) if resume else []
+            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record]})
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
                     opts, stack, search_stack, maps[0], model_folder(0), progress, executor)
@@ -461,8 +465,11 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from multirefine.parallel import executor_for
     from multirefine.runfolder.lock import LOCK_NAME, FolderLock
+    from multirefine.runfolder.record import RunLog, command_record
 
     if args.single and args.nosingle:
         raise InputError("--single and --nosingle: give one of them")
@@ -472,21 +479,23 @@ def main(args: argparse.Namespace) -> int:
         stack, search_stack, opts, resume, history = _resolve_continue(args)
     else:
         stack, search_stack, maps, opts, _ = _resolve(args)
-    _print_plan(stack, opts, resume)
     with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path
-        print(f"particle loops: {executor.describe()}")
+        with redirect_stdout(io.StringIO()) as plan:  # printed now, and into run.log once there is one
+            _print_plan(stack, opts, resume)
+            print(f"particle loops: {executor.describe()}")
+        print(plan.getvalue(), end="")
         if args.check:
             print("check: files, sizes, symmetries and options are consistent; nothing was run")
             return 0
         path = Path(opts.path)
         created = _make_folder(path, resume)
+        record = command_record(args.argv, opts.device, args.parallel)
         with FolderLock(path):
             if resume is None and any(p.name != LOCK_NAME for p in path.iterdir()):
                 raise InputError(f"--path {path}: another command wrote into the folder meanwhile (choose another)")
-            _run(opts, stack, search_stack, maps, resume, history, executor, created)
-        if opts.device.startswith("cuda"):
-            import torch
-
-            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
-        print(f"results in {path}/; the report: {path}/index.html")
+            with RunLog(path, f"{record['started']} on {record['host']}: {record['command_line']}", plan.getvalue()):
+                _run(opts, stack, search_stack, maps, resume, history, executor, created, record)
+                if opts.device.startswith("cuda"):
+                    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
+                print(f"results in {path}/; the report: {path}/index.html")
         return 0

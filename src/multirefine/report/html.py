@@ -41,6 +41,7 @@ from multirefine.report.plots import (
     plot_map_sections,
     plot_noise_spectra,
 )
+from multirefine.runfolder.record import COMMANDS, LOG
 
 __all__ = ["REPORT", "update_report", "write_report", "write_report_safely"]
 
@@ -209,17 +210,40 @@ def _split_merge_text(trial: dict | None) -> str:
 
 
 def _heading(run: Path, parms: dict, stats: list[dict], k: int, iteration: int) -> list[str]:
-    """The page's title and what the run was: input, models, symmetry, seeding, progress."""
+    """The page's title and what the run was: input, models, symmetry, seeding, progress, and
+    the commands that wrote it (``0_refine_parms.json``'s record of each)."""
+    planned = (f"at most {parms['iterations']}, until the assignment settles" if parms.get("until_settled")
+               else parms.get("iterations", iteration))
+    commands = [
+        [c.get("started", ""), c.get("command_line", ""), c.get("version", ""), c.get("host", ""),
+         f"{c.get('device', '')}, {c.get('parallel', '')} ({c.get('threads', '')} threads here)"]
+        for c in parms.get(COMMANDS, [])
+    ]
     return [
         f"<h1>multirefine run <code>{html.escape(run.name)}</code></h1>",
         (
             f"<p>{html.escape(str(parms.get('input', '')))}: {k} models, symmetry "
             f"{html.escape(','.join(parms.get('symmetries', [])))}, "
             f"seeding {html.escape(str(parms.get('seeding', '')))}; "
-            f"{iteration} of {parms.get('iterations', iteration)} iterations done, "
+            f"{iteration} iterations done ({html.escape(str(planned))}), "
             f"{sum(s['seconds'] for s in stats):.0f} s.</p>"
         ),
+        *([_table(["started", "command", "version", "host", "device, threads"], commands, left=5)] if commands else []),
     ]
+
+
+def _files_section(run: Path, iteration: int, k: int) -> list[str]:
+    """Links to the run's files: the last iteration's maps and particles, each model's set and
+    its own refinement's maps, the options and the log."""
+    names = [runfolder.particles_name(iteration), *(runfolder.map_name(iteration, m) for m in range(1, k + 1)),
+             *(runfolder.model_particles_name(m) for m in range(1, k + 1)), runfolder.JUNK_PARTICLES]
+    for m in range(1, k + 1):
+        folder = runfolder.model_folder_name(m)
+        names += [f"{folder}/threed_final.mrc", f"{folder}/half1_unfil.mrc", f"{folder}/half2_unfil.mrc",
+                  f"{folder}/particles_final.star"]
+    names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, LOG]
+    links = [f'<a href="{html.escape(n, quote=True)}">{html.escape(n)}</a>' for n in names if (run / n).exists()]
+    return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
 
 
 def _models_section(last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
@@ -380,6 +404,7 @@ def write_report(run: str | Path) -> Path:
     parts = [
         *_heading(run, parms, stats, k, iteration),
         *_models_section(last, singles, k),
+        *_files_section(run, iteration, k),
         *_convergence_section(run, stats),
         *_noise_section(run, figures),
         _iterations_section(run, iteration, last, parms.get("symmetries", []), singles, figures),
