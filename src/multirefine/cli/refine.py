@@ -254,27 +254,14 @@ def _batch_size(args: argparse.Namespace) -> int:
     return 200 if args.lowmem else 500
 
 
-def _parallel_spec(args: argparse.Namespace) -> str:
-    """``--parallel`` as given, ``--j N`` as ``thread:N``, else ``thread:`` the cores allowed."""
-    from multirefine.parallel import allowed_threads
-
-    if args.j is not None and args.parallel is not None:
-        raise InputError(f"--j {args.j} and --parallel {args.parallel}: give one of them")
-    if args.j is not None:
-        if args.j < 1:
-            raise InputError(f"--j {args.j}: expected 1 or more threads")
-        return f"thread:{args.j}"
-    return args.parallel or f"thread:{allowed_threads()}"
-
-
 def _device_and_threads(args: argparse.Namespace) -> str:
     """The device ``--device`` names, after ``--parallel`` is checked (``thread:N`` sets
     torch's threads here). Dask workers compute on the CPU: ``auto`` is then the CPU."""
     import torch
 
-    from multirefine.parallel import InProcess, parse_parallel
+    from multirefine.parallel import InProcess, parallel_spec, parse_parallel
 
-    kind, value = parse_parallel(args.parallel or _parallel_spec(args))
+    kind, value = parse_parallel(args.parallel or parallel_spec(args.j, args.parallel))
     if kind == "thread":
         InProcess(int(value))
     device = args.device
@@ -467,13 +454,13 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from multirefine.parallel import executor_for
+    from multirefine.parallel import executor_for, parallel_spec
     from multirefine.runfolder.lock import LOCK_NAME, FolderLock
     from multirefine.runfolder.record import RunLog, command_record
 
     if args.single and args.nosingle:
         raise InputError("--single and --nosingle: give one of them")
-    args.parallel = _parallel_spec(args)
+    args.parallel = parallel_spec(args.j, args.parallel)
     maps, resume, history = None, None, None
     if args.continue_run is not None:
         stack, search_stack, opts, resume, history = _resolve_continue(args)

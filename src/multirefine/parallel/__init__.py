@@ -27,10 +27,11 @@ from multirefine.parallel.local import (
     InProcess,
     add_accumulators,
     allowed_threads,
+    parallel_spec,
     parse_parallel,
 )
 
-__all__ = ["DaskCluster", "Executor", "InProcess", "add_accumulators", "allowed_threads", "executor_for",
+__all__ = ["DaskCluster", "Executor", "InProcess", "add_accumulators", "allowed_threads", "executor_for", "parallel_spec",
            "parse_parallel"]
 
 

@@ -57,6 +57,18 @@ def allowed_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def parallel_spec(j: int | None, parallel: str | None) -> str:
+    """The command line's ``--parallel``: as given, ``--j N`` as ``thread:N``, else
+    ``thread:`` the cores allowed (:func:`allowed_threads`)."""
+    if j is not None and parallel is not None:
+        raise InputError(f"--j {j} and --parallel {parallel}: give one of them")
+    if j is not None:
+        if j < 1:
+            raise InputError(f"--j {j}: expected 1 or more threads")
+        return f"thread:{j}"
+    return parallel or f"thread:{allowed_threads()}"
+
+
 def parse_parallel(spec: str) -> tuple[str, str]:
     """``--parallel`` as ``("thread", "N")`` or ``("dask", ADDRESS)``, or a one-line error."""
     kind, _, value = spec.partition(":")
