@@ -393,6 +393,12 @@ def _damaged_star_files(folder, out) -> None:
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "inf"], "--snr inf"),
         (["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--nmodels", "100000",
           "--check"], "100000 models for 400 particles"),
+        *((["refine", "--input", "{sim}/particles.star", "--models", "{sim}/../map1.mrc,{sim}/../map2.mrc", "--check",
+            *extra], expected) for extra, expected in (
+            (["--speed", "11"], "--speed 11: expected 1"), (["--shrink", "0"], "--shrink 0"),
+            (["--targetres", "0"], "--targetres 0.0"), (["--max-shift", "-3"], "--max-shift -3.0"),
+            (["--mass", "-50"], "--mass -50,-50: expected kDa"), (["--mass", "1e6,10"], "--mass 1e+06,10"),
+            (["--device", "tpu"], "--device tpu: expected cpu"), (["--nmodels", "3"], "--nmodels with --models"))),
         (["refine", "--input", "{sim}/particles.star", "--models", "{tmp}/coarse.mrc,{sim}/../map1.mrc", "--check"],
          "coarse.mrc: 32 px at 100 Å/px span 3200 Å"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--apix", "0"],

@@ -37,6 +37,7 @@ import argparse
 import io
 import json
 import logging
+import re
 import shutil
 import sys
 from contextlib import closing, redirect_stdout
@@ -175,6 +176,8 @@ def _resolve(args: argparse.Namespace):
         raise InputError("no particles: give --input (or --continue RUN)")
     if args.models and args.model:
         raise InputError("give --models (K maps) or --model with --nmodels, not both")
+    if args.models and "nmodels" in getattr(args, "given", ()):
+        raise InputError("--nmodels with --models: the number of maps given is the number of models")
     if not args.models and not args.model:
         raise InputError("no starting maps: give --models a.mrc,b.mrc or --model m.mrc --nmodels K")
     if args.model and args.nmodels < 2:
@@ -265,6 +268,8 @@ def _device_and_threads(args: argparse.Namespace) -> str:
     if kind == "thread":
         InProcess(int(value))
     device = args.device
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+        raise InputError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() and kind == "thread" else "cpu"
     if device.startswith("cuda") and kind == "dask":

@@ -10,6 +10,7 @@ travels to a Dask worker with each task).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from multirefine.errors import InputError
@@ -26,6 +27,7 @@ SIGMA_ANG_DEG = 2.0
 # default). Measured: the weak start reaches 84.9 % after 5 iterations, 90.6 % after 10, 96 %
 # after 22; the conformational set 71 / 97 / 99.6 / 99.8 % after 4 / 6 / 8 / 12 (BENCHMARKS.md).
 MIN_ITERATIONS, MAX_ITERATIONS = 5, 25
+MAX_MASS_KDA = 1e5  # --mass: 100 MDa, beyond the largest particles imaged
 
 
 @dataclass
@@ -110,6 +112,17 @@ class RefineOptions:
             raise InputError(f"--sigma_ang with --score {self.score}: a pose prior needs the ls score (or --sigma_ang 0)")
         if self.mass_kda is not None and len(self.mass_kda) != self.n_models:
             raise InputError(f"--mass: {len(self.mass_kda)} masses for {self.n_models} models")
+        if self.mass_kda is not None and not all(math.isfinite(m) and 0 < m <= MAX_MASS_KDA for m in self.mass_kda):
+            raise InputError(f"--mass {','.join(f'{m:g}' for m in self.mass_kda)}: expected kDa, more than 0 and "
+                             f"at most {MAX_MASS_KDA:g}")
+        if not 1 <= self.speed <= 10:
+            raise InputError(f"--speed {self.speed}: expected 1 (fine angular steps) to 10 (coarse)")
+        if self.shrink < 1:
+            raise InputError(f"--shrink {self.shrink}: expected 1 or more")
+        if self.targetres is not None and not (math.isfinite(self.targetres) and self.targetres > 0):
+            raise InputError(f"--targetres {self.targetres}: expected a resolution in Å")
+        if not (math.isfinite(self.max_shift_px) and self.max_shift_px >= 0):
+            raise InputError(f"--max-shift {self.max_shift_px}: expected pixels, 0 or more")
 
 
 @dataclass(frozen=True)
