@@ -366,6 +366,10 @@ def _damaged_star_files(folder, out) -> None:
         ("nan_defocus", optics, particles.assign(rlnDefocusU=particles["rlnDefocusU"].where(particles.index != 3))),
     ):
         starfile.write({"optics": opt, "particles": part}, out / f"{name}.star", overwrite=True)
+    (out / "twice.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n_rlnDefocusU #3\n"
+                                    "1@x.mrcs 1 2\n")
+    (out / "no_rows.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n")
+    (out / "a_file").write_text("a file where a folder would go\n")
 
 
 @pytest.mark.parametrize(
@@ -389,6 +393,11 @@ def _damaged_star_files(folder, out) -> None:
         (["reconstruct", "{tmp}/zero_apix.star", "-o", "x.mrc"], "rlnImagePixelSize of row 0 is 0"),
         (["reconstruct", "{tmp}/no_defocus_v.star", "-o", "x.mrc"], "but not rlnDefocusV"),
         (["reconstruct", "{tmp}/nan_defocus.star", "-o", "x.mrc"], "rlnDefocusU of particle 3 is"),
+        (["reconstruct", "{tmp}/twice.star", "-o", "x.mrc"], "names the column rlnDefocusU twice"),
+        (["reconstruct", "{tmp}/no_rows.star", "-o", "x.mrc"], "data_particles has no rows"),
+        (["reconstruct", "{sim}/truth.star", "-o", "{tmp}/a_file/x.mrc"], "Not a directory"),
+        (["refine", "--input", "{sim}/particles.star", "--models", "{sim}/../map1.mrc,{sim}/../map2.mrc",
+          "--path", "{tmp}/a_file/run"], "a_file/run: Not a directory"),
         (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--apix", "inf"], "--apix inf: expected a positive number"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "inf"], "--snr inf"),
         (["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--nmodels", "100000",

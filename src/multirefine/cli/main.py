@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"multirefine {args.command}: error: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # the file system: permissions, a missing folder, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"multirefine {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"multirefine {args.command}: error: out of memory (try --lowmem, a smaller box or fewer models)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"multirefine {args.command}: interrupted", file=sys.stderr)
         return 130

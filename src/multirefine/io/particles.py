@@ -378,6 +378,8 @@ def open_particles(
     here = Path.cwd()
     if suffix == ".star":
         star = read_particles_star(path, apix=apix)
+        if len(star.metadata) == 0:
+            raise InputError(f"{path}: data_particles has no rows; no particles to read")
         resolver = ImageResolver(path, [path.parent, here])
         return _finish(path, star.metadata, star.optics, resolver, apix, None, check_files)
     if suffix == ".cs":

@@ -88,7 +88,10 @@ def _version(path: Path) -> int | None:
 
 
 def _check_complete(table: pd.DataFrame, path: Path, block: str) -> None:
-    """Raise InputError when a row ran short (truncated or garbled file)."""
+    """Raise InputError when a column is named twice or a row ran short (truncated or garbled file)."""
+    twice = table.columns[table.columns.duplicated()]
+    if len(twice):
+        raise InputError(f"{path}: data_{block} names the column {twice[0]} twice")
     if table.shape[1] == 0 or len(table) == 0:
         return
     last = table.iloc[:, -1]
