@@ -31,7 +31,7 @@ def test_rotate_images_quarter_turn():
 def test_class_average_matches_reference_projection(atoms_map):
     stack, table, reference = _class_of_particles(atoms_map, n=12, psi_error_deg=0.0, shift_error_px=0.0, seed=0)
     averages, info = class_averages(stack, table, [np.array([30.0, 200.0])], [np.array([60.0, 120.0])], 1.0)
-    assert len(averages) == 1 and info["rlnClassDistribution"].iloc[0] == 12
+    assert len(averages) == 1 and info["mrParticleCount"].iloc[0] == 12 and info["rlnClassDistribution"].iloc[0] == 1
     assert np.corrcoef(averages[0].ravel(), reference.ravel())[0, 1] > 0.95
 
 
@@ -77,7 +77,7 @@ def test_weighted_entries_and_repeated_particles(atoms_map):
     once, info_once = class_averages(stack, table, *grid, 1.0)
     twice, info_twice = class_averages(stack, pd.concat([table, table]), *grid, 1.0, weights=np.full(2 * len(table), 0.5))
     np.testing.assert_allclose(twice, once, atol=1e-5 * np.abs(once).max())
-    assert info_twice["rlnClassDistribution"].iloc[0] == info_once["rlnClassDistribution"].iloc[0] == len(table)
+    assert info_twice["mrParticleCount"].iloc[0] == info_once["mrParticleCount"].iloc[0] == len(table)
 
 
 def test_classkeep_keeps_the_best_fraction_of_each_class():

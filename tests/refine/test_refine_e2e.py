@@ -255,7 +255,9 @@ def test_sep_and_classiter(adk):
     assert parms["sep"] == 2 and parms["classiter"] == 1
     classes = starfile.read(run / "classes_02.star")
     # Weights 1/2 per entry, two entries per particle: the class members add up to the particles.
-    assert classes["rlnClassDistribution"].sum() == pytest.approx(1000)
+    assert classes["mrParticleCount"].sum() == pytest.approx(1000)
+    assert classes["rlnClassDistribution"].sum() == pytest.approx(1)  # RELION's: fractions
+    assert classes["rlnReferenceImage"].iloc[2] == "3@classes_02.mrcs"
 
 
 @pytest.mark.slow

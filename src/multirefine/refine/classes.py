@@ -24,6 +24,7 @@ from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
 from multirefine.geometry.grids import projection_directions
 from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows
+from multirefine.runfolder.names import CLASS_PARTICLES
 
 __all__ = ["assign_classes", "class_averages", "iteration_averages", "rotate_images"]
 
@@ -167,16 +168,19 @@ def _class_table(
     keep: np.ndarray,
     weights: np.ndarray,
 ) -> pd.DataFrame:
-    """The non-empty classes ``used``: model, direction and kept weight of each (RELION columns)."""
+    """The non-empty classes ``used``: model, direction, the fraction of the particles in each
+    (RELION's ``rlnClassDistribution``, summing to 1) and their weight (:data:`CLASS_PARTICLES`)."""
     offsets = np.cumsum([0] + [len(r) for r in grid_rot])
     model_of = np.searchsorted(offsets, used, side="right") - 1
     direction_of = used - offsets[model_of]
+    counts = np.array([float(weights[keep & (classes == c)].sum()) for c in used])
     return pd.DataFrame(
         {
             "rlnClassNumber": model_of + 1,
             "rlnAngleRot": [grid_rot[m][d] for m, d in zip(model_of, direction_of)],
             "rlnAngleTilt": [grid_tilt[m][d] for m, d in zip(model_of, direction_of)],
-            "rlnClassDistribution": [float(weights[keep & (classes == c)].sum()) for c in used],
+            "rlnClassDistribution": counts / max(counts.sum(), 1e-30),
+            CLASS_PARTICLES: counts,
         }
     )
 

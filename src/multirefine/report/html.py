@@ -169,12 +169,17 @@ def _directions(run: Path, iteration: int, particles: list[int], symmetries: lis
     directions = []
     for m in range(1, k + 1):
         rot, tilt, count = (table[column].to_numpy(dtype=np.float64)[model == m]
-                            for column in ("rlnAngleRot", "rlnAngleTilt", "rlnClassDistribution"))
+                            for column in ("rlnAngleRot", "rlnAngleTilt", _count_column(table)))
         symmetry = symmetries[m - 1] if len(symmetries) == k else "c1"
         directions.append(_with_symmetry_mates(rot, tilt, count, symmetry))
     name = f"directions_{iteration:02d}.png"
     plot_directions(directions, [f"model {m}: {particles[m - 1]} particles" for m in range(1, k + 1)], figures / name)
     return name
+
+
+def _count_column(table) -> str:
+    """The particles in each class: their own column, or (files before it) rlnClassDistribution."""
+    return runfolder.CLASS_PARTICLES if runfolder.CLASS_PARTICLES in table.columns else "rlnClassDistribution"
 
 
 def _class_montage(run: Path, iteration: int, k: int, figures: Path) -> str | None:
@@ -190,10 +195,10 @@ def _class_montage(run: Path, iteration: int, k: int, figures: Path) -> str | No
     picks, labels = [], []
     for m in range(1, k + 1):
         own = np.nonzero(table["rlnClassNumber"].to_numpy() == m)[0]
-        size = table["rlnClassDistribution"].to_numpy()[own]
+        size = table[_count_column(table)].to_numpy()[own]
         for i in own[np.argsort(-size, kind="stable")][:CLASSES_PER_MODEL]:
             picks.append(i)
-            labels.append(f"model {m}: {table['rlnClassDistribution'].iloc[i]:.0f}")
+            labels.append(f"model {m}: {table[_count_column(table)].iloc[i]:.0f}")
     if not picks:
         return None
     name = f"classes_{iteration:02d}.png"

@@ -6,6 +6,7 @@ documented in the README; :mod:`multirefine.runfolder.names`), the per-iteration
 """
 
 from multirefine.runfolder.names import (
+    CLASS_PARTICLES,
     CONSENSUS,
     CONVERGENCE,
     CONVERGENCE_FIGURE,
@@ -29,6 +30,7 @@ from multirefine.runfolder.names import (
 )
 
 __all__ = [
+    "CLASS_PARTICLES",
     "CONSENSUS",
     "CONVERGENCE",
     "CONVERGENCE_FIGURE",

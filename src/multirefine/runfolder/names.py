@@ -52,6 +52,7 @@ CONVERGENCE_FIGURE = "convergence.png"
 CONSENSUS = "consensus"  # --consensus: all particles refined against one map first, its files as model_MM/'s
 JUNK_PARTICLES = "particles_junk.star"  # --junk: the last assignment's particles in no map (rlnClassNumber 0)
 NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics group (--noise coloured)
+CLASS_PARTICLES = "mrParticleCount"  # classes_II.star: the particles (weights) in each class average
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete
 

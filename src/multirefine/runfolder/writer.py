@@ -87,8 +87,10 @@ class RunWriter:
             write_map(out / names.map_name(iteration, m_index), volume, self.pixel_size)
         self._write_particles(out / names.particles_name(iteration), record.table)
         write_stack(out / names.classes_name(iteration), record.class_averages, self.pixel_size)
+        classes = record.class_table.assign(  # row i is image i + 1 of classes_II.mrcs (relion_display)
+            rlnReferenceImage=[f"{i}@{names.classes_name(iteration)}" for i in range(1, len(record.class_table) + 1)])
         with atomic_path(out / names.classes_table_name(iteration)) as tmp:
-            starfile.write({"classes": record.class_table}, tmp, overwrite=True)
+            starfile.write({"classes": classes}, tmp, overwrite=True)
         record.fsc.write(out / names.fsc_name(iteration))
         write_convergence(out / names.CONVERGENCE, record.stats)
         if self.after is not None:
