@@ -59,13 +59,17 @@ def test_e2refinemulti_is_refine_with_its_options(sim, capsys):
     assert "multirefine refine: error:" in capsys.readouterr().err
 
 
-def test_without_iter_a_run_goes_until_it_settles(sim, capsys):
+def test_defaults_run_until_settled_from_a_random_split(sim, capsys):
     common = ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
               "--check"]
     assert main(common) == 0
     assert "until the assignment settles (at most 25 iterations), then" in capsys.readouterr().out
     assert main([*common, "--iter", "3"]) == 0
     assert "\n3 iterations, then" in capsys.readouterr().out
+    # One map: seeded by a random split of the particles (RELION's), unless told otherwise.
+    one = ["refine", "--input", str(sim / "sim" / "particles.star"), "--model", f"{sim}/map1.mrc", "--check"]
+    assert main(one) == 0 and "2 models (randclassify)" in capsys.readouterr().out
+    assert main([*one, "--randphase"]) == 0 and "2 models (randphase)" in capsys.readouterr().out
 
 
 def test_threads_default_to_the_cores_allowed(sim, capsys, monkeypatch):

@@ -67,7 +67,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     seed.add_argument("--mapfragment", action="store_true", help="seed: a random part of the map removed")
     seed.add_argument(
         "--randclassify", action="store_true",
-        help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding)",
+        help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding; the default)",
     )
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
     p.add_argument("--iter", type=int,
@@ -199,7 +199,7 @@ def _resolve(args: argparse.Namespace):
     else:
         volume, voxel = read_map(args.model)
         raw = [(volume, voxel, args.model)]
-        seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify" if args.randclassify else "randphase"
+        seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify"
     maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
     k = len(maps) if args.models else args.nmodels
     if k < 1:
