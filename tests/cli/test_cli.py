@@ -226,7 +226,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(sim, tmp_path):
 def test_a_run_records_itself(sim, tmp_path):
     """0_refine_parms.json lists each command that wrote the run (command line, version, date,
     host, device, threads), run.log holds what each printed and logged, and the report shows
-    the commands and links the run's files."""
+    the commands and links the run's files. --continue removes the temporary files a killed
+    command left."""
     import json
 
     from multirefine import __version__
@@ -240,7 +241,10 @@ def test_a_run_records_itself(sim, tmp_path):
     run = tmp_path / "run"
     assert main(["refine", "--input", str(star), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "1",
                  "--nosingle", "--path", str(run), "--j", "1"]) == 0
+    left = run / ".threed_01_01.mrc.tmp4242_7f00deadbeef.mrc"  # as a kill -9 mid-write leaves
+    left.write_bytes(b"half a map")
     assert main(["refine", "--continue", str(run), "--iter", "2"]) == 0
+    assert not left.exists()
     commands = json.loads((run / "0_refine_parms.json").read_text())["commands"]
     assert [c["command_line"].split()[1:3] for c in commands] == [["refine", "--input"], ["refine", "--continue"]]
     assert commands[0]["version"] == __version__ and commands[0]["threads"] == 1 and commands[0]["device"] == "cpu"
@@ -248,6 +252,7 @@ def test_a_run_records_itself(sim, tmp_path):
     log = (run / "run.log").read_text()
     assert log.count("==== ") == 2 and "particle loops: this process, 1 thread" in log
     assert "iteration 1 done in" in log and "iteration 2 done in" in log and "results in" in log
+    assert "removed 1 temporary files an earlier, interrupted command left" in log
     page = (run / "index.html").read_text()
     assert "--continue" in page and __version__ in page
     for name in ("particles_02.star", "threed_02_01.mrc", "particles_model_02.star", "run.log", "0_refine_parms.json"):

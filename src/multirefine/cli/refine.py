@@ -459,6 +459,7 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from multirefine.io.atomic import remove_temporaries
     from multirefine.parallel import executor_for, parallel_spec
     from multirefine.runfolder.lock import LOCK_NAME, FolderLock
     from multirefine.runfolder.record import RunLog, command_record
@@ -485,7 +486,10 @@ def main(args: argparse.Namespace) -> int:
         with FolderLock(path):
             if resume is None and any(p.name != LOCK_NAME for p in path.iterdir()):
                 raise InputError(f"--path {path}: another command wrote into the folder meanwhile (choose another)")
+            left = remove_temporaries(path)  # by a process killed mid-write: this one holds the folder now
             with RunLog(path, f"{record['started']} on {record['host']}: {record['command_line']}", plan.getvalue()):
+                if left:
+                    print(f"removed {len(left)} temporary files an earlier, interrupted command left in {path}")
                 _run(opts, stack, search_stack, maps, resume, history, executor, created, record)
                 if opts.device.startswith("cuda"):
                     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")

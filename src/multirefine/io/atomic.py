@@ -8,11 +8,14 @@ temporary file is on the same file system, which is why it lives in the same fol
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "temporary_sibling"]
+__all__ = ["atomic_path", "remove_temporaries", "temporary_sibling"]
+
+_TEMPORARY = re.compile(r"\..+\.tmp\d+_[0-9a-f]+(\.[^.]*)?")  # what temporary_sibling names
 
 
 def temporary_sibling(path: str | Path) -> Path:
@@ -32,3 +35,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a process killed mid-write left in ``folder`` and the
+    folders under it (their names are :func:`temporary_sibling`'s); returns them. Call it only
+    where no other process writes (a run folder under its lock)."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp*"):
+        if path.is_file() and _TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
