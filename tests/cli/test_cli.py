@@ -223,14 +223,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(sim, tmp_path):
     assert not run.exists() or (run / "state.npz").exists()
 
 
-def test_a_run_records_itself(sim, tmp_path):
-    """0_refine_parms.json lists each command that wrote the run (command line, version, date,
-    host, device, threads), run.log holds what each printed and logged, and the report shows
-    the commands and links the run's files. --continue removes the temporary files a killed
-    command left."""
-    import json
-
-    from multirefine import __version__
+def _tiny_run(sim, tmp_path):
+    """A run of one iteration on the first 100 particles, --nosingle, one thread: its folder."""
     from multirefine.io.star import read_particles_star, write_particles_star
 
     source = read_particles_star(sim / "sim" / "particles.star")
@@ -241,6 +235,50 @@ def test_a_run_records_itself(sim, tmp_path):
     run = tmp_path / "run"
     assert main(["refine", "--input", str(star), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "1",
                  "--nosingle", "--path", str(run), "--j", "1"]) == 0
+    return run
+
+
+def test_continue_refuses_a_damaged_run_folder(sim, tmp_path, capsys):
+    """--continue checks the state and the record it takes up before it writes anything: NaN
+    maps, a particle in a model the run has not, a missing key, a convergence.json damaged or
+    shorter than the state: one line each, the folder as it was."""
+    import json
+    import shutil
+
+    run = _tiny_run(sim, tmp_path)
+    state = dict(np.load(run / "state.npz"))
+    damages = {
+        "NaN or Inf": lambda d: {**d, "maps": np.full_like(d["maps"], np.nan)},
+        "puts particles in model 7 of 2": lambda d: {**d, "table_model": np.full_like(d["table_model"], 6)},
+        "radius_px is missing": lambda d: {k: v for k, v in d.items() if k != "radius_px"},
+    }
+    for expected, damage in [*damages.items(), ("damaged, not readable", None), ("damaged, 0 iterations of 1", [])]:
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run, copy)
+        if callable(damage):
+            np.savez(copy / "state.npz", **damage(state))
+        elif damage is None:
+            (copy / "convergence.json").write_text((run / "convergence.json").read_text()[:50])
+        else:
+            (copy / "convergence.json").write_text(json.dumps(damage))
+        before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+        assert main(["refine", "--continue", str(copy), "--iter", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+        assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_a_run_records_itself(sim, tmp_path):
+    """0_refine_parms.json lists each command that wrote the run (command line, version, date,
+    host, device, threads), run.log holds what each printed and logged, and the report shows
+    the commands and links the run's files. --continue removes the temporary files a killed
+    command left."""
+    import json
+
+    from multirefine import __version__
+
+    run = _tiny_run(sim, tmp_path)
     left = run / ".threed_01_01.mrc.tmp4242_7f00deadbeef.mrc"  # as a kill -9 mid-write leaves
     left.write_bytes(b"half a map")
     assert main(["refine", "--continue", str(run), "--iter", "2"]) == 0

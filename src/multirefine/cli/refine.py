@@ -325,7 +325,10 @@ def _resolve_continue(args: argparse.Namespace):
     state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
     if state.iteration > opts.iterations:
         raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
-    return stack, search_stack, opts, state, read_convergence(run / runfolder.CONVERGENCE)
+    history = read_convergence(run / runfolder.CONVERGENCE)
+    if len(history) < state.iteration:
+        raise InputError(f"{run / runfolder.CONVERGENCE}: damaged, {len(history)} iterations of {state.iteration}")
+    return stack, search_stack, opts, state, history
 
 
 def _remove_unfinished(path: Path, created: bool) -> None:

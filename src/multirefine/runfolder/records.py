@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multirefine.errors import InputError
 from multirefine.runfolder.names import write_json
 
 __all__ = ["FscRecord", "IterationStats", "SingleStats", "SplitMergeTrial", "read_convergence", "write_convergence"]
@@ -82,8 +83,14 @@ def write_convergence(path: str | Path, stats: list) -> None:
 
 
 def read_convergence(path: str | Path, record: type = IterationStats) -> list:
-    """The records of ``convergence.json`` (``record``: :class:`IterationStats` or :class:`SingleStats`)."""
-    return [record.from_json(s) for s in json.loads(Path(path).read_text())]
+    """The records of ``convergence.json`` (``record``: :class:`IterationStats` or :class:`SingleStats`);
+    InputError where it is missing or damaged."""
+    try:
+        return [record.from_json(s) for s in json.loads(Path(path).read_text())]
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found; not a run folder, or no iteration has finished") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(f"{path}: damaged, not readable ({exc})") from None
 
 
 @dataclass

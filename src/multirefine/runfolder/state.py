@@ -70,12 +70,19 @@ def load_state(path: Path, n: int, box: int) -> RunState:
         raise InputError(
             f"{path}: version {data.get('version')} of the state file; this multirefine reads version {VERSION}"
         )
-    maps, table_model = data["maps"], data["table_model"]
+    try:
+        maps, table_model = data["maps"], data["table_model"]
+        layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
+        table_poses = tuple(data[f"table_{name}"] for name in _POSE_FIELDS)
+        iteration, radius = int(data["iteration"]), float(data["radius_px"])
+    except KeyError as exc:
+        raise InputError(f"{path}: damaged, {exc.args[0]} is missing (start the run again)") from None
     if len(table_model) != n:
         raise InputError(f"{path}: the run holds {len(table_model)} particles, its --input has {n} now")
-    if maps.shape[1:] != (box, box, box):
-        raise InputError(f"{path}: the run's maps are {maps.shape[1]} px, its particles {box} px")
-    layers = list(zip(*(data[f"layers_{name}"] for name in _POSE_FIELDS)))
-    table_poses = tuple(data[f"table_{name}"] for name in _POSE_FIELDS)
-    return RunState(int(data["iteration"]), float(data["radius_px"]), maps, table_poses, layers, data.get("intensity"),
-                    data.get("intensity_used"))
+    if maps.ndim != 4 or maps.shape[1:] != (box, box, box):
+        raise InputError(f"{path}: the run's maps are {maps.shape[1:]} px, its particles {box} px")
+    if not np.isfinite(maps).all():
+        raise InputError(f"{path}: damaged, its maps hold NaN or Inf (start the run again)")
+    if len(table_model) and not (0 <= table_model.min() and table_model.max() < len(maps)):
+        raise InputError(f"{path}: damaged, it puts particles in model {int(table_model.max()) + 1} of {len(maps)}")
+    return RunState(iteration, radius, maps, table_poses, layers, data.get("intensity"), data.get("intensity_used"))
