@@ -5,11 +5,10 @@ reconstructs each model from its particles (CTF-corrected, gold-standard half-se
 symmetry imposed) and writes the run folder (--path, default the next free multi_NN):
 threed_II_MM.mrc, particles_II.star, fsc_II.json, convergence.json,
 0_refine_parms.json, the report index.html and, at the end, particles_model_MM.star per
-model. Without --iter the iterations go on until the assignment settles (fewer than 1 % of
-the particles change model in two iterations running and the resolution has stopped
-improving; at least 5, at most 25). Then each model's particles are refined on their own, gold standard (independent
-half-sets, each aligned to its own half map), into model_MM/: threed_final.mrc,
-half1_unfil.mrc, half2_unfil.mrc, particles_final.star (--nosingle: not).
+model (without --iter, until the assignment settles: see --iter). Then each model's
+particles are refined on their own, gold standard (independent half-sets, each aligned to
+its own half map), into model_MM/: threed_final.mrc, half1_unfil.mrc, half2_unfil.mrc,
+particles_final.star (--nosingle: not).
 
 With three or more models, a split and merge trial (iteration 3 and every other one after
 it, not in the last two) merges the most redundant model into the others and re-seeds it
@@ -228,7 +227,8 @@ def _resolve(args: argparse.Namespace):
     if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):  # a lock: said when it is taken
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
-        input=str(args.input), path=str(path), symmetries=symmetries, iterations=MAX_ITERATIONS if args.iter is None else args.iter, until_settled=args.iter is None,
+        input=str(args.input), path=str(path), symmetries=symmetries,
+        iterations=MAX_ITERATIONS if args.iter is None else args.iter, until_settled=args.iter is None,
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
