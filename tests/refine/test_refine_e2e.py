@@ -4,6 +4,7 @@ open and closed, box 40, 2.4 Å/px, 1000 particles, SNR 0.1, CTF), scored agains
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,12 @@ def adk(tmp_path_factory):
     consensus = reconstruct_from_stack(open_particles(root / "sim" / "truth.star")).full_map
     write_map(root / "consensus_lp20.mrc", lowpass_volume(torch.from_numpy(consensus), 20.0, APIX).numpy(), APIX)
     return root
+
+
+def resolved_images(star: Path) -> list[str]:
+    """``N@file`` of each particle of ``star``, its file resolved from the STAR file's folder."""
+    names = read_particles_star(star).metadata["rlnImageName"].str.partition("@")
+    return [f"{n}@{(star.parent / f).resolve()}" for n, f in zip(names[0], names[2])]
 
 
 def write_stack_of(adk, folder, images: np.ndarray, name: str = "bad"):
@@ -143,9 +150,8 @@ def test_from_low_passed_true_maps(adk, lp_run):
     assert f"<td>{own:.1f}</td>" in page
     # Each model's own refinement keeps its particles: the same images as its set of the split.
     for k in (1, 2):
-        own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
-        split = read_particles_star(run / f"particles_model_{k:02d}.star").metadata
-        assert list(own["rlnImageName"]) == list(split["rlnImageName"])
+        own = resolved_images(run / f"model_{k:02d}" / "particles_final.star")
+        assert own == resolved_images(run / f"particles_model_{k:02d}.star")
     convergence = json.loads((run / "convergence.json").read_text())
     assert len(convergence) == 3 and convergence[-1]["fraction_changed_model"] < 0.1
     # --m3dkeep 0.9 (the default): each map from the best-scored 90 % of its particles.
@@ -158,9 +164,8 @@ def test_from_low_passed_true_maps(adk, lp_run):
         other = torch.from_numpy(read_map(adk / "sim" / f"gt_{3 - k:02d}.mrc")[0])
         assert torch.corrcoef(torch.stack([ours.flatten(), own.flatten()]))[0, 1] > torch.corrcoef(
             torch.stack([ours.flatten(), other.flatten()]))[0, 1]
-    # Every input particle, under its input image name, with RELION's columns.
-    user = read_particles_star(adk / "sim" / "particles.star").metadata
-    assert list(assigned["rlnImageName"]) == list(user["rlnImageName"])
+    # Every input particle, its image found from the run folder, with RELION's columns.
+    assert resolved_images(run / "particles_03.star") == resolved_images(adk / "sim" / "particles.star")
     for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
         assert column in assigned.columns
 
@@ -532,9 +537,8 @@ def test_continue_single_refines_the_models_of_a_nosingle_run(adk, continued_run
     for k in (1, 2):
         marker = json.loads((run / f"model_{k:02d}" / "finished.json").read_text())
         assert marker["after_iteration"] == 2
-        own = read_particles_star(run / f"model_{k:02d}" / "particles_final.star").metadata
-        split = read_particles_star(run / f"particles_model_{k:02d}.star").metadata
-        assert list(own["rlnImageName"]) == list(split["rlnImageName"])
+        own = resolved_images(run / f"model_{k:02d}" / "particles_final.star")
+        assert own == resolved_images(run / f"particles_model_{k:02d}.star")
     assert main(["refine", "--continue", str(run), "--single", "--nosingle"]) == 2
     assert "--single and --nosingle" in capsys.readouterr().err
 

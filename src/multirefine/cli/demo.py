@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     refine_command.add_args(parser)
     refine_args = parser.parse_args(argv[1:])
     refine_args.given = set()  # (what --continue checks; a new run here)
+    refine_args.argv = argv  # what the run folder records of the command
     code = refine_command.main(refine_args)  # its errors reach the user as this command's
     if code:
         return code

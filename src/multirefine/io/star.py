@@ -322,6 +322,8 @@ def _box_from_images(star_path: Path, particles: pd.DataFrame) -> int | None:
 
 
 def _renamed_image_files(names: pd.Series, image_files: Mapping[str, str]) -> pd.Series:
+    if names.empty:
+        return names
     number, at, file = names.astype(str).str.partition("@").T.to_numpy()
     has_at = at == "@"
     file = np.where(has_at, file, number)  # a bare name is image 1 of that file
