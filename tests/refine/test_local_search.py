@@ -29,14 +29,15 @@ def clean(tmp_path_factory):
     return open_particles(root / "truth.star"), volume
 
 
-def _search(stack, volume, priors):
+def _search(stack, volume, priors, hypotheses=0, found_too=False):
     plan = plan_search(BOX, APIX, 6.0, 10.0, 5, ["C1"], 3.0)
     volume_ft = prepare_volume_ft(torch.from_numpy(volume))[None]
     batch = load_batch(stack, np.arange(len(stack)), center=False)
     rows = np.arange(len(stack))
     found = plan.search(batch.images_ft, batch.ctf, plan.references(volume_ft), volume_ft, "ls",
-                        priors=None if priors is None else priors.at(rows, "cpu"))
-    return plan, found.model_rotations[:, 0].double().numpy(), found.model_shift_px[:, 0].double().numpy()
+                        priors=None if priors is None else priors.at(rows, "cpu"), hypotheses=hypotheses)
+    poses = plan, found.model_rotations[:, 0].double().numpy(), found.model_shift_px[:, 0].double().numpy()
+    return (*poses, found) if found_too else poses
 
 
 def _turned(priors: Priors, degrees: float, seed: int) -> Priors:
@@ -72,6 +73,21 @@ def test_local_search_stays_near_a_wrong_prior(clean):
     assert np.all(rotation_change_deg(wrong.rotations[:, 0], rotations, np.eye(3)[None]) < plan.coarse_step_deg + 5)
     _, found, _ = _search(stack, volume, None)
     assert np.median(rotation_change_deg(truth.rotations[:, 0], found, np.eye(3)[None])) < plan.fine_step_deg
+
+
+def test_hypotheses_from_priors_are_the_local_search_alone(clean):
+    """Local searches from priors have no global candidates: with --hypotheses the search
+    keeps its width (K + H - 1 tracks) but only each model's track is scored, at the poses
+    the local search finds without hypotheses (within its last step: without, the second pass
+    also refines the first's runner-up)."""
+    stack, volume = clean
+    priors = _turned(Priors.of_table(stack.metadata, APIX, 1), 6.0, 0)
+    plan, rotations, shifts = _search(stack, volume, priors)
+    _, rotations_h, shifts_h, found = _search(stack, volume, priors, hypotheses=3, found_too=True)
+    assert found.score.shape == (len(stack), 3)
+    assert bool(torch.isfinite(found.score[:, 0]).all()) and not bool(torch.isfinite(found.score[:, 1:]).any())
+    assert np.median(rotation_change_deg(rotations, rotations_h, np.eye(3)[None])) < 0.5 * plan.local_steps_deg[1]
+    assert np.median(np.abs(shifts_h - shifts)) < 0.25
 
 
 def test_priors_of_a_table_and_of_layers():

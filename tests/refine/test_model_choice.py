@@ -131,6 +131,46 @@ def test_sep_layers_take_the_best_poses_within_the_chosen_model():
     np.testing.assert_allclose(hard[1].weights, [0.0, 1.0])
 
 
+def test_hypothesis_layers_weigh_the_distinct_poses_by_their_posteriors():
+    """--hypotheses 3: each particle enters its chosen model at its distinct poses there
+    (the search's tracks, best first, ``-inf`` where a track was dropped), weighted by the
+    posteriors of the ls score (``exp(2 ls / sigma^2)``, sigma^2 the image power per band
+    pixel), summing to 1; a missing hypothesis is the model's best at weight 0; every entry
+    carries the particle's best score (so --m3dkeep keeps a particle whole)."""
+    from multirefine.refine.assignment import Searched
+    from multirefine.refine.layers import make_layers
+
+    def turn(angle):
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+    n, k, n_pixels = 2, 2, 100.0
+    image_power = np.array([200.0, 400.0])  # sigma^2 = 2 and 4
+    top_model = np.array([[0, 1, 0, 0], [1, 0, 1, 0]])
+    top_scores = np.array([[10.0, 9.0, 9.5, -np.inf], [20.0, 19.0, 18.0, 17.0]])
+    top_rot = np.array([[turn(a) for a in (0.1, 0.2, 0.3, 0.35)], [turn(a) for a in (0.4, 0.5, 0.6, 0.7)]])
+    top_shift = np.arange(n * 4 * 2, dtype=float).reshape(n, 4, 2)
+    model_rot = np.array([[turn(0.1), turn(0.2)], [turn(0.5), turn(0.4)]])
+    model_shift = np.array([[top_shift[0, 0], top_shift[0, 1]], [top_shift[1, 1], top_shift[1, 0]]])
+    found = Searched(np.array([[10.0, 9.0], [19.0, 20.0]]), model_rot, model_shift, np.zeros((n, k)), image_power,
+                     top_model, top_rot, top_shift, top_scores)
+    chosen = np.array([0, 1])
+    layers = make_layers(found, chosen, np.eye(k)[chosen], sep=1, hypotheses=3, n_pixels=n_pixels)
+    assert len(layers) == 3
+    weights = np.stack([layer.weights for layer in layers], 1)
+    np.testing.assert_allclose(weights.sum(1), 1.0)
+    # particle 0, model 0: poses 0 (10.0) and 2 (9.5); log-likelihoods 2 ls / 2: weights 1 : e^-0.5
+    np.testing.assert_allclose(weights[0], [1 / (1 + np.exp(-0.5)), np.exp(-0.5) / (1 + np.exp(-0.5)), 0.0])
+    np.testing.assert_allclose(layers[1].rotations[0], turn(0.3))
+    np.testing.assert_allclose(layers[2].rotations[0], model_rot[0, 0])  # missing: the best, weight 0
+    # particle 1, model 1: poses 0 (20.0) and 2 (18.0); 2 ls / 4: weights 1 : e^-1
+    np.testing.assert_allclose(weights[1, :2], [1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))])
+    np.testing.assert_allclose(layers[1].shifts_px[1], top_shift[1, 2])
+    for layer in layers:
+        np.testing.assert_array_equal(layer.model, chosen)
+        np.testing.assert_allclose(layer.scores, [10.0, 20.0])
+
+
 def test_m3dkeep_makes_each_map_from_its_best_scored_particles(stack):
     """--m3dkeep 0.5: each model's map comes from the half of its particles with the best
     scores, and is the map made from those particles alone; the count made from is reported."""

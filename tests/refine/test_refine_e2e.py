@@ -4,8 +4,10 @@ open and closed, box 40, 2.4 Å/px, 1000 particles, SNR 0.1, CTF), scored agains
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from helpers import simulate_adk
 from multirefine.cli.main import main
 from multirefine.evaluate import classification_accuracy
 from multirefine.fourier.filters import lowpass_volume
-from multirefine.io.maps import read_map, write_map
+from multirefine.io.maps import read_map, write_map, write_stack
 from multirefine.io.star import read_particles_star
 from multirefine.refine.reconstruct import reconstruct_from_stack
 
@@ -263,6 +265,25 @@ def test_sep_and_classiter(adk):
     assert classes["mrParticleCount"].sum() == pytest.approx(1000)
     assert classes["rlnClassDistribution"].sum() == pytest.approx(1)  # RELION's: fractions
     assert classes["rlnReferenceImage"].iloc[2] == "3@classes_02.mrcs"
+
+
+@pytest.mark.slow
+def test_hypotheses_spread_each_particle_over_its_distinct_poses(adk):
+    """--hypotheses 3: every particle enters its model's map and the class averages at its
+    distinct best poses there, weighted by their posteriors (summing to 1 per particle, so the
+    class members still add up to the particles); the classification stays as good."""
+    import starfile
+
+    run = adk / "run_hypotheses"
+    code = main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models",
+                 f"{adk}/lp_1.mrc,{adk}/lp_2.mrc", "--iter", "2", "--hypotheses", "3", "--classkeep", "1",
+                 "--nosingle", "--path", str(run), "--parallel", "thread:2"])
+    assert code == 0
+    assigned = read_particles_star(run / "particles_02.star").metadata["rlnClassNumber"].to_numpy()
+    assert hungarian_accuracy(truth_classes(adk), assigned) >= 0.95
+    assert json.loads((run / "0_refine_parms.json").read_text())["hypotheses"] == 3
+    classes = starfile.read(run / "classes_02.star")
+    assert classes["mrParticleCount"].sum() == pytest.approx(1000, abs=1)
 
 
 @pytest.mark.slow
@@ -606,9 +627,10 @@ def test_continue_takes_the_runs_options(continued_runs, capsys, extra, expected
     assert expected in err and len(err.splitlines()) == 1, err
 
 
-def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_path, monkeypatch):
+def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_path, monkeypatch, capsys):
     """A run stopped in iteration 2 keeps its folder (iteration 1's state for --continue).
-    --lowmem, like --device, is the continuing command's: given, small batches; not, full ones."""
+    --lowmem, like --device, is the continuing command's: given, small batches; not, full ones.
+    Its particles replaced by others of the same count and box, --continue refuses in one line."""
     from multirefine.cli.main import _given, build_parser
     from multirefine.cli.refine import _resolve_continue
     from multirefine.refine import driver
@@ -623,9 +645,10 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
         return search(*args, **kwargs)
 
     monkeypatch.setattr(driver, "search_particles", stop_in_iteration_2)
-    run = tmp_path / "run"
+    run, sim = tmp_path / "run", tmp_path / "sim"
+    shutil.copytree(adk / "sim", sim)  # its images are replaced below
     with pytest.raises(RuntimeError, match="iteration 2"):
-        main(["refine", "--input", str(adk / "sim" / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
+        main(["refine", "--input", str(sim / "particles.star"), "--models", f"{adk}/lp_1.mrc,{adk}/lp_2.mrc",
               "--iter", "2", "--nosingle", "--path", str(run)])
     assert (run / "state.npz").exists() and (run / "threed_01_01.mrc").exists()
     sizes = []
@@ -637,6 +660,15 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
         assert state.iteration == 1
         sizes.append(opts.batch_size)
     assert sizes == [200, 500]
+    # Other images of the same count and box under the run's input name: refused, nothing rewritten.
+    parameters = (run / "0_refine_parms.json").read_bytes()
+    with mrcfile.open(sim / "particles.mrcs") as mrc:
+        images = mrc.data[::-1].copy()
+    write_stack(sim / "particles.mrcs", images, APIX)
+    assert main(["refine", "--continue", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not the stack the run was started on" in err and "particles.star" in err, err
+    assert len(err.splitlines()) == 1 and (run / "0_refine_parms.json").read_bytes() == parameters
 
 
 def test_continue_needs_a_finished_iteration(adk, tmp_path, capsys):

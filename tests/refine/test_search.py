@@ -283,3 +283,48 @@ def test_shrink_and_speed_set_the_band_and_the_angular_steps():
     assert fast.coarse_step_deg == pytest.approx(2.5 * fast.fine_step_deg)
     assert slow.coarse_step_deg == 7.5  # the global step's floor
     assert len(fast.directions[0]) < len(normal.directions[0]) < len(slow.directions[0])
+
+
+def test_hypotheses_are_distinct_tracks_and_find_both_poses_of_a_twofold_map():
+    """``hypotheses``: each global candidate refined on its own. A map with an exact two-fold
+    axis gives every image two equally good poses 180 degrees apart; both are among a
+    particle's distinct hypotheses with about equal posteriors (what a reconstruction
+    marginalised over them needs), while on an asymmetric map the best one holds the weight."""
+    from multirefine.refine.choice import normalised
+    from multirefine.refine.splitmerge import log_likelihoods
+
+    atoms = random_atoms_map(5)
+    twofold = 0.5 * (atoms + np.rot90(atoms, 2, axes=(1, 2)))  # 180 degrees about the first axis
+    grid = torch.as_tensor(euler_to_matrix(*orientation_grid(15.0)), dtype=torch.float32)
+    n, hypotheses = 30, 4
+    truth = random_rotations(n, 3)
+    for volume, ambiguous in ((twofold, True), (atoms, False)):
+        vol_ft = prepare_volume_ft(torch.as_tensor(volume[None].copy()))
+        ft, ctf = simulate(vol_ft, np.zeros(n, dtype=int), truth, torch.zeros(n, 2), snr=3.0, seed=4)
+        result = refine_assignments(
+            ft, ctf, make_references(vol_ft, grid, BAND), vol_ft, coarse_shifts_px=shift_grid(2.0, 1.0),
+            local_range_deg=(15.0, 5.0), local_step_deg=(5.0, 2.0),
+            fine_shift_offsets_px=(shift_grid(1.0, 0.5), shift_grid(0.5, 0.25)),
+            candidates=2, score="ls", hypotheses=hypotheses, separation_deg=15.0,
+        )
+        assert result.model.shape == (n, hypotheses)  # one model: its best and 3 more candidates
+        assert bool((result.score[:, :-1] >= result.score[:, 1:]).all())  # best first
+        assert torch.allclose(result.score[:, 0], result.model_scores[:, 0])
+        finite = torch.isfinite(result.score)
+        for i in range(n):  # the finite tracks are hypotheses at least one global step apart
+            rot = result.rotations[i, finite[i]]
+            apart = angular_distance(rot[:, None].expand(-1, len(rot), -1, -1).reshape(-1, 3, 3),
+                                     rot[None].expand(len(rot), -1, -1, -1).reshape(-1, 3, 3)).reshape(len(rot), -1)
+            assert bool((apart + 1e3 * torch.eye(len(rot)) >= 15.0).all())
+        x_power = (make_band(BOX, BAND).weight * make_band(BOX, BAND).gather(ft).abs() ** 2).sum(-1)
+        weights = normalised(log_likelihoods(result.score.numpy(), x_power.numpy(), float(make_band(BOX, BAND).weight.sum()),
+                                             "ls"))
+        best_error = angular_distance(result.rotations[:, 0], truth).numpy()
+        second = angular_distance(result.rotations[:, 1], result.rotations[:, 0]).numpy()
+        if ambiguous:  # the true pose or its two-fold mate first, the other second, near-equal weights
+            assert np.mean(np.minimum(best_error, np.abs(180 - best_error)) < 6) >= 0.9, best_error
+            assert np.mean(second > 170) >= 0.9, second
+            assert np.median(weights[:, 1]) > 0.2, weights[:, :2]
+        else:
+            assert np.mean(best_error < 6) >= 0.9, best_error
+            assert np.median(weights[:, 0]) > 0.99, weights[:, :2]

@@ -38,9 +38,9 @@ def one_state(tmp_path_factory):
     return root, volume
 
 
-def _options(path, iterations, start_resolution=10.0) -> RefineOptions:
+def _options(path, iterations, start_resolution=10.0, hypotheses=0) -> RefineOptions:
     return RefineOptions(input="", path=str(path), symmetries=["c1"], single_iterations=iterations,
-                         single_start_resolution_angstrom=start_resolution)
+                         single_start_resolution_angstrom=start_resolution, hypotheses=hypotheses)
 
 
 def _pose_error_deg(table, truth) -> np.ndarray:
@@ -79,14 +79,17 @@ def test_each_half_set_is_searched_against_its_own_half_map(one_state, tmp_path)
     assert np.median(error[half == 2]) > 60, np.median(error[half == 2])
 
 
-def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path):
+@pytest.mark.parametrize("hypotheses", [0, 3])
+def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path, hypotheses):
     """Half-set 2's images replaced by noise: half-set 1's poses and half map are the same
-    to the bit (one iteration: after it both halves share the FSC-based filter, as in RELION)."""
+    to the bit (one iteration: after it both halves share the FSC-based filter, as in RELION),
+    also when each particle's map entry is spread over its distinct best poses (--hypotheses)."""
     from multirefine.io.particles import open_particles
 
     root, volume = one_state
     stack = open_particles(root / "sim" / "particles.star")
-    refine_single(stack, stack, volume, "c1", _options(tmp_path, 1), ModelFolder(tmp_path / "a", APIX, stack.optics))
+    opts = _options(tmp_path, 1, hypotheses=hypotheses)
+    refine_single(stack, stack, volume, "c1", opts, ModelFolder(tmp_path / "a", APIX, stack.optics))
     halves = read_particles_star(tmp_path / "a" / "particles_final.star").metadata["rlnRandomSubset"].to_numpy()
     images = stack.read(np.arange(len(stack)))
     images[halves == 2] = np.random.default_rng(1).normal(size=images[halves == 2].shape)
@@ -95,7 +98,7 @@ def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path):
     metadata["rlnImageName"] = [f"{i + 1:06d}@{tmp_path / 'noisy.mrcs'}" for i in range(len(stack))]
     write_particles_star(tmp_path / "noisy.star", metadata, stack.optics)
     noisy = open_particles(tmp_path / "noisy.star")
-    refine_single(noisy, noisy, volume, "c1", _options(tmp_path, 1), ModelFolder(tmp_path / "b", APIX, noisy.optics))
+    refine_single(noisy, noisy, volume, "c1", opts, ModelFolder(tmp_path / "b", APIX, noisy.optics))
     a = read_particles_star(tmp_path / "a" / "particles_final.star").metadata
     b = read_particles_star(tmp_path / "b" / "particles_final.star").metadata
     columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]

@@ -64,10 +64,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     seed = p.add_mutually_exclusive_group()
     seed.add_argument("--randphase", action="store_true", help="seed: phases randomised beyond a low resolution")
     seed.add_argument("--mapfragment", action="store_true", help="seed: a random part of the map removed")
-    seed.add_argument(
-        "--randclassify", action="store_true",
-        help="seed: particles aligned to the one map, then split at random (RELION's Class3D seeding; the default)",
-    )
+    seed.add_argument("--randclassify", action="store_true", help="seed: particles aligned to the one map, then "
+                      "split at random (RELION's Class3D seeding; the default)")
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
     p.add_argument("--iter", type=int,
                    help=f"iterations (default: until fewer than 1 %% of the particles change model in two iterations "
@@ -79,16 +77,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
     p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
     p.add_argument("--sep", type=int, default=1, help="each particle goes into its N best orientations of its model, weight 1/N (default 1)")
+    p.add_argument("--hypotheses", type=int, default=0, metavar="N",
+                   help="each particle goes into its N best distinct orientations of its model (each global candidate "
+                   "refined on its own), weighted by their posteriors, as RELION marginalises over poses (default 0: its best)")
     p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
     p.add_argument("--classiter", type=int, default=0, help="rounds of re-aligning particles to their class average (default 0)")
     p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
     p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
-    p.add_argument("--nosingle", action="store_true",
-                   help="stop after the multi-model iterations (default: then refine each model's particles on "
-                   "their own, gold standard, into model_MM/)")
+    p.add_argument("--nosingle", action="store_true", help="stop after the multi-model iterations (default: then "
+                   "refine each model's particles on their own, gold standard, into model_MM/)")
     p.add_argument("--single", action="store_true",
-                   help="refine each model's particles on their own after the iterations: the default; with "
-                   "--continue, turns it on for a run made with --nosingle")
+                   help="refine each model's particles on their own afterwards: the default; with --continue, "
+                   "for a run made with --nosingle")
     p.add_argument("--singleiter", type=int, default=8,
                    help="at most this many iterations of each model's own refinement (default 8; it stops "
                    "earlier when the resolution stops improving)")
@@ -234,17 +234,13 @@ def _resolve(args: argparse.Namespace):
         shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
-        consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale,
-        normalise=args.norm,
+        consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale, normalise=args.norm,
+        hypotheses=args.hypotheses,
         sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     return stack, search_stack, maps, opts, k
-
-
-def _prior_text(sigma_ang_deg: float) -> str:
-    return f"pose prior SD {sigma_ang_deg:g}°" if sigma_ang_deg > 0 else "no pose prior"
 
 
 def _has_poses(metadata) -> bool:
@@ -288,6 +284,7 @@ def _resolve_continue(args: argparse.Namespace):
     from multirefine import runfolder
     from multirefine.io.particles import open_particles, open_usefilt
     from multirefine.refine.options import RefineOptions
+    from multirefine.runfolder.record import INPUT_IDENTITY, check_input_identity
     from multirefine.runfolder.records import read_convergence
     from multirefine.runfolder.state import load_state
 
@@ -322,6 +319,7 @@ def _resolve_continue(args: argparse.Namespace):
     opts.device = _device_and_threads(args)  # the machine's, as for a new run
     stack = open_particles(opts.input, apix=opts.apix)
     search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
+    check_input_identity(saved.get(INPUT_IDENTITY), stack, opts.input, run)
     state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
     if state.iteration > opts.iterations:
         raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
@@ -384,11 +382,11 @@ def _print_plan(stack, opts, resume) -> None:
     if resume is not None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
+    prior = f"pose prior SD {opts.sigma_ang_deg:g}°" if opts.sigma_ang_deg > 0 else "no pose prior"
     print(
         (f"until the assignment settles (at most {opts.iterations} iterations)" if opts.until_settled
          else f"{opts.iterations} iterations")
-        + (f" (local searches from the input's poses, {_prior_text(opts.sigma_ang_deg)}; --globalsearch: global)"
-           if opts.local_search else "")
+        + (f" (local searches from the input's poses, {prior}; --globalsearch: global)" if opts.local_search else "")
         + ", then "
         + (f"each model refined on its own (at most {opts.single_iterations} iterations, from "
            f"{opts.single_start_resolution_angstrom:g} Å)" if opts.single else "no refinement on its own (--nosingle)")
@@ -428,7 +426,7 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import consensus_refinement, refine_each_model
-    from multirefine.runfolder.record import COMMANDS
+    from multirefine.runfolder.record import COMMANDS, INPUT_IDENTITY, input_identity
 
     path = Path(opts.path)
     writer, model_folder, report = _writers(opts, stack)
@@ -436,7 +434,8 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     try:
         try:
             earlier = json.loads((path / runfolder.PARAMETERS).read_text()).get(COMMANDS, []) if resume else []
-            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record]})
+            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record],
+                                                               INPUT_IDENTITY: input_identity(stack)})
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
                     opts, stack, search_stack, maps[0], model_folder(0), progress, executor)

@@ -83,7 +83,7 @@ class Searched:
     model_shifts: np.ndarray  # (n, K, 2) px
     choice_scores: np.ndarray  # (n, K): the score that picks the model (without the particle's fold)
     image_power: np.ndarray  # (n,): the particle's power within the band
-    top_model: np.ndarray | None = None  # (n, T): --sep, the best poses over all models
+    top_model: np.ndarray | None = None  # (n, T): --sep, the best poses over all models; --hypotheses, distinct ones
     top_rotations: np.ndarray | None = None
     top_shifts: np.ndarray | None = None
     top_scores: np.ndarray | None = None
@@ -129,11 +129,13 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
                 fold_maps: FoldMaps, priors: Priors | None = None, advance=None) -> Searched:
     """:func:`search_particles` for the stack rows ``rows``, in batches of ``settings.batch_size``."""
     n, k, device = len(rows), len(volumes_ft), volumes_ft.device
-    sep = settings.sep
+    sep, hypotheses = settings.sep, settings.hypotheses
     top = sep * k  # --sep: the best poses overall, of which those in the chosen model are kept
+    if hypotheses:  # --hypotheses: every track of the search, k + hypotheses - 1
+        top = k + hypotheses - 1
     found = Searched(np.zeros((n, k)), np.zeros((n, k, 3, 3)), np.zeros((n, k, 2)), np.zeros((n, k)), np.zeros(n),
                      fit_cross=np.zeros(n), fit_power=np.zeros(n))
-    if sep > 1:
+    if sep > 1 or hypotheses:
         found.top_model = np.zeros((n, top), dtype=np.int64)
         found.top_rotations, found.top_shifts, found.top_scores = np.zeros((n, top, 3, 3)), np.zeros((n, top, 2)), np.zeros((n, top))
     if last is None:
@@ -143,8 +145,8 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
     for at, batch in sweep(search_stack, rows, settings.batch_size, device, advance):
         near = None if priors is None else priors.at(rows[at], device)
         result = plan.search(batch.images_ft, batch.ctf, references, volumes_ft, settings.score, top, near,
-                             settings.sigma_ang_deg)
-        if sep > 1:
+                             settings.sigma_ang_deg, hypotheses)
+        if found.top_model is not None:
             found.top_model[at] = result.model.cpu().numpy()
             found.top_rotations[at] = result.rotations.cpu().double().numpy()
             found.top_shifts[at] = result.shift_px.cpu().double().numpy()

@@ -16,7 +16,7 @@ Each iteration (:func:`run_refinement`):
    models (:mod:`multirefine.refine.trial`);
 4. reconstruct (:mod:`multirefine.refine.layers`): per model and half-set, the raw
    particles at their new poses (``--soft``: weighted by posteriors; ``--sep``: at their
-   best poses), the best ``--m3dkeep``, symmetry imposed, gold-standard FSC, Wiener filter,
+   best poses; ``--hypotheses``: at their distinct best poses, weighted by posteriors), the best ``--m3dkeep``, symmetry imposed, gold-standard FSC, Wiener filter,
    solvent flattened in a soft sphere;
 5. record: the maps, the particle table, class averages, FSC records and statistics are
    handed to a :class:`Recorder` (the command line's writes the run folder and the report,
@@ -208,7 +208,7 @@ class _Chosen:
     layer_tables: list[pd.DataFrame]
     made: Reconstruction
     confidence: np.ndarray  # (n, K): each particle's posterior per model (rlnMaxValueProbDistribution)
-    spread: bool  # --sep spread the particles over their best poses
+    spread: bool  # --sep or --hypotheses spread the particles over their best poses
     junk: np.ndarray  # (n,) bool: --junk, in no map (rlnClassNumber 0 in the table)
     trial: SplitMergeTrial | None = None  # the split and merge trial, where one was tried
 
@@ -226,16 +226,18 @@ def _choose_and_reconstruct(run: start.Run, current: start.Current, plan: Search
         weights = np.eye(k)[model]
     if not opts.soft:
         weights = np.eye(k)[model]
-    spread = opts.sep > 1 and not first_split
+    hypotheses = opts.hypotheses if opts.hypotheses > 1 and not first_split else 0
+    spread = (opts.sep > 1 or hypotheses > 1) and not first_split
     junk = junk_rows(scales_of(run.search_stack) * found.fit_scale, opts.junk_scale)  # absolute, with --scale
-    layers = make_layers(found, model, weights, opts.sep if spread else 1, junk)
+    layers = make_layers(found, model, weights, opts.sep if spread else 1, junk, hypotheses=hypotheses,
+                         n_pixels=float(plan.band.weight.sum()))
     tables, stacks = layer_stacks(run.stack, layers, run.halves, run.stack.pixel_size_angstrom)
     made = reconstruct_models(run.stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
                               torch.device(opts.device), run.progress, f"iteration {iteration}: reconstruct",
                               run.executor)
     chosen = _Chosen(model, found, layers, tables, made, confidence, spread, junk)
     moved = None if current.model is None else float(np.mean(current.model != model))
-    if (opts.split_merge and not opts.soft and not spread and k >= MIN_MODELS
+    if (opts.split_merge and not opts.soft and not (spread and opts.sep > 1) and k >= MIN_MODELS
             and split_merge_due(iteration, opts.iterations, current.stats, moved)):
         fixed = FixedPoses(run.stack, run.search_stack, plan, run.halves, maps, run.operators, run.mask, fold_maps,
                            run.settings, opts.m3dkeep, run.executor)

@@ -4,7 +4,8 @@ What each model's map is made from is a list of :class:`Layer`: one pose per par
 (model, rotation, shift, score, weight). Hard assignment is one layer per model (every
 particle at its best pose there, weight 1 in its own model and 0 elsewhere); ``--soft``
 weights them by the posteriors; ``--sep S`` is S layers, each particle at its S best poses
-in its model with weight 1/S (:func:`make_layers`). :func:`reconstruct_models` makes each
+in its model with weight 1/S; ``--hypotheses H`` is H layers, each particle at its H best
+distinct poses in its model weighted by their posteriors (:func:`make_layers`). :func:`reconstruct_models` makes each
 model's gold-standard map from them (the best ``--m3dkeep`` by score, per half-set,
 symmetry imposed, Wiener-filtered by the half-map FSC, solvent flattened) and keeps what
 went into it (:class:`~multirefine.refine.choice.LastReconstruction`) for the next model
@@ -25,10 +26,12 @@ from multirefine.fourier.masks import flatten_solvent
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import Searched, assignment_table
-from multirefine.refine.choice import LastReconstruction
+from multirefine.refine.choice import LastReconstruction, normalised
 from multirefine.refine.reconstruct import accumulate_in_shards, gold_standard_reconstruction
+from multirefine.refine.splitmerge import log_likelihoods
 
-__all__ = ["Layer", "Reconstruction", "junk_rows", "layer_stacks", "make_layers", "reconstruct_models"]
+__all__ = ["Layer", "Reconstruction", "hypothesis_layers", "junk_rows", "layer_stacks", "make_layers",
+           "reconstruct_models"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,14 @@ def junk_rows(fit_scale: np.ndarray, fraction: float | None) -> np.ndarray:
 
 
 def make_layers(found: Searched, model: np.ndarray, posteriors: np.ndarray, sep: int,
-                junk: np.ndarray | None = None) -> list[Layer]:
-    """What each model's map is made from, as layers of one pose per particle (:func:`_layers_of`);
-    the ``junk`` rows (``--junk``) in none of them (weight 0)."""
-    layers = _layers_of(found, model, posteriors, sep)
+                junk: np.ndarray | None = None, *, hypotheses: int = 0, n_pixels: float = 0.0) -> list[Layer]:
+    """What each model's map is made from, as layers of one pose per particle (:func:`_layers_of`,
+    or :func:`hypothesis_layers` with ``hypotheses`` > 1 and the band's ``n_pixels``); the
+    ``junk`` rows (``--junk``) in none of them (weight 0)."""
+    if hypotheses > 1:
+        layers = hypothesis_layers(found, model, hypotheses, n_pixels)
+    else:
+        layers = _layers_of(found, model, posteriors, sep)
     if junk is not None and junk.any():
         for layer in layers:
             layer.weights = np.where(junk, 0.0, layer.weights)
@@ -99,6 +106,34 @@ def _layers_of(found: Searched, model: np.ndarray, posteriors: np.ndarray, sep: 
             np.full(n, 1 / sep),
         ))
     return layers
+
+
+def hypothesis_layers(found: Searched, model: np.ndarray, hypotheses: int, n_pixels: float) -> list[Layer]:
+    """``--hypotheses H``: every particle at each of its ``H`` best distinct poses within its
+    chosen model (the search's tracks, :func:`multirefine.refine.search.refine_assignments`),
+    weighted by their posteriors under the least-squares score's white-noise likelihood
+    (:func:`multirefine.refine.splitmerge.log_likelihoods`), RELION's marginalisation over
+    poses restricted to the best few. A hypothesis missing there is the best pose at weight 0.
+    Every entry carries the particle's best score, so ``--m3dkeep`` keeps or drops a particle
+    whole."""
+    n = len(model)
+    rows = np.arange(n)
+    in_model = np.isfinite(found.top_scores) & (found.top_model == model[:, None])
+    pick = np.argsort(~in_model, axis=1, kind="stable")[:, :hypotheses]  # tracks are best first
+    present = np.take_along_axis(in_model, pick, 1)
+    scores = np.where(present, np.take_along_axis(found.top_scores, pick, 1), -np.inf)
+    weights = normalised(log_likelihoods(scores, found.image_power, n_pixels, "ls"))
+    best = found.model_scores[rows, model]
+    return [
+        Layer(
+            model,
+            np.where(present[:, j, None, None], found.top_rotations[rows, pick[:, j]], found.model_rotations[rows, model]),
+            np.where(present[:, j, None], found.top_shifts[rows, pick[:, j]], found.model_shifts[rows, model]),
+            best,
+            weights[:, j],
+        )
+        for j in range(pick.shape[1])
+    ]
 
 
 def layer_stacks(stack, layers: list[Layer], halves: np.ndarray, apix: float) -> tuple[list[pd.DataFrame], list]:

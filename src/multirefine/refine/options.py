@@ -71,6 +71,9 @@ class RefineOptions:
     # --sigma_ang: local searches weighted by a Gaussian prior of this SD (degrees); 0: none (a run
     # written before the prior existed resumes without it; the command line's default is SIGMA_ANG_DEG)
     sigma_ang_deg: float = 0.0
+    # --hypotheses N: each particle's map entry spread over its N best distinct poses in its
+    # model, weighted by their posteriors (0: its best pose alone, as runs written before it)
+    hypotheses: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +99,11 @@ class RefineOptions:
             raise InputError(f"--sep {self.sep}: expected 1 or more")
         if self.sep > 1 and self.soft:
             raise InputError(f"--sep {self.sep} with --soft: --sep spreads a hard assignment; use one of them")
+        if self.hypotheses < 0:
+            raise InputError(f"--hypotheses {self.hypotheses}: expected 0 (the best pose alone) or more")
+        if self.hypotheses > 1 and (self.sep > 1 or self.score != "ls"):
+            raise InputError(f"--hypotheses {self.hypotheses} with " + ("--sep" if self.sep > 1 else f"--score {self.score}")
+                             + ": the poses' weights are posteriors of the ls score; use --sep 1 and --score ls")
         if self.classiter < 0:
             raise InputError(f"--classiter {self.classiter}: expected 0 or more")
         if self.seeding not in SEEDINGS:
@@ -134,8 +142,10 @@ class SweepSettings:
     score: str
     sep: int = 1
     sigma_ang_deg: float | None = None  # local searches: the pose prior's SD (None: no prior)
+    hypotheses: int = 0  # --hypotheses: the distinct poses kept per particle (0: the best)
 
     @classmethod
     def of(cls, opts: RefineOptions) -> SweepSettings:
         return cls(opts.batch_size, opts.device, opts.score, opts.sep,
-                   opts.sigma_ang_deg if opts.local_search and opts.sigma_ang_deg > 0 else None)
+                   opts.sigma_ang_deg if opts.local_search and opts.sigma_ang_deg > 0 else None,
+                   opts.hypotheses if opts.hypotheses > 1 else 0)

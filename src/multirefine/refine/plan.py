@@ -86,7 +86,7 @@ class SearchPlan:
     def search(self, images_ft: torch.Tensor, ctf: torch.Tensor | None, references: PolarReferences,
                volumes_ft: torch.Tensor, score: str, top: int = 1,
                priors: tuple[torch.Tensor, torch.Tensor] | None = None,
-               sigma_ang_deg: float | None = None) -> SearchResult:
+               sigma_ang_deg: float | None = None, hypotheses: int = 0) -> SearchResult:
         """Global polar pass, then two local passes (:attr:`local_steps_deg`; each within the
         global step, then within twice its own step) around the best. With ``priors``
         (rotations ``(n, K, 3, 3)`` and shifts ``(n, K, 2)`` px: each particle's pose in every
@@ -94,7 +94,9 @@ class SearchPlan:
         (RELION's local searches). With ``sigma_ang_deg`` too (``--sigma_ang``), a Gaussian
         prior centred there weights them (:class:`multirefine.refine.scoring.PosePrior`; the
         shifts' SD is the displacement of the particle's edge by that angle) and the first
-        pass stays within 3 SD."""
+        pass stays within 3 SD. With ``hypotheses`` H > 1, each model's best and the global pass's
+        next H - 1 candidates are refined as tracks, one global step apart at least
+        (:func:`multirefine.refine.search.refine_assignments`)."""
         first, second = self.local_steps_deg
         window, prior = self.coarse_step_deg, None
         if priors is not None and sigma_ang_deg:
@@ -110,7 +112,7 @@ class SearchPlan:
             fine_shift_offsets_px=self.shift_offsets_px,
             candidates=2, band=self.band, score=score, top=top,
             previous=None if priors is None else prior_result(*priors),
-            prior=prior,
+            prior=prior, hypotheses=hypotheses, separation_deg=self.coarse_step_deg,
         )
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from multirefine.errors import InputError
+from multirefine.refine.hypotheses import SPREAD, distinct_tracks, spread_candidates
 from multirefine.refine.polar import PolarReferences, search_global_polar
 from multirefine.refine.scoring import (
     DEFAULT_MAX_ELEMENTS,
@@ -223,6 +224,8 @@ def search_local(
     top: int = 1,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     prior: PosePrior | None = None,
+    per_candidate: bool = False,
+    skip: torch.Tensor | None = None,
 ) -> SearchResult:
     """Refine C candidate poses per particle: poses ``Delta @ A``, shifts ``s0 + offset``.
 
@@ -232,18 +235,14 @@ def search_local(
     :func:`multirefine.geometry.grids.local_rotations`), ``shift_offsets_px`` ``(S, 2)``.
     Projections of the ``n x C x L`` poses are made on the fly, particles in chunks within
     ``max_elements``. Runs on the volumes' device. With ``prior`` (score "ls") the scores
-    include its log prior, in the score's units.
-    """
+    include its log prior, in the score's units. ``per_candidate``: the ``(n, C)`` entries are
+    each candidate's best local pose in the candidates' order, a track each (``top`` ignored;
+    a repeated candidate, or one of ``skip`` ``(n, C)`` bool, at ``-inf``)."""
     if prior is not None and score != "ls":
         raise InputError(f"a pose prior needs the least-squares score, not {score!r}")
     device, n_models = volumes_ft.device, volumes_ft.shape[0]
     band = band.to(device)
-    if centers.dim() == 3:
-        centers = centers[:, None]
-        center_shifts_px, center_models = center_shifts_px[:, None], center_models[:, None]
-    centers = centers.to(device=device, dtype=torch.float32)
-    center_shifts = center_shifts_px.to(device=device, dtype=torch.float32)
-    center_models = center_models.to(device=device, dtype=torch.long)
+    centers, center_shifts, center_models = _as_candidates(centers, center_shifts_px, center_models, device)
     delta = torch.as_tensor(local_rotations, dtype=torch.float32).to(device)
     offsets = torch.as_tensor(shift_offsets_px, dtype=torch.float32).to(device).reshape(-1, 2)
     ctf = None if ctf is None else ctf.to(device)
@@ -261,7 +260,7 @@ def search_local(
         models = center_models[sl]
         # A candidate repeated (same model, pose, shift) is scored once: its slices are not
         # made (they stay zero) and its scores are masked below.
-        repeated = _repeated(models, centers[sl], center_shifts[sl]) if n_cand > 1 else None
+        repeated = _repeated(models, centers[sl], center_shifts[sl], None if skip is None else skip[sl].to(device))
         refs = _candidate_slices(volumes_ft, poses, models, repeated, band, pad)  # (nc, C, L, M)
         shifts = center_shifts[sl, :, None, :] + offsets  # (nc, C, S, 2)
         rows = as_real_rows((x[sl] * wc[sl])[:, None, None, :] * band_phase_ramp(shifts, band))
@@ -272,17 +271,19 @@ def search_local(
             cross = cross + (unit * log_shift)[..., None]
         cross, shift_i = cross.max(2)  # best shift per pose: (nc, C, L)
         refpower = ((refs.real**2 + refs.imag**2) @ wc2[sl, None, :, None]).squeeze(-1)
-        s = score_matrix(
-            cross.reshape(nc, 1, -1), refpower.reshape(nc, -1), x_power[sl], score
-        ).reshape(nc, n_cand, n_local)
+        s = score_matrix(cross.reshape(nc, 1, -1), refpower.reshape(nc, -1), x_power[sl], score).reshape(
+            nc, n_cand, n_local)
         if prior is not None:
             s = s + unit * log_rotation
         if repeated is not None:
             s = torch.where(repeated[..., None], -math.inf, s)
         pick = functools.partial(_pick, models, poses, shifts, shift_i)
-        best_score, best_i = torch.topk(s.reshape(nc, -1), min(top, n_cand * n_local), dim=1)
-        b_model, b_pose, b_rot, b_shift = pick(best_i // n_local, best_i % n_local)
         cand_score, cand_local = s.max(2)  # (nc, C)
+        if per_candidate:  # one track per candidate
+            best_score, best_i = cand_score, torch.arange(n_cand, device=device) * n_local + cand_local
+        else:
+            best_score, best_i = torch.topk(s.reshape(nc, -1), min(top, n_cand * n_local), dim=1)
+        b_model, b_pose, b_rot, b_shift = pick(best_i // n_local, best_i % n_local)
         model_score, model_cand = _model_bests(models, cand_score, n_models)
         _, _, m_rot, m_shift = pick(model_cand, cand_local[rows_idx, model_cand])
         out.append((b_model, b_pose, b_rot, b_shift, best_score, model_score, m_rot, m_shift))
@@ -333,8 +334,24 @@ def _pick(
     )
 
 
-def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """``(n, C)``: candidate ``c`` equals an earlier one of its particle (model, pose, shift)."""
+def _as_candidates(centers: torch.Tensor, shifts_px: torch.Tensor, models: torch.Tensor,
+                   device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`search_local`'s candidates as ``(n, C, ...)`` tensors on ``device`` (one per particle
+    where given as ``(n, 3, 3)``)."""
+    if centers.dim() == 3:
+        centers, shifts_px, models = centers[:, None], shifts_px[:, None], models[:, None]
+    return (centers.to(device=device, dtype=torch.float32), shifts_px.to(device=device, dtype=torch.float32),
+            models.to(device=device, dtype=torch.long))
+
+
+def _repeated(models: torch.Tensor, centers: torch.Tensor, shifts: torch.Tensor,
+              skip: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``(n, C)``: candidate ``c`` equals an earlier one of its particle (model, pose, shift),
+    or is one of ``skip``; None where no particle has two candidates and none is skipped."""
+    if models.shape[1] == 1:
+        return skip
+    if skip is not None:
+        return _repeated(models, centers, shifts) | skip
     same = (
         (models[:, :, None] == models[:, None, :])
         & ((centers[:, :, None] - centers[:, None, :]).abs().amax((-2, -1)) < 1e-6)
@@ -404,6 +421,8 @@ def refine_assignments(
     top: int = 1,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     prior: PosePrior | None = None,
+    hypotheses: int = 0,
+    separation_deg: float = 0.0,
 ) -> SearchResult:
     """Coarse global search, then local searches around the best candidate poses.
 
@@ -428,6 +447,13 @@ def refine_assignments(
     With ``previous`` (a result for the same particles and images) the global pass is skipped;
     ``prior`` weights every local pass's poses. Every model is refined locally, so
     ``model_scores`` are all fine-level and comparable. Returns the ``top`` best pairs.
+
+    With ``hypotheses`` H > 1 the local passes follow tracks instead: each model's best pose
+    and the global pass's next H - 1 candidates, each refined on its own through the passes
+    (a pass is centred on the track's own best of the last), and the result is every track's
+    final pose, ``(n, K + H - 1)`` best first, those that ended within ``separation_deg`` of
+    a better track of their model at ``-inf`` (:mod:`multirefine.refine.hypotheses`): the
+    distinct pose hypotheses a particle's map entry is spread over (``--hypotheses``).
     """
     passes = _local_passes(local_range_deg, local_step_deg, fine_shift_offsets_px)
     polar = isinstance(references, PolarReferences)
@@ -436,33 +462,30 @@ def refine_assignments(
     result = previous
     if result is None:
         result = (search_global_polar if polar else search_global)(
-            images_ft,
-            ctf,
-            references,
-            coarse_shifts_px,
-            score=score,
-            top=max(1, candidates),
-            max_elements=max_elements,
-        )
+            images_ft, ctf, references, coarse_shifts_px, score=score, top=max(1, candidates, SPREAD * hypotheses),
+            max_elements=max_elements)
     n, n_models = result.model_scores.shape
     every_model = torch.arange(n_models, device=result.model_scores.device).expand(n, -1)
+    tracks = hypotheses > 1
+    if tracks:  # each model's best and the global pass's candidates spread apart (multirefine.refine.hypotheses)
+        spread, skip = spread_candidates(result, hypotheses, separation_deg)
+        centres = _centres(result, every_model, (torch.arange(n, device=spread.device)[:, None], spread))
+        skip = torch.cat([torch.zeros_like(every_model, dtype=torch.bool), skip], 1)
+    else:  # the best overall is its model's best, already a candidate: the next ones are added
+        centres, skip = _centres(result, every_model, (slice(None), slice(1, min(candidates, result.model.shape[1])))), None
     for rotations, shift_offsets in passes:
-        # The best overall is its model's best, already a candidate: the next ones are added.
-        best = slice(1, min(candidates, result.model.shape[1]))
-        result = search_local(
-            images_ft,
-            ctf,
-            volumes_ft,
-            references.band if band is None else band,
-            torch.cat([result.model_rotations, result.rotations[:, best]], 1),
-            torch.cat([result.model_shift_px, result.shift_px[:, best]], 1),
-            torch.cat([every_model, result.model[:, best]], 1),
-            rotations,
-            shift_offsets,
-            pad=pad,
-            score=score,
-            top=max(top, candidates),
-            max_elements=max_elements,
-            prior=prior,
-        )
-    return _keep_top(result, top)
+        result = search_local(images_ft, ctf, volumes_ft, references.band if band is None else band, *centres,
+                              rotations, shift_offsets, pad=pad, score=score, top=max(top, candidates),
+                              max_elements=max_elements, prior=prior, per_candidate=tracks, skip=skip)
+        if tracks:  # each track goes on from its own best pose; a repeated one stays out
+            centres, skip = (result.rotations, result.shift_px, result.model), ~torch.isfinite(result.score)
+        else:
+            centres = _centres(result, every_model, (slice(None), slice(1, min(candidates, result.model.shape[1]))))
+    return distinct_tracks(result, separation_deg) if tracks else _keep_top(result, top)
+
+
+def _centres(result: SearchResult, every_model: torch.Tensor, added: tuple) -> tuple[torch.Tensor, ...]:
+    """Where a local pass starts: each model's best pose, then the entries ``added`` of ``result``."""
+    return (torch.cat([result.model_rotations, result.rotations[added]], 1),
+            torch.cat([result.model_shift_px, result.shift_px[added]], 1),
+            torch.cat([every_model, result.model[added]], 1))

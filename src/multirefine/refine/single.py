@@ -53,6 +53,7 @@ from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import assignment_table
 from multirefine.refine.batch import sweep
+from multirefine.refine.choice import normalised
 from multirefine.refine.driver import RefinementResult
 from multirefine.refine.noise import whitened_stacks
 from multirefine.refine.options import RefineOptions, SweepSettings
@@ -64,6 +65,7 @@ from multirefine.refine.reconstruct import (
 )
 from multirefine.refine.scales import filtered_scale, reference_scales
 from multirefine.refine.seeding import particle_radius_px
+from multirefine.refine.splitmerge import log_likelihoods
 from multirefine.runfolder.records import FscRecord, SingleStats
 
 __all__ = ["ModelRecorder", "SingleResult", "consensus_refinement", "refine_each_model", "refine_single"]
@@ -161,12 +163,15 @@ def refine_single(
                  plan.band_resolution_angstrom, plan.coarse_step_deg, plan.fine_step_deg)
         log.debug("%siteration %d: %s", label, iteration, plan.describe())
         advance = progress(f"{label}iteration {iteration}: search", len(stack)) if progress else (lambda _: None)
-        rotations, shifts, scores = _search_halves(model, plan, scale, opts, advance, executor)
-        table = assignment_table(stack.metadata, np.zeros(len(stack), dtype=np.int64), rotations, shifts, scores,
-                                 np.ones(len(stack)), model.halves, apix)
+        poses = _search_halves(model, plan, scale, opts, advance, executor)
+        rotations, scores = poses.rotations[:, 0], poses.scores[:, 0]
+        tables = [assignment_table(stack.metadata, np.zeros(len(stack), dtype=np.int64), poses.rotations[:, j],
+                                   poses.shifts[:, j], scores, poses.weights[:, j], model.halves, apix)
+                  for j in range(poses.weights.shape[1])]
+        table = tables[0]
         searched = time.perf_counter()
-        result, full_map = _reconstruct_halves(model, table, scores, opts, progress, f"{label}iteration {iteration}",
-                                               executor)
+        result, full_map = _reconstruct_halves(model, tables, scores, poses.weights, opts, progress,
+                                               f"{label}iteration {iteration}", executor)
         resolution = resolution_at_threshold(result.fsc, apix, 0.143)
         change = None
         if previous_rotations is not None:
@@ -231,36 +236,66 @@ def _scale_references(model: _Halves, plan: SearchPlan, opts: RefineOptions, ite
     return filtered_scale(model.stack, model.search_stack, plan.band, device)
 
 
+@dataclass
+class _Poses:
+    """Each particle's poses in one map: its best, or (``--hypotheses H``) its H best distinct
+    ones, best first, with their posteriors (``n`` particles, ``T`` poses)."""
+
+    rotations: np.ndarray  # (n, T, 3, 3)
+    shifts: np.ndarray  # (n, T, 2) px
+    scores: np.ndarray  # (n, T), -inf where a hypothesis is missing
+    weights: np.ndarray  # (n, T), summing to 1 per particle
+
+    @classmethod
+    def empty(cls, n: int, t: int) -> _Poses:
+        return cls(np.zeros((n, t, 3, 3)), np.zeros((n, t, 2)), np.full((n, t), -np.inf), np.zeros((n, t)))
+
+
 def _search_halves(model: _Halves, plan: SearchPlan, scale: float, opts: RefineOptions, advance,
-                   executor: Executor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each half-set searched against its own half map: rotations ``(n, 3, 3)``, shifts
-    ``(n, 2)`` px, scores ``(n,)``."""
-    n, device = len(model.stack), torch.device(opts.device)
-    rotations, shifts, scores = np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n)
+                   executor: Executor) -> _Poses:
+    """Each half-set searched against its own half map."""
+    settings = SweepSettings.of(opts)
+    poses = _Poses.empty(len(model.stack), max(1, settings.hypotheses))
     for h in (1, 2):
-        volume_ft = prepare_volume_ft(torch.from_numpy(model.references[h - 1]).to(device) * scale)[None]
+        volume_ft = prepare_volume_ft(torch.from_numpy(model.references[h - 1]).to(opts.device) * scale)[None]
         polar = plan.references(volume_ft)
         rows_h = model.rows(h)
         shards = [part for part in np.array_split(rows_h, max(1, min(executor.parts, len(rows_h)))) if len(part)]
         parts = executor.map(_search_rows, shards, model.search_stack, plan, polar, volume_ft,
-                             SweepSettings.of(opts), advance=advance, sizes=[len(part) for part in shards])
-        for rows, (shard_rotations, shard_shifts, shard_scores) in zip(shards, parts):
-            rotations[rows], shifts[rows], scores[rows] = shard_rotations, shard_shifts, shard_scores
-    return rotations, shifts, scores
+                             settings, advance=advance, sizes=[len(part) for part in shards])
+        for rows, part in zip(shards, parts):
+            for name in ("rotations", "shifts", "scores", "weights"):
+                getattr(poses, name)[rows] = getattr(part, name)
+    return poses
 
 
-def _reconstruct_halves(model: _Halves, table: pd.DataFrame, scores: np.ndarray, opts: RefineOptions, progress,
-                        label: str, executor: Executor):
-    """The half maps from each half-set's best ``m3dkeep``, their FSC and the full map; the
-    next references are the half maps Wiener-filtered by a half map's own SSNR and masked."""
+def _reconstruct_halves(model: _Halves, tables: list[pd.DataFrame], scores: np.ndarray, weights: np.ndarray,
+                        opts: RefineOptions, progress, label: str, executor: Executor):
+    """The half maps from each half-set's best ``m3dkeep`` (by ``scores``, each particle's
+    best), their FSC and the full map; the next references are the half maps Wiener-filtered
+    by a half map's own SSNR and masked. ``tables``: the particles at each of their poses
+    (one: the best; ``--hypotheses``: each hypothesis, weighted by ``weights`` ``(n, T)``)."""
     groups = []
     for h in (1, 2):
         rows_h = model.rows(h)
         cut = np.quantile(scores[rows_h], 1 - opts.m3dkeep) if len(rows_h) and opts.m3dkeep < 1 else -np.inf
         groups.append(rows_h[scores[rows_h] >= cut])
-    advance = progress(f"{label}: reconstruct", sum(len(g) for g in groups)) if progress else None
-    acc1, acc2 = accumulate_in_shards(executor, model.stack.with_metadata(table), groups, 256,
-                                      torch.device(opts.device), advance)
+    device = torch.device(opts.device)
+    if len(tables) == 1:
+        advance = progress(f"{label}: reconstruct", sum(len(g) for g in groups)) if progress else None
+        acc1, acc2 = accumulate_in_shards(executor, model.stack.with_metadata(tables[0]), groups, 256, device, advance)
+    else:  # every pose of a kept particle that holds 1 % of its weight or more
+        entries = [(rows[weights[rows, j] >= 0.01], j) for rows in groups for j in range(len(tables))]
+        advance = progress(f"{label}: reconstruct", sum(len(r) for r, _ in entries)) if progress else None
+        parts = accumulate_in_shards(executor, model.stack, [r for r, _ in entries], 256, device, advance,
+                                     [weights[r, j] for r, j in entries],
+                                     [model.stack.with_metadata(tables[j]) for _, j in entries])
+        t = len(tables)
+        acc1, acc2 = parts[0], parts[t]
+        for part in parts[1:t]:
+            acc1 += part
+        for part in parts[t + 1:]:
+            acc2 += part
     ops = torch.as_tensor(model.operators, dtype=torch.float32)
     result = gold_standard_reconstruction(acc1, acc2, ops)
     # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
@@ -270,17 +305,27 @@ def _reconstruct_halves(model: _Halves, table: pd.DataFrame, scores: np.ndarray,
 
 
 def _search_rows(rows: np.ndarray, search_stack, plan, polar, volume_ft: torch.Tensor, settings: SweepSettings,
-                 advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best pose of each of the stack rows ``rows`` against one half map (its polar
-    references ``polar`` and transform ``volume_ft``): rotations ``(n, 3, 3)``, shifts
-    ``(n, 2)`` px and scores ``(n,)``, in batches of ``settings.batch_size``."""
-    rotations, shifts, scores = np.zeros((len(rows), 3, 3)), np.zeros((len(rows), 2)), np.zeros(len(rows))
+                 advance: Callable[[int], None] | None = None) -> _Poses:
+    """The poses of the stack rows ``rows`` against one half map (its polar references
+    ``polar`` and transform ``volume_ft``), in batches of ``settings.batch_size``: the best,
+    or the ``settings.hypotheses`` best distinct ones weighted by their posteriors
+    (:func:`multirefine.refine.layers.hypothesis_layers`' weights)."""
+    hypotheses, n_pixels = settings.hypotheses, float(plan.band.weight.sum())
+    poses = _Poses.empty(len(rows), max(1, hypotheses))
     for at, batch in sweep(search_stack, rows, settings.batch_size, volume_ft.device, advance):
-        found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, settings.score)
-        rotations[at] = found.model_rotations[:, 0].cpu().double().numpy()
-        shifts[at] = found.model_shift_px[:, 0].cpu().double().numpy()
-        scores[at] = found.model_scores[:, 0].cpu().numpy()
-    return rotations, shifts, scores
+        found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, settings.score, hypotheses=hypotheses)
+        if hypotheses:
+            rotations, shifts, scores = found.rotations, found.shift_px, found.score
+            x = plan.band.gather(batch.images_ft)
+            power = (plan.band.weight * (x.real**2 + x.imag**2)).sum(-1).cpu().numpy()
+            poses.weights[at] = normalised(log_likelihoods(scores.cpu().numpy(), power, n_pixels, "ls"))
+        else:
+            rotations, shifts, scores = found.model_rotations, found.model_shift_px, found.model_scores
+            poses.weights[at] = 1.0
+        poses.rotations[at] = rotations.cpu().double().numpy()
+        poses.shifts[at] = shifts.cpu().double().numpy()
+        poses.scores[at] = scores.cpu().numpy()
+    return poses
 
 
 def refine_each_model(

@@ -120,7 +120,8 @@ class FixedPoses:
         """The maps of an assignment at fixed poses (or ``made`` from ``layers``), and its scores."""
         k, apix = len(self.maps), self.stack.pixel_size_angstrom
         if made is None:
-            layers = make_layers(found, model, np.eye(k)[model], 1)
+            layers = make_layers(found, model, np.eye(k)[model], 1, hypotheses=self.settings.hypotheses,
+                                 n_pixels=float(self.plan.band.weight.sum()))
             _, stacks = layer_stacks(self.stack, layers, self.halves, apix)
             made = reconstruct_models(self.stack, layers, stacks, self.halves, self.maps, self.operators, self.mask,
                                       self.m3dkeep, torch.device(self.settings.device), None, "", self.executor)
@@ -161,6 +162,8 @@ def split_and_merge(fixed: FixedPoses, found: Searched, model: np.ndarray, layer
     rotations[:, dissolved], shifts[:, dissolved], scores[:, dissolved] = (
         rotations[:, split], shifts[:, split], scores[:, split])
     trial_found = replace(found, model_rotations=rotations, model_shifts=shifts, model_scores=scores)
+    if found.top_model is not None:  # --hypotheses: the dissolved model's are poses in a map no longer there
+        trial_found.top_scores = np.where(found.top_model == dissolved, -np.inf, found.top_scores)
     trial = fixed.classified(trial_model, trial_found)
     own = fixed.settle(own, SPLIT_MERGE_ROUNDS)
     trial = fixed.settle(trial, SPLIT_MERGE_ROUNDS)
