@@ -47,6 +47,7 @@ __all__ = [
     "CTF_COLUMNS",
     "CTF_DEFAULTS",
     "CTF_REQUIRED_COLUMNS",
+    "MAX_DEFOCUS_ANGSTROM",
     "DEFOCUS_ANGLE",
     "DEFOCUS_U",
     "DEFOCUS_V",
@@ -75,6 +76,7 @@ __all__ = [
     "VOLTAGE",
     "canonicalize",
     "check_ctf_columns",
+    "check_origins",
     "has_ctf",
     "require_columns",
 ]
@@ -93,6 +95,7 @@ AMPLITUDE_CONTRAST = "rlnAmplitudeContrast"  # fraction
 PHASE_SHIFT = "rlnPhaseShift"  # degrees
 CTF_BFACTOR = "rlnCtfBfactor"  # Å^2
 
+MAX_DEFOCUS_ANGSTROM = 1e6  # 100 µm: beyond it a defocus is not one (given in other units, or damaged)
 CTF_REQUIRED_COLUMNS: tuple[str, ...] = (
     DEFOCUS_U,
     DEFOCUS_V,
@@ -255,3 +258,23 @@ def check_ctf_columns(table: pd.DataFrame, path: str | Path) -> None:
     if bad.any():
         row, column = (int(i[0]) for i in np.nonzero(bad))
         raise InputError(f"{path}: {CTF_REQUIRED_COLUMNS[column]} of particle {row} is not a number")
+    for name in (DEFOCUS_U, DEFOCUS_V):
+        far = np.flatnonzero(np.abs(table[name].to_numpy(dtype=np.float64)) > MAX_DEFOCUS_ANGSTROM)
+        if len(far):
+            raise InputError(f"{path}: {name} of particle {int(far[0])} is {table[name].iloc[far[0]]:g} Å, beyond "
+                             f"{MAX_DEFOCUS_ANGSTROM:g} Å (defocus in RELION's files is in Å)")
+
+
+def check_origins(table: pd.DataFrame, path: str | Path, box_size: int) -> None:
+    """Raise InputError where a particle's origin (``rlnOriginX/YAngst``) is not finite or lies
+    beyond its box: centred by it, the particle would be outside its image."""
+    for name in (ORIGIN_X_ANGST, ORIGIN_Y_ANGST):
+        if name not in table.columns or IMAGE_PIXEL_SIZE not in table.columns:
+            continue
+        origin = table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        span = box_size * table[IMAGE_PIXEL_SIZE].to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~(np.abs(origin) <= span))
+        if len(bad):
+            row = int(bad[0])
+            raise InputError(f"{path}: {name} of particle {row} is {origin[row]:g} Å, beyond its box "
+                             f"({span[row]:g} Å)")

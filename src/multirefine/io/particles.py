@@ -28,6 +28,7 @@ from multirefine.io.columns import (
     IMAGE_SIZE,
     canonicalize,
     check_ctf_columns,
+    check_origins,
     has_ctf,
 )
 from multirefine.io.cryosparc import read_cs
@@ -351,6 +352,8 @@ def _finish(
         stack.metadata = fill_pixel_size(stack.metadata, header)
     stack.metadata = assign_optics_groups(canonicalize(stack.metadata, path), stack._box)
     check_ctf_columns(stack.metadata, path)
+    if stack._box is not None:  # known without reading an image (a .cs file's may be absent)
+        check_origins(stack.metadata, path, stack._box)
     return stack
 
 

@@ -16,6 +16,8 @@ Writing (:func:`write_particles_star`) produces RELION 3.1 format (``# version 3
 
 from __future__ import annotations
 
+import codecs
+
 import csv
 import warnings
 from collections.abc import Mapping
@@ -87,6 +89,21 @@ def _version(path: Path) -> int | None:
     return None
 
 
+def _check_text(path: Path) -> None:
+    """Raise InputError where the file is not UTF-8 text (a binary file, or damaged)."""
+    with open(path, "rb") as fh:
+        offset = 0
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                at = offset + err.start - (len(err.object) - len(chunk))  # the decoder may hold a chunk's last bytes
+                raise InputError(f"{path}: byte 0x{err.object[err.start]:02x} at offset {at} is not UTF-8 "
+                                 "text; a STAR file is text (is it another kind of file, or damaged?)") from None
+            offset += len(chunk)
+
+
 def _check_complete(table: pd.DataFrame, path: Path, block: str) -> None:
     """Raise InputError when a column is named twice or a row ran short (truncated or garbled file)."""
     twice = table.columns[table.columns.duplicated()]
@@ -99,8 +116,8 @@ def _check_complete(table: pd.DataFrame, path: Path, block: str) -> None:
     if short.any():
         row = int(np.flatnonzero(short)[0])
         raise InputError(
-            f"{path}: row {row + 1} of data_{block} has fewer than {table.shape[1]} fields; "
-            "the file is truncated or garbled"
+            f"{path}: row {row + 1} of data_{block} has fewer than {table.shape[1]} fields, or no value in its last "
+            f"({table.columns[-1]}); the file is truncated or garbled"
         )
 
 
@@ -182,6 +199,7 @@ def read_particles_star(path: str | Path, apix: float | None = None) -> StarPart
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    _check_text(path)
     try:
         blocks = starfile.read(path, always_dict=True, parse_as_string=list(STRING_COLUMNS))
     except Exception as err:  # starfile raises many kinds on garbage
