@@ -630,9 +630,10 @@ def test_continue_takes_the_runs_options(continued_runs, capsys, extra, expected
 def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_path, monkeypatch, capsys):
     """A run stopped in iteration 2 keeps its folder (iteration 1's state for --continue).
     --lowmem, like --device, is the continuing command's: given, small batches; not, full ones.
-    Its particles replaced by others of the same count and box, --continue refuses in one line."""
+    A --continue that fails in its first iteration leaves 0_refine_parms.json as it was; with its
+    particles replaced by others of the same count and box, --continue refuses in one line."""
+    from multirefine.cli.continuation import resolve_continue
     from multirefine.cli.main import _given, build_parser
-    from multirefine.cli.refine import _resolve_continue
     from multirefine.refine import driver
 
     calls = []
@@ -656,12 +657,17 @@ def test_failure_after_the_first_iteration_keeps_the_run_for_continue(adk, tmp_p
         argv = ["refine", "--continue", str(run), *extra]
         args = build_parser().parse_args(argv)
         args.given = _given("refine", argv)
-        _, _, opts, state, _ = _resolve_continue(args)
+        _, _, opts, state, _ = resolve_continue(args)
         assert state.iteration == 1
         sizes.append(opts.batch_size)
     assert sizes == [200, 500]
-    # Other images of the same count and box under the run's input name: refused, nothing rewritten.
+    # A --continue that fails before it finishes an iteration leaves the run's options as they were.
     parameters = (run / "0_refine_parms.json").read_bytes()
+    calls[:] = [1]  # the next search is the failing one
+    with pytest.raises(RuntimeError, match="iteration 2"):
+        main(["refine", "--continue", str(run), "--iter", "3"])
+    assert (run / "0_refine_parms.json").read_bytes() == parameters
+    # Other images of the same count and box under the run's input name: refused, nothing rewritten.
     with mrcfile.open(sim / "particles.mrcs") as mrc:
         images = mrc.data[::-1].copy()
     write_stack(sim / "particles.mrcs", images, APIX)

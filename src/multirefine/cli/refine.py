@@ -36,21 +36,19 @@ import argparse
 import io
 import json
 import logging
-import re
 import shutil
 import sys
 from contextlib import closing, redirect_stdout
 from dataclasses import asdict
 from pathlib import Path
 
+from multirefine.cli.continuation import resolve_continue
+from multirefine.cli.machine import batch_size, device_and_threads
 from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# What --continue may change; every other option is the run's (0_refine_parms.json).
 MIN_PARTICLES_PER_MODEL = 10  # two half-sets of 5: below that a model's FSC means nothing
-CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "j", "device", "lowmem", "check",
-                    "verbose")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -222,7 +220,7 @@ def _resolve(args: argparse.Namespace):
         elif len(mass) != k:
             raise InputError(f"--mass {args.mass}: {len(mass)} masses for {k} models")
         # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
-    device = _device_and_threads(args)
+    device = device_and_threads(args)
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
     if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):  # a lock: said when it is taken
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
@@ -231,7 +229,7 @@ def _resolve(args: argparse.Namespace):
         iterations=MAX_ITERATIONS if args.iter is None else args.iter, until_settled=args.iter is None,
         usefilt=args.usefilt, targetres=args.targetres, speed=args.speed, sep=args.sep, classiter=args.classiter,
         m3dkeep=args.m3dkeep, classkeep=args.classkeep, mass_kda=mass, max_shift_px=args.max_shift,
-        shrink=args.shrink, batch_size=_batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
+        shrink=args.shrink, batch_size=batch_size(args), device=device, seed=args.seed, score=args.score, soft=args.soft,
         split_merge=not args.nosplitmerge, noise_model=args.noise,
         local_search=(_has_poses(search_stack.metadata) or args.consensus) and not args.globalsearch,
         consensus=args.consensus, junk_scale=args.junk, fit_intensity=args.scale, normalise=args.norm,
@@ -247,86 +245,6 @@ def _has_poses(metadata) -> bool:
     """Whether a particle table holds orientations (not all zero) to start local searches from."""
     columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
     return all(c in metadata.columns for c in columns) and bool((metadata[list(columns)].to_numpy() != 0).any())
-
-
-def _batch_size(args: argparse.Namespace) -> int:
-    return 200 if args.lowmem else 500
-
-
-def _device_and_threads(args: argparse.Namespace) -> str:
-    """The device ``--device`` names, after ``--parallel`` is checked (``thread:N`` sets
-    torch's threads here). Dask workers compute on the CPU: ``auto`` is then the CPU."""
-    import torch
-
-    from multirefine.parallel import InProcess, parallel_spec, parse_parallel
-
-    kind, value = parse_parallel(args.parallel or parallel_spec(args.j, args.parallel))
-    if kind == "thread":
-        InProcess(int(value))
-    device = args.device
-    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
-        raise InputError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() and kind == "thread" else "cpu"
-    if device.startswith("cuda") and kind == "dask":
-        raise InputError(f"--device {device} with --parallel {args.parallel}: Dask workers compute on the CPU "
-                         "(give --device cpu, or run on one GPU with --parallel thread:N)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device here")
-    return device
-
-
-def _resolve_continue(args: argparse.Namespace):
-    """The run in ``--continue RUN``: (stack, search stack, its options with what this command
-    changes, the iterations it has done)."""
-    from dataclasses import fields
-
-    from multirefine import runfolder
-    from multirefine.io.particles import open_particles, open_usefilt
-    from multirefine.refine.options import RefineOptions
-    from multirefine.runfolder.record import INPUT_IDENTITY, check_input_identity
-    from multirefine.runfolder.records import read_convergence
-    from multirefine.runfolder.state import load_state
-
-    run = Path(args.continue_run)
-    given = args.given  # the options this command line names (cli.main), defaults or not
-    changed = [name for name in vars(args) if name in given and name != "continue_run" and name not in CONTINUE_OPTIONS]
-    if changed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-        raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
-                         "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel (--j), --device and "
-                         "--lowmem can")
-    parameters = run / runfolder.PARAMETERS
-    if not parameters.is_file():
-        raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
-    try:
-        saved = json.loads(parameters.read_text())
-        saved.setdefault("split_merge", False)  # a run made before split and merge existed goes on without it
-        known = {f.name for f in fields(RefineOptions)}
-        opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"{parameters}: not readable ({exc})") from None
-    opts.path = str(run)
-    if args.iter is not None:
-        opts.iterations, opts.until_settled = args.iter, False
-    opts.single = (opts.single or args.single) and not args.nosingle
-    if "singleiter" in given:
-        opts.single_iterations = args.singleiter
-    if "singleres" in given:
-        opts.single_start_resolution_angstrom = args.singleres
-    opts.validate()
-    opts.batch_size = _batch_size(args)  # like the device, this command's: --lowmem or not
-    opts.device = _device_and_threads(args)  # the machine's, as for a new run
-    stack = open_particles(opts.input, apix=opts.apix)
-    search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
-    check_input_identity(saved.get(INPUT_IDENTITY), stack, opts.input, run)
-    state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
-    if state.iteration > opts.iterations:
-        raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
-    history = read_convergence(run / runfolder.CONVERGENCE)
-    if len(history) < state.iteration:
-        raise InputError(f"{run / runfolder.CONVERGENCE}: damaged, {len(history)} iterations of {state.iteration}")
-    return stack, search_stack, opts, state, history
 
 
 def _remove_unfinished(path: Path, created: bool) -> None:
@@ -426,14 +344,17 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import consensus_refinement, refine_each_model
+    from multirefine.io.atomic import atomic_path
     from multirefine.runfolder.record import COMMANDS, INPUT_IDENTITY, input_identity
+    from multirefine.runfolder.records import read_convergence
 
     path = Path(opts.path)
     writer, model_folder, report = _writers(opts, stack)
     progress = StageProgress()
     try:
         try:
-            earlier = json.loads((path / runfolder.PARAMETERS).read_text()).get(COMMANDS, []) if resume else []
+            before = (path / runfolder.PARAMETERS).read_bytes() if resume else None
+            earlier = json.loads(before).get(COMMANDS, []) if resume else []
             runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record],
                                                                INPUT_IDENTITY: input_identity(stack)})
             if opts.consensus and resume is None:
@@ -444,6 +365,9 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
         except BaseException:
             if resume is None and not (path / runfolder.STATE).exists():
                 _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
+            elif resume is not None and len(read_convergence(path / runfolder.CONVERGENCE)) <= resume.iteration:
+                with atomic_path(path / runfolder.PARAMETERS) as out:  # no iteration more: the options as they were
+                    out.write_bytes(before)
             raise
         last = multi.stats[-1]
         print(
@@ -471,7 +395,7 @@ def main(args: argparse.Namespace) -> int:
     args.parallel = parallel_spec(args.j, args.parallel)
     maps, resume, history = None, None, None
     if args.continue_run is not None:
-        stack, search_stack, opts, resume, history = _resolve_continue(args)
+        stack, search_stack, opts, resume, history = resolve_continue(args)
     else:
         stack, search_stack, maps, opts, _ = _resolve(args)
     with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path

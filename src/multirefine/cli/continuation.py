@@ -1,0 +1,71 @@
+"""``multirefine refine --continue RUN``: the run folder checked and read before anything is
+written to it (its options, state, convergence record and the identity of its particles), and
+its options with what the continuing command may change (:data:`CONTINUE_OPTIONS`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from multirefine.cli.machine import batch_size, device_and_threads
+from multirefine.errors import InputError
+
+__all__ = ["CONTINUE_OPTIONS", "resolve_continue"]
+
+# What --continue may change; every other option is the run's (0_refine_parms.json).
+CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "j", "device", "lowmem", "check",
+                    "verbose")
+
+
+def resolve_continue(args: argparse.Namespace):
+    """The run in ``--continue RUN``: (stack, search stack, its options with what this command
+    changes, the iterations it has done)."""
+    from dataclasses import fields
+
+    from multirefine import runfolder
+    from multirefine.io.particles import open_particles, open_usefilt
+    from multirefine.refine.options import RefineOptions
+    from multirefine.runfolder.record import INPUT_IDENTITY, check_input_identity
+    from multirefine.runfolder.records import read_convergence
+    from multirefine.runfolder.state import load_state
+
+    run = Path(args.continue_run)
+    given = args.given  # the options this command line names (cli.main), defaults or not
+    changed = [name for name in vars(args) if name in given and name != "continue_run" and name not in CONTINUE_OPTIONS]
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
+                         "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel (--j), --device and "
+                         "--lowmem can")
+    parameters = run / runfolder.PARAMETERS
+    if not parameters.is_file():
+        raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
+    try:
+        saved = json.loads(parameters.read_text())
+        saved.setdefault("split_merge", False)  # a run made before split and merge existed goes on without it
+        known = {f.name for f in fields(RefineOptions)}
+        opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"{parameters}: not readable ({exc})") from None
+    opts.path = str(run)
+    if args.iter is not None:
+        opts.iterations, opts.until_settled = args.iter, False
+    opts.single = (opts.single or args.single) and not args.nosingle
+    if "singleiter" in given:
+        opts.single_iterations = args.singleiter
+    if "singleres" in given:
+        opts.single_start_resolution_angstrom = args.singleres
+    opts.validate()
+    opts.batch_size = batch_size(args)  # like the device, this command's: --lowmem or not
+    opts.device = device_and_threads(args)  # the machine's, as for a new run
+    stack = open_particles(opts.input, apix=opts.apix)
+    search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
+    check_input_identity(saved.get(INPUT_IDENTITY), stack, opts.input, run)
+    state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
+    if state.iteration > opts.iterations:
+        raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
+    history = read_convergence(run / runfolder.CONVERGENCE)
+    if len(history) < state.iteration:
+        raise InputError(f"{run / runfolder.CONVERGENCE}: damaged, {len(history)} iterations of {state.iteration}")
+    return stack, search_stack, opts, state, history
