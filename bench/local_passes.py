@@ -27,6 +27,7 @@ from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.batch import load_batch
 from multirefine.refine.plan import plan_search
+from multirefine.refine.scales import reference_scales
 from multirefine.refine.search import refine_assignments
 from multirefine.refine.seeding import particle_radius_px
 
@@ -49,7 +50,7 @@ def main() -> None:
     plan = plan_search(truth.box_size, apix, args.band, particle_radius_px(volume), 5, ["C1"], 5.0)
     band = lowpass_volume(torch.from_numpy(volume), plan.band_resolution_angstrom, apix)
     particles = open_particles(args.set_dir / "particles.star").subset(rows)
-    scale = plan.intensity_scales(particles, band[None], 500)
+    scale = reference_scales(particles, plan, band[None], 500)
     volume_ft = prepare_volume_ft(band * float(scale[0]))[None]
     references = plan.references(volume_ft)
     batch = load_batch(particles, np.arange(len(rows)), center=False)

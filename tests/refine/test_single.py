@@ -79,7 +79,7 @@ def test_each_half_set_is_searched_against_its_own_half_map(one_state, tmp_path)
     assert np.median(error[half == 2]) > 60, np.median(error[half == 2])
 
 
-@pytest.mark.parametrize("hypotheses", [0, 3])
+@pytest.mark.parametrize("hypotheses", [0, pytest.param(3, marks=pytest.mark.slow)])
 def test_half_set_one_does_not_see_half_set_two(one_state, tmp_path, hypotheses):
     """Half-set 2's images replaced by noise: half-set 1's poses and half map are the same
     to the bit (one iteration: after it both halves share the FSC-based filter, as in RELION),
