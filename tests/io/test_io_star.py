@@ -210,6 +210,30 @@ def test_six_optics_groups_lookup(testdata: Path) -> None:
         open_particles(testdata / "relion31.6opticsgroups.star")
 
 
+def test_optics_the_ctf_does_not_model_are_named_and_premultiplied_data_refused(testdata: Path, tmp_path: Path) -> None:
+    """RELION's CtfRefine writes beam tilt, Zernike terms and magnification matrices into the
+    optics table: the CTF here leaves them out, and says so (refine prints it with its plan),
+    with the largest values of the file; a file without them says nothing. Images multiplied by
+    their CTF already (rlnCtfDataAreCtfPremultiplied 1) are refused in one line."""
+    from multirefine.io.columns import unmodelled_optics
+
+    six = read_particles_star(testdata / "relion31.6opticsgroups.star")
+    said = unmodelled_optics(six.optics)
+    # group 6: tilt (-1.288, 2.447) mrad, 2.77 mrad; group 4's matrix: singular values 1.033, 1.007
+    assert said == ["beam tilt up to 2.8 mrad", "odd Zernike terms", "even Zernike terms",
+                    "a magnification correction (rlnMagMat) up to 3.3 %"]
+    assert unmodelled_optics(read_particles_star(testdata / "relion31.star").optics) == []
+    flat = six.optics.assign(rlnBeamTiltX=0.0, rlnBeamTiltY=0.0, rlnOddZernike="[0,0,0]", rlnEvenZernike="[]",
+                             rlnMagMat00=1.0, rlnMagMat01=0.0, rlnMagMat10=0.0, rlnMagMat11=1.0)
+    assert unmodelled_optics(flat) == []
+    text = (testdata / "relion31.6opticsgroups.star").read_text()
+    premultiplied = text.replace("196 2 0 0.657334", "196 2 1 0.657334")
+    assert premultiplied != text
+    (tmp_path / "pre.star").write_text(premultiplied)
+    with pytest.raises(InputError, match=r"pre\.star: rlnCtfDataAreCtfPremultiplied is 1"):
+        open_particles(tmp_path / "pre.star", check_files=False)
+
+
 def test_relion5(testdata: Path) -> None:
     star = read_particles_star(testdata / "relion5.star")
     assert star.version == 50001

@@ -292,11 +292,15 @@ def _writers(opts, stack):
 
 def _print_plan(stack, opts, resume) -> None:
     from multirefine import runfolder
+    from multirefine.io.columns import unmodelled_optics
 
     print(
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
         f"{opts.n_models} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
+    unmodelled = unmodelled_optics(stack.optics)
+    if unmodelled:  # said, not silently dropped (RELION's CtfRefine writes them; they matter near Nyquist)
+        print(f"optics not modelled here (the CTF is without them): {', '.join(unmodelled)}")
     if resume is not None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
@@ -341,10 +345,10 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     """The run itself, in its folder (held by this process), from new or from ``resume``;
     ``record``: this command (:func:`multirefine.runfolder.record.command_record`)."""
     from multirefine import runfolder
+    from multirefine.io.atomic import atomic_path
     from multirefine.progress import StageProgress
     from multirefine.refine.driver import run_refinement
     from multirefine.refine.single import consensus_refinement, refine_each_model
-    from multirefine.io.atomic import atomic_path
     from multirefine.runfolder.record import COMMANDS, INPUT_IDENTITY, input_identity
     from multirefine.runfolder.records import read_convergence
 

@@ -47,7 +47,6 @@ __all__ = [
     "CTF_COLUMNS",
     "CTF_DEFAULTS",
     "CTF_REQUIRED_COLUMNS",
-    "MAX_DEFOCUS_ANGSTROM",
     "DEFOCUS_ANGLE",
     "DEFOCUS_U",
     "DEFOCUS_V",
@@ -61,6 +60,7 @@ __all__ = [
     "LEGACY_ORIGIN_X",
     "LEGACY_ORIGIN_Y",
     "MAGNIFICATION",
+    "MAX_DEFOCUS_ANGSTROM",
     "MAX_VALUE_PROB_DISTRIBUTION",
     "OPTICS_COLUMNS",
     "OPTICS_GROUP",
@@ -77,8 +77,10 @@ __all__ = [
     "canonicalize",
     "check_ctf_columns",
     "check_origins",
+    "check_premultiplied",
     "has_ctf",
     "require_columns",
+    "unmodelled_optics",
 ]
 
 # --- images -------------------------------------------------------------------------------
@@ -278,3 +280,47 @@ def check_origins(table: pd.DataFrame, path: str | Path, box_size: int) -> None:
             row = int(bad[0])
             raise InputError(f"{path}: {name} of particle {row} is {origin[row]:g} Å, beyond its box "
                              f"({span[row]:g} Å)")
+
+
+def check_premultiplied(table: pd.DataFrame | None, path: str | Path) -> None:
+    """Raise InputError where an optics group says its images are multiplied by their CTF
+    already (``rlnCtfDataAreCtfPremultiplied 1``, RELION's subtomogram averaging): the CTF
+    would be applied to them twice."""
+    if table is None or "rlnCtfDataAreCtfPremultiplied" not in table.columns:
+        return
+    flags = pd.to_numeric(table["rlnCtfDataAreCtfPremultiplied"], errors="coerce").fillna(0).to_numpy()
+    if np.any(flags != 0):
+        raise InputError(f"{path}: rlnCtfDataAreCtfPremultiplied is 1 (images multiplied by their CTF already); "
+                         "multirefine needs the images as recorded")
+
+
+def unmodelled_optics(table: pd.DataFrame | None) -> list[str]:
+    """What an optics table holds that the CTF here does not model, in words (empty: nothing):
+    beam tilt, odd and even Zernike terms and magnification corrections (RELION's CtfRefine)."""
+    if table is None:
+        return []
+    said = []
+    if {"rlnBeamTiltX", "rlnBeamTiltY"} <= set(table.columns):
+        tilt = np.hypot(pd.to_numeric(table["rlnBeamTiltX"], errors="coerce"),
+                        pd.to_numeric(table["rlnBeamTiltY"], errors="coerce")).fillna(0).to_numpy()
+        if tilt.max(initial=0) > 0:
+            said.append(f"beam tilt up to {tilt.max():.2g} mrad")
+    for name, what in (("rlnOddZernike", "odd"), ("rlnEvenZernike", "even")):
+        if name in table.columns and any(_nonzero_list(v) for v in table[name]):
+            said.append(f"{what} Zernike terms")
+    mag = ["rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"]
+    if set(mag) <= set(table.columns):
+        m = table[mag].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy().reshape(-1, 2, 2)
+        off = np.abs(np.linalg.svd(m, compute_uv=False) - 1).max(initial=0)  # scale and anisotropy
+        if off > 1e-4:
+            said.append(f"a magnification correction (rlnMagMat) up to {100 * off:.2g} %")
+    return said
+
+
+def _nonzero_list(value: object) -> bool:
+    """A RELION list value (``[0.1,0,2.5]``) with a term that is not 0."""
+    terms = [t for t in str(value).strip("[] ").split(",") if t.strip()]
+    try:
+        return any(float(t) != 0 for t in terms)
+    except ValueError:
+        return True

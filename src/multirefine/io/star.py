@@ -17,7 +17,6 @@ Writing (:func:`write_particles_star`) produces RELION 3.1 format (``# version 3
 from __future__ import annotations
 
 import codecs
-
 import csv
 import warnings
 from collections.abc import Mapping
