@@ -175,13 +175,11 @@ def reconstruct_models(
                 stacks.append(layer_stacks[i])
                 group_model.append((m_index, h))
     advance = progress(label, int(sum(len(g) for g in groups))) if progress else None
-    parts = accumulate_in_shards(executor or InProcess(), stack, groups, 256, device, advance, weights, stacks)
-    accumulators, effective_of = {}, np.zeros(k)
-    for key, acc, w in zip(group_model, parts, weights):
-        if key in accumulators:
-            accumulators[key] += acc
-        else:
-            accumulators[key] = acc
+    keys = list(dict.fromkeys(group_model))  # (model, half): the groups of one fill one accumulator
+    parts = accumulate_in_shards(executor or InProcess(), stack, groups, 256, device, advance, weights, stacks,
+                                 [keys.index(key) for key in group_model])
+    accumulators, effective_of = dict(zip(keys, parts)), np.zeros(k)
+    for key, w in zip(group_model, weights):
         effective_of[key[0]] += float(w.sum())
     new_maps, fsc_curves, resolutions = [], [], []
     totals: list[FourierAccumulator | None] = []

@@ -53,17 +53,22 @@ def accumulate(
     progress: Callable[[int], None] | None = None,
     weights: Sequence[np.ndarray] | None = None,
     stacks: Sequence | None = None,
+    targets: Sequence[int] | None = None,
 ) -> list[FourierAccumulator]:
     """One accumulator per group of stack rows, filled with the rows' images at their poses.
 
     ``weights`` (one ``(len(rows),)`` array per group) weight each particle (a posterior);
     ``stacks`` (one per group) give groups their own poses (the same images with another
-    metadata table, e.g. each model's best poses).
+    metadata table, e.g. each model's best poses). ``targets`` (one index per group): groups
+    that share an index fill one accumulator (a particle's poses in one half map, ``--sep``,
+    ``--hypotheses``), so memory goes with the maps made, not with the poses per particle.
     """
-    accumulators = [FourierAccumulator.zeros(stack.box_size, device=device) for _ in groups]
-    for g, (acc, rows) in enumerate(zip(accumulators, groups)):
+    targets = list(range(len(groups))) if targets is None else [int(t) for t in targets]
+    accumulators = [FourierAccumulator.zeros(stack.box_size, device=device) for _ in range(max(targets, default=-1) + 1)]
+    for g, rows in enumerate(groups):
         source = stack if stacks is None else stacks[g]
-        insert_rows(acc, source, rows, None if weights is None else weights[g], batch_size, device, max_radius, progress)
+        insert_rows(accumulators[targets[g]], source, rows, None if weights is None else weights[g], batch_size, device,
+                    max_radius, progress)
     return accumulators
 
 
@@ -76,6 +81,7 @@ def accumulate_in_shards(
     progress: Callable[[int], None] | None = None,
     weights: Sequence[np.ndarray] | None = None,
     stacks: Sequence | None = None,
+    targets: Sequence[int] | None = None,
 ) -> list[FourierAccumulator]:
     """:func:`accumulate` by ``executor``: the stack's rows cut into ``executor.parts``
     contiguous ranges, each range's part of every group filled by :func:`accumulate_rows_in`,
@@ -85,7 +91,7 @@ def accumulate_in_shards(
     bounds = list(itertools.pairwise(edges.tolist()))
     every = np.concatenate(list(groups)) if len(groups) else np.zeros(0, dtype=np.int64)
     sizes = [int(((every >= a) & (every < b)).sum()) for a, b in bounds]
-    return executor.sum(accumulate_rows_in, bounds, stack, list(groups), batch_size, device, weights, stacks,
+    return executor.sum(accumulate_rows_in, bounds, stack, list(groups), batch_size, device, weights, stacks, targets,
                         advance=progress, sizes=sizes)
 
 
@@ -97,13 +103,15 @@ def accumulate_rows_in(
     device: torch.device | str | None = None,
     weights: Sequence[np.ndarray] | None = None,
     stacks: Sequence | None = None,
+    targets: Sequence[int] | None = None,
     advance: Callable[[int], None] | None = None,
 ) -> list[FourierAccumulator]:
     """:func:`accumulate` of the groups' rows within stack rows ``[bounds[0], bounds[1])``."""
     start, stop = bounds
     inside = [(rows >= start) & (rows < stop) for rows in groups]
     return accumulate(stack, [rows[i] for rows, i in zip(groups, inside)], batch_size, device, progress=advance,
-                      weights=None if weights is None else [w[i] for w, i in zip(weights, inside)], stacks=stacks)
+                      weights=None if weights is None else [w[i] for w, i in zip(weights, inside)], stacks=stacks,
+                      targets=targets)
 
 
 def insert_rows(

@@ -287,15 +287,10 @@ def _reconstruct_halves(model: _Halves, tables: list[pd.DataFrame], scores: np.n
     else:  # every pose of a kept particle that holds 1 % of its weight or more
         entries = [(rows[weights[rows, j] >= 0.01], j) for rows in groups for j in range(len(tables))]
         advance = progress(f"{label}: reconstruct", sum(len(r) for r, _ in entries)) if progress else None
-        parts = accumulate_in_shards(executor, model.stack, [r for r, _ in entries], 256, device, advance,
-                                     [weights[r, j] for r, j in entries],
-                                     [model.stack.with_metadata(tables[j]) for _, j in entries])
-        t = len(tables)
-        acc1, acc2 = parts[0], parts[t]
-        for part in parts[1:t]:
-            acc1 += part
-        for part in parts[t + 1:]:
-            acc2 += part
+        acc1, acc2 = accumulate_in_shards(executor, model.stack, [r for r, _ in entries], 256, device, advance,
+                                          [weights[r, j] for r, j in entries],
+                                          [model.stack.with_metadata(tables[j]) for _, j in entries],
+                                          [h for h in (0, 1) for _ in tables])  # one accumulator per half
     ops = torch.as_tensor(model.operators, dtype=torch.float32)
     result = gold_standard_reconstruction(acc1, acc2, ops)
     # A half map holds half the particles: half the full map's SSNR, twice its 1 / SSNR.
