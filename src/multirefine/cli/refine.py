@@ -355,10 +355,10 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     path = Path(opts.path)
     writer, model_folder, report = _writers(opts, stack)
     progress = StageProgress()
+    before = (path / runfolder.PARAMETERS).read_bytes() if resume else None  # put back if nothing more is done
     try:
         try:
-            before = (path / runfolder.PARAMETERS).read_bytes() if resume else None
-            earlier = json.loads(before).get(COMMANDS, []) if resume else []
+            earlier = json.loads(before).get(COMMANDS, []) if before is not None else []
             runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record],
                                                                INPUT_IDENTITY: input_identity(stack)})
             if opts.consensus and resume is None:
@@ -369,7 +369,7 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
         except BaseException:
             if resume is None and not (path / runfolder.STATE).exists():
                 _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
-            elif resume is not None and len(read_convergence(path / runfolder.CONVERGENCE)) <= resume.iteration:
+            elif before is not None and len(read_convergence(path / runfolder.CONVERGENCE)) <= resume.iteration:
                 with atomic_path(path / runfolder.PARAMETERS) as out:  # no iteration more: the options as they were
                     out.write_bytes(before)
             raise
