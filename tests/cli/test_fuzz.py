@@ -49,10 +49,10 @@ def _column_cases(lines: list[str]) -> list[tuple[str, str]]:
     for c, i in enumerate(columns):
         name = lines[i].split()[0]
         dropped = [line for j, line in enumerate(lines) if j != i]
-        for r in range(first_row, len(lines)):  # renumber nothing; drop the field from every row
-            fields = dropped[r - 1].split()
+        for r in range(first_row - 1, len(dropped)):  # the field out of every row (the others keep their #N)
+            fields = dropped[r].split()
             if len(fields) == len(columns):
-                dropped[r - 1] = " ".join(f for f2, f in enumerate(fields) if f2 != c) + "\n"
+                dropped[r] = " ".join(f for k, f in enumerate(fields) if k != c) + "\n"
         cases.append((f"without {name}", "".join(dropped)))
         for value in BAD_VALUES:
             bad = list(lines)
