@@ -27,11 +27,10 @@ from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
 from multirefine.io.maps import read_map
 from multirefine.io.particles import open_particles
 from multirefine.refine.batch import load_batch
-from multirefine.refine.choice import normalised
+from multirefine.refine.layers import hypothesis_weights
 from multirefine.refine.plan import plan_search
 from multirefine.refine.scales import reference_scales
 from multirefine.refine.seeding import particle_radius_px
-from multirefine.refine.splitmerge import log_likelihoods
 
 NEAR_DEG = 15.0
 
@@ -61,8 +60,7 @@ def main() -> None:
         scale = reference_scales(particles, plan, band[None], 500)
         volume_ft = prepare_volume_ft(band * float(scale[0]))[None]
         references = plan.references(volume_ft)
-        x = plan.band.gather(batch.images_ft)
-        power = (plan.band.weight * (x.real**2 + x.imag**2)).sum(-1).numpy()
+        power = plan.band.power(batch.images_ft).numpy()
         print(f"band {plan.band_resolution_angstrom:.1f} Å, global step {plan.coarse_step_deg:.1f}°")
         for hypotheses in (int(h) for h in args.hypotheses.split(",")):
             started = time.perf_counter()
@@ -73,7 +71,7 @@ def main() -> None:
             errors = np.stack([rotation_change_deg(true_rot, rotations[:, j], np.eye(3)[None])
                                for j in range(rotations.shape[1])], 1)
             errors = np.where(np.isfinite(scores), errors, np.inf)
-            weights = normalised(log_likelihoods(scores, power, float(plan.band.weight.sum()), "ls"))
+            weights = hypothesis_weights(scores, power, float(plan.band.weight.sum()))
             near = errors.min(1) < NEAR_DEG
             near_weight = weights[np.arange(len(rows)), errors.argmin(1)][near]
             print(f"  hypotheses {hypotheses:2d}: best pose median {np.median(errors[:, 0]):5.1f}°, "

@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
 
     from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_threshold
     from multirefine.geometry.symmetry import symmetry_operators
-    from multirefine.io.columns import unmodelled_optics
+    from multirefine.io.columns import optics_note
     from multirefine.io.maps import read_map, write_map
     from multirefine.io.particles import open_particles
     from multirefine.refine.reconstruct import reconstruct_from_stack
@@ -54,9 +54,8 @@ def main(args: argparse.Namespace) -> int:
         rows = np.nonzero(stack.metadata["rlnClassNumber"].to_numpy() == args.class_number)[0]
         if len(rows) == 0:
             raise InputError(f"{args.input}: no particle has rlnClassNumber {args.class_number}")
-    unmodelled = unmodelled_optics(stack.optics)
-    if unmodelled:
-        print(f"optics not modelled here (the CTF is without them): {', '.join(unmodelled)}")
+    if note := optics_note(stack.optics):
+        print(note)
     compare = read_map(args.compare)[0] if args.compare else None
     if compare is not None and compare.shape[-1] != stack.box_size:
         raise InputError(f"{args.compare}: box {compare.shape[-1]} differs from the particles' {stack.box_size}")

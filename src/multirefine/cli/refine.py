@@ -292,15 +292,14 @@ def _writers(opts, stack):
 
 def _print_plan(stack, opts, resume) -> None:
     from multirefine import runfolder
-    from multirefine.io.columns import unmodelled_optics
+    from multirefine.io.columns import optics_note
 
     print(
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
         f"{opts.n_models} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
-    unmodelled = unmodelled_optics(stack.optics)
-    if unmodelled:  # said, not silently dropped (RELION's CtfRefine writes them; they matter near Nyquist)
-        print(f"optics not modelled here (the CTF is without them): {', '.join(unmodelled)}")
+    if note := optics_note(stack.optics):  # said, not silently dropped (RELION's CtfRefine writes them)
+        print(note)
     if resume is not None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
@@ -358,9 +357,10 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
     before = (path / runfolder.PARAMETERS).read_bytes() if resume else None  # put back if nothing more is done
     try:
         try:
-            earlier = json.loads(before).get(COMMANDS, []) if before is not None else []
-            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*earlier, record],
-                                                               INPUT_IDENTITY: input_identity(stack)})
+            saved = json.loads(before) if before is not None else {}
+            identity = saved.get(INPUT_IDENTITY) or input_identity(stack)  # --continue checked it against the stack
+            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*saved.get(COMMANDS, []), record],
+                                                               INPUT_IDENTITY: identity})
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
                     opts, stack, search_stack, maps[0], model_folder(0), progress, executor)

@@ -79,6 +79,7 @@ __all__ = [
     "check_origins",
     "check_premultiplied",
     "has_ctf",
+    "optics_note",
     "require_columns",
     "unmodelled_optics",
 ]
@@ -315,6 +316,12 @@ def unmodelled_optics(table: pd.DataFrame | None) -> list[str]:
         if off > 1e-4:
             said.append(f"a magnification correction (rlnMagMat) up to {100 * off:.2g} %")
     return said
+
+
+def optics_note(table: pd.DataFrame | None) -> str:
+    """The line that says what :func:`unmodelled_optics` finds ("" where it finds nothing)."""
+    said = unmodelled_optics(table)
+    return f"optics not modelled here (the CTF is without them): {', '.join(said)}" if said else ""
 
 
 def _nonzero_list(value: object) -> bool:

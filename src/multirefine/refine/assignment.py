@@ -157,8 +157,7 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
         if chooser is not None:
             found.choice_scores[at] = chooser.scores(batch, rows[at], found.model_rotations[at],
                                                      found.model_shifts[at])
-        x = band.gather(batch.images_ft)
-        found.image_power[at] = (band.weight * x.abs() ** 2).sum(-1).cpu().numpy()
+        found.image_power[at] = band.power(batch.images_ft).cpu().numpy()
         cross, power = scale_terms(batch.images_ft, batch.ctf, volumes_ft, band, result.model[:, 0],
                                    result.rotations[:, 0], result.shift_px[:, 0])
         found.fit_cross[at], found.fit_power[at] = cross.cpu().numpy(), power.cpu().numpy()

@@ -32,8 +32,7 @@ def spread_candidates(result: SearchResult, hypotheses: int, separation_deg: flo
     where none was left (``skip``; always where ``result`` holds one entry, as from priors)."""
     n, top = result.model.shape
     device = result.model.device
-    cos = ((torch.einsum("nikl,njkl->nij", result.rotations, result.rotations) - 1) / 2).clamp(-1, 1)
-    near = (torch.acos(cos) < math.radians(separation_deg)) & (result.model[:, :, None] == result.model[:, None, :])
+    near = _near(result.model, result.rotations, separation_deg)
     taken = torch.zeros((n, top), dtype=torch.bool, device=device)
     taken[:, 0] = True
     for j in range(1, top):
@@ -54,9 +53,7 @@ def distinct_tracks(result: SearchResult, separation_deg: float) -> SearchResult
     candidates) scores ``-inf``, as do repeated ones already."""
     score, order = torch.sort(result.score, dim=1, descending=True)
     rows = torch.arange(score.shape[0], device=score.device)[:, None]
-    model, rot = result.model[rows, order], result.rotations[rows, order]
-    cos = ((torch.einsum("nikl,njkl->nij", rot, rot) - 1) / 2).clamp(-1, 1)
-    near = (torch.acos(cos) < math.radians(separation_deg)) & (model[:, :, None] == model[:, None, :])
+    near = _near(result.model[rows, order], result.rotations[rows, order], separation_deg)
     better = torch.ones(near.shape[1:], dtype=torch.bool, device=near.device).tril(-1)  # j < i
     shadowed = (near & better & torch.isfinite(score)[:, None, :]).any(-1)
     score, again = torch.sort(torch.where(shadowed, -math.inf, score), dim=1, descending=True, stable=True)
@@ -64,3 +61,10 @@ def distinct_tracks(result: SearchResult, separation_deg: float) -> SearchResult
     return SearchResult(result.model[rows, order], result.pose_index[rows, order], result.rotations[rows, order],
                         result.shift_px[rows, order], score, result.model_scores, result.model_rotations,
                         result.model_shift_px)
+
+
+def _near(models: torch.Tensor, rotations: torch.Tensor, separation_deg: float) -> torch.Tensor:
+    """``(n, T, T)``: entries ``i`` and ``j`` of a particle are of one model and their poses
+    (``rotations`` ``(n, T, 3, 3)``) less than ``separation_deg`` apart."""
+    cos = ((torch.einsum("nikl,njkl->nij", rotations, rotations) - 1) / 2).clamp(-1, 1)
+    return (torch.acos(cos) < math.radians(separation_deg)) & (models[:, :, None] == models[:, None, :])

@@ -30,7 +30,7 @@ from multirefine.refine.choice import LastReconstruction, normalised
 from multirefine.refine.reconstruct import accumulate_in_shards, gold_standard_reconstruction
 from multirefine.refine.splitmerge import log_likelihoods
 
-__all__ = ["Layer", "Reconstruction", "hypothesis_layers", "junk_rows", "layer_stacks", "make_layers",
+__all__ = ["Layer", "Reconstruction", "hypothesis_layers", "hypothesis_weights", "junk_rows", "layer_stacks", "make_layers",
            "reconstruct_models"]
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def hypothesis_layers(found: Searched, model: np.ndarray, hypotheses: int, n_pix
     pick = np.argsort(~in_model, axis=1, kind="stable")[:, :hypotheses]  # tracks are best first
     present = np.take_along_axis(in_model, pick, 1)
     scores = np.where(present, np.take_along_axis(found.top_scores, pick, 1), -np.inf)
-    weights = normalised(log_likelihoods(scores, found.image_power, n_pixels, "ls"))
+    weights = hypothesis_weights(scores, found.image_power, n_pixels)
     best = found.model_scores[rows, model]
     return [
         Layer(
@@ -134,6 +134,13 @@ def hypothesis_layers(found: Searched, model: np.ndarray, hypotheses: int, n_pix
         )
         for j in range(pick.shape[1])
     ]
+
+
+def hypothesis_weights(scores: np.ndarray, image_power: np.ndarray, n_pixels: float) -> np.ndarray:
+    """``(n, T)``: the posteriors of each particle's pose hypotheses from their ls scores ``(n, T)``
+    (``-inf``: none, weight 0), its power in the band ``(n,)`` and the band's pixels
+    (:func:`multirefine.refine.splitmerge.log_likelihoods`)."""
+    return normalised(log_likelihoods(scores, image_power, n_pixels, "ls"))
 
 
 def layer_stacks(stack, layers: list[Layer], halves: np.ndarray, apix: float) -> tuple[list[pd.DataFrame], list]:

@@ -94,6 +94,11 @@ class Band:
             )
         return ft.reshape(ft.shape[:-2] + (-1,))[..., self.index.to(ft.device)]
 
+    def power(self, ft: torch.Tensor) -> torch.Tensor:
+        """``(...,)``: the power of transforms ``(..., D, D//2+1)`` within the band, the whole
+        plane (each ``kx > 0`` pixel counts twice)."""
+        return (self.weight.to(ft.device) * self.gather(ft).abs() ** 2).sum(-1)
+
     def to(self, device: torch.device | str) -> Band:
         return Band(
             self.box_size,

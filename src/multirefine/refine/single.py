@@ -53,8 +53,8 @@ from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import assignment_table
 from multirefine.refine.batch import sweep
-from multirefine.refine.choice import normalised
 from multirefine.refine.driver import RefinementResult
+from multirefine.refine.layers import hypothesis_weights
 from multirefine.refine.noise import whitened_stacks
 from multirefine.refine.options import RefineOptions, SweepSettings
 from multirefine.refine.plan import SearchPlan, plan_search
@@ -65,7 +65,6 @@ from multirefine.refine.reconstruct import (
 )
 from multirefine.refine.scales import filtered_scale, reference_scales
 from multirefine.refine.seeding import particle_radius_px
-from multirefine.refine.splitmerge import log_likelihoods
 from multirefine.runfolder.records import FscRecord, SingleStats
 
 __all__ = ["ModelRecorder", "SingleResult", "consensus_refinement", "refine_each_model", "refine_single"]
@@ -304,16 +303,15 @@ def _search_rows(rows: np.ndarray, search_stack, plan, polar, volume_ft: torch.T
     """The poses of the stack rows ``rows`` against one half map (its polar references
     ``polar`` and transform ``volume_ft``), in batches of ``settings.batch_size``: the best,
     or the ``settings.hypotheses`` best distinct ones weighted by their posteriors
-    (:func:`multirefine.refine.layers.hypothesis_layers`' weights)."""
+    (:func:`multirefine.refine.layers.hypothesis_weights`)."""
     hypotheses, n_pixels = settings.hypotheses, float(plan.band.weight.sum())
     poses = _Poses.empty(len(rows), max(1, hypotheses))
     for at, batch in sweep(search_stack, rows, settings.batch_size, volume_ft.device, advance):
         found = plan.search(batch.images_ft, batch.ctf, polar, volume_ft, settings.score, hypotheses=hypotheses)
         if hypotheses:
             rotations, shifts, scores = found.rotations, found.shift_px, found.score
-            x = plan.band.gather(batch.images_ft)
-            power = (plan.band.weight * (x.real**2 + x.imag**2)).sum(-1).cpu().numpy()
-            poses.weights[at] = normalised(log_likelihoods(scores.cpu().numpy(), power, n_pixels, "ls"))
+            power = plan.band.power(batch.images_ft).cpu().numpy()
+            poses.weights[at] = hypothesis_weights(scores.cpu().numpy(), power, n_pixels)
         else:
             rotations, shifts, scores = found.model_rotations, found.model_shift_px, found.model_scores
             poses.weights[at] = 1.0
