@@ -180,6 +180,24 @@ def test_maps_damaged_by_rule(valid, tmp_path, capsys):
                                     str(run)], folder, run, capsys, case) == 2
 
 
+def test_masks_damaged_by_rule(valid, tmp_path, capsys):
+    """The same damaged maps given as `--mask` (the valid maps as starting maps): `refine --check`
+    refuses each in one line (none is a mask: NaN, Inf, values beyond [0, 1], nothing, a cut
+    file, a span of 100 Å/px), and a real start refuses them as --check does, leaving no folder."""
+    star, maps = str(valid / "sim" / "particles.star"), f"{valid}/map1.mrc,{valid}/map2.mrc"
+    for i, (case, data, apix) in enumerate(_map_cases(valid)):
+        folder = tmp_path / f"mask{i:02d}"
+        folder.mkdir()
+        if isinstance(data, bytes):
+            (folder / "bad.mrc").write_bytes(data)
+        else:
+            write_map(folder / "bad.mrc", np.ascontiguousarray(data, dtype=np.float32), apix)
+        argv = ["refine", "--input", star, "--models", maps, "--mask", f"{folder}/bad.mrc"]
+        assert _check_contract([*argv, "--check"], folder, None, capsys, case) == 2, f"{case}: passed as a mask"
+        run = tmp_path / f"masked{i:02d}"
+        assert _check_contract([*argv, "--iter", "1", "--nosingle", "--path", str(run)], folder, run, capsys, case) == 2
+
+
 def test_image_stacks_damaged_by_rule(valid, tmp_path, capsys):
     """The particles' stack cut short or given NaN pixels: `refine` and `reconstruct` stop in one
     line, leave no run folder and no map."""

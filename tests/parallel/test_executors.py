@@ -56,11 +56,11 @@ class _Cut(InProcess):
 def test_shards_of_a_reconstruction_add_up_to_the_whole(two_states):
     """Accumulators are sums: the reconstruction cut into shards of stack rows (as on a
     cluster) gives the maps made in one pass, to float rounding."""
-    from multirefine.fourier.masks import soft_sphere_mask
     from multirefine.io.particles import open_particles
     from multirefine.refine.choice import fold_shards
     from multirefine.refine.layers import Layer, reconstruct_models
     from multirefine.refine.reconstruct import half_set_of_rows
+    from multirefine.refine.solvent import ModelMasks
 
     truth = open_particles(two_states / "sim" / "truth.star")
     n = len(truth)
@@ -69,7 +69,7 @@ def test_shards_of_a_reconstruction_add_up_to_the_whole(two_states):
     layers = [Layer(model, np.zeros((n, 3, 3)), np.zeros((n, 2)), np.zeros(n), np.ones(n))]
     stacks = [truth]  # the true poses are in this table already
     maps = [np.zeros((BOX,) * 3, np.float32)] * 2
-    operators, mask = [torch.eye(3)[None]] * 2, soft_sphere_mask(BOX, 15, 3.0)
+    operators, mask = [torch.eye(3)[None]] * 2, ModelMasks(BOX, 15)
     made = [reconstruct_models(truth, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "", executor)
             for executor in (InProcess(), _Cut(5))]
     assert len(fold_shards(n, 5, 500)) == 12 and len(fold_shards(n, 1, 500)) == 1

@@ -12,6 +12,7 @@ from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.refine.choice import LastReconstruction, fold_edges, leave_out_volumes
 from multirefine.refine.reconstruct import accumulate, gold_standard_reconstruction
+from multirefine.refine.solvent import ModelMasks
 from multirefine.simulate import SimulationParameters, simulate_dataset
 
 BOX, APIX = 32, 2.0
@@ -44,7 +45,7 @@ def test_leaving_nothing_out_gives_the_map(stack):
     mask = soft_sphere_mask(BOX, BOX / 2 - 2, 3.0)
     rows = np.arange(len(stack))
     last, _ = _last(stack, rows, np.ones(len(rows)), mask)
-    volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([2.0]), "cpu")
+    volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]], ModelMasks(BOX, BOX / 2 - 2), BOX / 2, np.array([2.0]), "cpu")
     expected = prepare_volume_ft(torch.from_numpy(last.maps[0]) * 2.0)
     assert torch.allclose(volumes[0], expected, atol=1e-4 * float(expected.abs().max()))
 
@@ -56,7 +57,7 @@ def test_leaving_a_fold_out_gives_the_map_of_the_rest(stack):
     rows = np.arange(len(stack))
     weights = np.linspace(0.5, 1.0, len(rows))
     last, inverse_ssnr = _last(stack, rows, weights, mask)
-    volumes = leave_out_volumes(last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2, BOX / 2, np.array([1.0]), "cpu")
+    volumes = leave_out_volumes(last, 60, 120, [torch.eye(3)[None]], ModelMasks(BOX, BOX / 2 - 2), BOX / 2, np.array([1.0]), "cpu")
     rest = np.concatenate([rows[:60], rows[120:]])
     (acc,) = accumulate(stack, [rest], 64, weights=[np.concatenate([weights[:60], weights[120:]])])
     expected = prepare_volume_ft(flatten_solvent(acc.reconstruct(None, inverse_ssnr), mask))
@@ -71,7 +72,7 @@ def test_maps_rebuilt_on_a_smaller_box_agree_within_the_band(stack):
     mask = soft_sphere_mask(BOX, BOX / 2 - 2, 3.0)
     rows = np.arange(len(stack))
     last, _ = _last(stack, rows, np.ones(len(rows)), mask)
-    args = (last, 60, 120, [torch.eye(3)[None]], BOX / 2 - 2)
+    args = (last, 60, 120, [torch.eye(3)[None]], ModelMasks(BOX, BOX / 2 - 2))
     small = leave_out_volumes(*args, 8.0, np.array([1.0]), "cpu")[0]
     whole = leave_out_volumes(*args, BOX / 2, np.array([1.0]), "cpu")[0]
     size = 2 * BOX
@@ -183,13 +184,13 @@ def test_m3dkeep_makes_each_map_from_its_best_scored_particles(stack):
     model = (np.arange(n) >= n // 2).astype(np.int64)  # two models, 120 particles each
     score = np.random.default_rng(0).random(n)
     halves = np.arange(n) % 2 + 1
-    mask = soft_sphere_mask(BOX, BOX / 2 - 2, 3.0)
+    masks = ModelMasks(BOX, BOX / 2 - 2)
     start = [np.zeros((BOX,) * 3, np.float32)] * 2
 
     def made(models, keep):
         layers = [Layer(models, rotations, shifts, score, np.ones(n))]
         _, stacks = layer_stacks(stack, layers, halves, APIX)
-        return reconstruct_models(stack, layers, stacks, halves, start, [torch.eye(3)[None]] * 2, mask, keep,
+        return reconstruct_models(stack, layers, stacks, halves, start, [torch.eye(3)[None]] * 2, masks, keep,
                                    "cpu", None, "test")
 
     kept = made(model, 0.5)

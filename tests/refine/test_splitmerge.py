@@ -138,7 +138,6 @@ def _trial_at_true_poses(root, model, tmp_path, executor=None):
     its true pose in every model, searched to 10 Å (its loops run by ``executor``)."""
     import torch
 
-    from multirefine.fourier.masks import soft_sphere_mask
     from multirefine.geometry.symmetry import symmetry_operators
     from multirefine.io.particles import open_particles
     from multirefine.refine.assignment import Searched
@@ -148,6 +147,7 @@ def _trial_at_true_poses(root, model, tmp_path, executor=None):
     from multirefine.refine.options import RefineOptions, SweepSettings
     from multirefine.refine.plan import plan_search
     from multirefine.refine.reconstruct import half_set_of_rows
+    from multirefine.refine.solvent import ModelMasks
     from multirefine.refine.trial import FixedPoses, split_and_merge
 
     truth = open_particles(root / "truth.star")
@@ -168,12 +168,12 @@ def _trial_at_true_poses(root, model, tmp_path, executor=None):
         found.image_power[rows] = (plan.band.weight * x.abs() ** 2).sum(-1).numpy()
     halves = half_set_of_rows(stack.metadata, 0)
     operators = [torch.as_tensor(symmetry_operators("C1"), dtype=torch.float32)] * k
-    mask = soft_sphere_mask(BOX, radius_px + 3, 3.0)
+    mask = ModelMasks(BOX, radius_px + 3)
     maps = [np.zeros((BOX,) * 3, np.float32)] * k
     layers = make_layers(found, model, np.eye(k)[model], 1)
     _, stacks = layer_stacks(stack, layers, halves, APIX)
     made = reconstruct_models(stack, layers, stacks, halves, maps, operators, mask, 1.0, "cpu", None, "", executor)
-    fold_maps = FoldMaps(operators, radius_px + 3, np.ones(k))
+    fold_maps = FoldMaps(operators, mask, np.ones(k))
     fixed = FixedPoses(stack, stack, plan, halves, maps, operators, mask, fold_maps, SweepSettings.of(opts),
                        opts.m3dkeep, executor)
     return split_and_merge(fixed, found, model, layers, made, 3)

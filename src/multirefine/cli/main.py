@@ -10,7 +10,7 @@ import threading
 from types import ModuleType
 
 from multirefine import __version__
-from multirefine.cli import demo, reconstruct, refine, report, simulate, split
+from multirefine.cli import demo, mask, reconstruct, refine, report, simulate, split
 from multirefine.errors import ClusterError, InputError
 from multirefine.progress import logging_level
 
@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "split": split,
     "simulate": simulate,
     "reconstruct": reconstruct,
+    "mask": mask,
     "report": report,
     "demo": demo,
 }

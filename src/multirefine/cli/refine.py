@@ -44,6 +44,7 @@ from pathlib import Path
 
 from multirefine.cli.continuation import resolve_continue
 from multirefine.cli.machine import batch_size, device_and_threads
+from multirefine.cli.masks import read_masks, saved_masks, write_masks
 from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     seed.add_argument("--randclassify", action="store_true", help="seed: particles aligned to the one map, then "
                       "split at random (RELION's Class3D seeding; the default)")
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
+    p.add_argument("--mask", metavar="FILE[,FILE...]",
+                   help="solvent mask (MRC, values in [0, 1]: 1 kept, 0 solvent), one for all models or one per model: "
+                   "each map is multiplied by it after every reconstruction, in place of the soft sphere (RELION's "
+                   "--solvent_mask; relion_mask_create makes one); resampled to the particles' grid like the starting "
+                   "maps; the run keeps copies (mask_MM.mrc)")
+    p.add_argument("--particle-diameter", type=float, metavar="A",
+                   help="the particle's diameter in Å (RELION's --particle_diameter): the sphere mask of the maps "
+                   "(without --mask), the images' background beyond it (--noise coloured, --norm) and the angular "
+                   "steps (default: estimated from the starting maps)")
     p.add_argument("--iter", type=int,
                    help=f"iterations (default: until fewer than 1 %% of the particles change model in two iterations "
                         f"running and the resolution stops improving; at least {MIN_ITERATIONS}, at most {MAX_ITERATIONS})")
@@ -199,6 +209,7 @@ def _resolve(args: argparse.Namespace):
         seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify"
     maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
     k = len(maps) if args.models else args.nmodels
+    masks = read_masks(args.mask, k, apix, box)
     if k < 1:
         raise InputError("no starting maps")
     if k * MIN_PARTICLES_PER_MODEL > len(stack):
@@ -209,17 +220,7 @@ def _resolve(args: argparse.Namespace):
         symmetries *= k
     elif len(symmetries) != k:
         raise InputError(f"--sym {args.sym}: {len(symmetries)} symmetries for {k} models (give one, or one per model)")
-    mass = None
-    if args.mass:
-        try:
-            mass = [float(m) for m in _split(args.mass)]
-        except ValueError:
-            raise InputError(f"--mass {args.mass}: expected numbers in kDa") from None
-        if len(mass) == 1:
-            mass *= k
-        elif len(mass) != k:
-            raise InputError(f"--mass {args.mass}: {len(mass)} masses for {k} models")
-        # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
+    mass = _masses(args.mass, k)
     device = device_and_threads(args)
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
     if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):  # a lock: said when it is taken
@@ -236,9 +237,32 @@ def _resolve(args: argparse.Namespace):
         hypotheses=args.hypotheses,
         sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
+        masks=None if args.mask is None else _split(args.mask), particle_diameter_angstrom=args.particle_diameter,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
-    return stack, search_stack, maps, opts, k
+    _check_diameter(opts.particle_diameter_angstrom, apix, box)
+    return stack, search_stack, maps, masks, opts
+
+
+def _masses(text: str | None, k: int) -> list[float] | None:
+    """``--mass``: one for every model or one per model (kDa)."""
+    if not text:
+        return None
+    try:
+        mass = [float(m) for m in _split(text)]
+    except ValueError:
+        raise InputError(f"--mass {text}: expected numbers in kDa") from None
+    if len(mass) == 1:
+        mass *= k
+    elif len(mass) != k:
+        raise InputError(f"--mass {text}: {len(mass)} masses for {k} models")
+    return mass  # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
+
+
+def _check_diameter(diameter: float | None, apix: float, box: int) -> None:
+    if diameter is not None and diameter > box * apix:
+        raise InputError(f"--particle-diameter {diameter:g}: wider than the particles' box ({box} px at {apix:g} Å/px "
+                         f"= {box * apix:g} Å)")
 
 
 def _has_poses(metadata) -> bool:
@@ -300,6 +324,11 @@ def _print_plan(stack, opts, resume) -> None:
     )
     if note := optics_note(stack.optics):  # said, not silently dropped (RELION's CtfRefine writes them)
         print(note)
+    if opts.masks:
+        print(f"solvent mask{'s' if len(opts.masks) > 1 else ''}: {', '.join(opts.masks)}"
+              + (" (one per model)" if len(opts.masks) > 1 else " (every model)"))
+    if opts.particle_diameter_angstrom is not None:
+        print(f"particle diameter {opts.particle_diameter_angstrom:g} Å")
     if resume is not None:
         print(f"continuing {opts.path} after iteration {resume.iteration} of {opts.iterations}, with its options "
               f"({opts.path}/{runfolder.PARAMETERS})")
@@ -340,9 +369,10 @@ def _make_folder(path: Path, resume) -> bool:
     return created
 
 
-def _run(opts, stack, search_stack, maps, resume, history, executor, created: bool, record: dict) -> None:
+def _run(opts, stack, search_stack, maps, masks, resume, history, executor, created: bool, record: dict) -> None:
     """The run itself, in its folder (held by this process), from new or from ``resume``;
-    ``record``: this command (:func:`multirefine.runfolder.record.command_record`)."""
+    ``record``: this command (:func:`multirefine.runfolder.record.command_record`); ``masks``:
+    the ``--mask`` volumes (None: spheres), copied into a new run's folder."""
     from multirefine import runfolder
     from multirefine.io.atomic import atomic_path
     from multirefine.progress import StageProgress
@@ -361,11 +391,13 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
             identity = saved.get(INPUT_IDENTITY) or input_identity(stack)  # --continue checked it against the stack
             runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*saved.get(COMMANDS, []), record],
                                                                INPUT_IDENTITY: identity})
+            if masks is not None and resume is None:
+                write_masks(path, masks, opts.n_models, stack.pixel_size_angstrom)
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
-                    opts, stack, search_stack, maps[0], model_folder(0), progress, executor)
+                    opts, stack, search_stack, maps[0], model_folder(0), progress, executor, masks)
                 maps = [consensus]
-            multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer)
+            multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer, masks)
         except BaseException:
             if resume is None and not (path / runfolder.STATE).exists():
                 _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
@@ -381,7 +413,7 @@ def _run(opts, stack, search_stack, maps, resume, history, executor, created: bo
         )
         if opts.single:
             _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
-                                             report), path)
+                                             report, masks), path)
     finally:
         progress.close()
 
@@ -400,8 +432,9 @@ def main(args: argparse.Namespace) -> int:
     maps, resume, history = None, None, None
     if args.continue_run is not None:
         stack, search_stack, opts, resume, history = resolve_continue(args)
+        masks = saved_masks(opts, stack.box_size)
     else:
-        stack, search_stack, maps, opts, _ = _resolve(args)
+        stack, search_stack, maps, masks, opts = _resolve(args)
     with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path
         with redirect_stdout(io.StringIO()) as plan:  # printed now, and into run.log once there is one
             _print_plan(stack, opts, resume)
@@ -420,7 +453,7 @@ def main(args: argparse.Namespace) -> int:
             with RunLog(path, f"{record['started']} on {record['host']}: {record['command_line']}", plan.getvalue()):
                 if left:
                     print(f"removed {len(left)} temporary files an earlier, interrupted command left in {path}")
-                _run(opts, stack, search_stack, maps, resume, history, executor, created, record)
+                _run(opts, stack, search_stack, maps, masks, resume, history, executor, created, record)
                 if opts.device.startswith("cuda"):
                     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (torch's allocations)")
                 print(f"results in {path}/; the report: {path}/index.html")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["flatten_solvent", "normalise_background", "soft_sphere_mask", "solvent_level"]
+__all__ = ["flatten_solvent", "mask_from_map", "normalise_background", "soft_sphere_mask", "solvent_level"]
 
 
 def soft_sphere_mask(
@@ -61,3 +61,30 @@ def normalise_background(images: np.ndarray, radius_px: float) -> np.ndarray:
     out = images - plane
     sd = out[:, outside].std(axis=1)
     return (out / np.maximum(sd, 1e-12)[:, None, None]).astype(np.float32)
+
+
+def _dilate(binary: torch.Tensor, radius_px: float) -> torch.Tensor:
+    """``binary`` ``(D, D, D)`` grown by a ball of ``radius_px`` (FFT convolution, cyclic:
+    pad the box by the radius first where the region may reach its edge)."""
+    box = binary.shape[-1]
+    c = torch.arange(box, dtype=torch.float64) - box // 2
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    ball = torch.fft.ifftshift((r2 <= radius_px**2 + 1e-9).to(torch.float64))  # centred at voxel 0
+    grown = torch.fft.irfftn(torch.fft.rfftn(binary.to(torch.float64)) * torch.fft.rfftn(ball), s=binary.shape)
+    return grown > 0.5
+
+
+def mask_from_map(volume: torch.Tensor, threshold: float, extend_px: float = 3.0, soft_px: float = 6.0) -> torch.Tensor:
+    """A soft solvent mask ``(D, D, D)`` in [0, 1] from a map (relion_mask_create's recipe):
+    1 where ``volume`` exceeds ``threshold``, grown by ``extend_px``, then a raised cosine from
+    1 to 0 over ``soft_px`` beyond that, in whole-voxel steps of distance. What would grow
+    beyond the box is cut off at its edge (never wrapped to the other side)."""
+    box, steps = volume.shape[-1], math.ceil(soft_px)
+    pad = math.ceil(extend_px) + steps + 1
+    above = torch.nn.functional.pad((volume > threshold).to(torch.float64)[None, None], (pad,) * 6)[0, 0] > 0.5
+    inside = _dilate(above, extend_px) if extend_px > 0 else above
+    mask = inside.to(torch.float64)
+    for step in range(1, steps + 1):  # each shell one voxel further out: its value on the cosine
+        reached = _dilate(inside, step) & (mask == 0)
+        mask[reached] = 0.5 * (1 + math.cos(math.pi * step / (steps + 1)))
+    return mask[pad : pad + box, pad : pad + box, pad : pad + box].to(volume.dtype)

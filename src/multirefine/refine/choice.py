@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent
 from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.parallel import Executor, InProcess
@@ -35,6 +35,7 @@ from multirefine.refine.plan import SearchPlan
 from multirefine.refine.reconstruct import insert_rows
 from multirefine.refine.scoring import Band
 from multirefine.refine.search import search_local
+from multirefine.refine.solvent import ModelMasks
 from multirefine.refine.splitmerge import log_likelihoods
 
 __all__ = [
@@ -74,7 +75,7 @@ def fold_edges(n: int, folds: int) -> np.ndarray:
 
 
 def leave_out_volumes(
-    last: LastReconstruction, start: int, stop: int, operators: list[torch.Tensor], mask_radius_px: float,
+    last: LastReconstruction, start: int, stop: int, operators: list[torch.Tensor], masks: ModelMasks,
     band_radius: float, scales: np.ndarray, device,
 ) -> torch.Tensor:
     """The models' last maps rebuilt without stack rows ``[start, stop)`` (the same Wiener
@@ -109,7 +110,7 @@ def leave_out_volumes(
                 taken = removed.cropped(small)
                 rest = rest - taken
             inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
-            mask = soft_sphere_mask(small, mask_radius_px * small / box, 3.0 * small / box, device=rest.data.device)
+            mask = masks.of(m_index, small, device=rest.data.device)
             volume_ft = prepare_volume_ft(flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), pad)
         out.append(pad_volume_ft(volume_ft.to(device) * float(scales[m_index]), pad * box))
     return torch.stack(out)
@@ -147,7 +148,7 @@ class FoldChooser:
             if fold != self.fold:
                 self.volumes_ft = leave_out_volumes(
                     self.last, self.edges[fold], self.edges[fold + 1], self.fold_maps.operators,
-                    self.fold_maps.mask_radius_px, self.plan.band_radius_px, self.fold_maps.scales,
+                    self.fold_maps.masks, self.plan.band_radius_px, self.fold_maps.scales,
                     batch.images_ft.device,
                 )
                 self.fold = fold
@@ -165,7 +166,7 @@ class FoldMaps:
     """How the models' maps are rebuilt without a fold (:func:`leave_out_volumes`)."""
 
     operators: list[torch.Tensor]
-    mask_radius_px: float
+    masks: ModelMasks
     scales: np.ndarray  # the references' intensity scale per model
 
 

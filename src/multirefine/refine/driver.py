@@ -119,6 +119,7 @@ def run_refinement(
     history: list[IterationStats] | None = None,
     executor: Executor | None = None,
     recorder: Recorder | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> RefinementResult:
     """Run ``opts.iterations`` iterations (``opts.until_settled``: at most, :func:`settled`) from ``start_maps`` (K maps, or one map that
     ``opts.seeding`` varies into K, :func:`multirefine.refine.seeding.seed_models`).
@@ -127,13 +128,14 @@ def run_refinement(
     (the same stack, or the ``--usefilt`` one). ``resume`` continues a run after the last
     iteration its state holds, ``history`` being that run's statistics (``start_maps`` is
     then not used); the result is the one an uninterrupted run gives. Each finished
-    iteration goes to ``recorder``.
+    iteration goes to ``recorder``. ``masks``: solvent masks on the particles' grid, one or one
+    per model (``--mask``, :func:`multirefine.refine.solvent.fit_mask`); None: soft spheres.
     """
     recorder = recorder or Recorder()
     if resume is None:
-        run, current = start.start_new(opts, stack, search_stack, start_maps, executor, progress, recorder)
+        run, current = start.start_new(opts, stack, search_stack, start_maps, masks, executor, progress, recorder)
     else:
-        run, current = start.resume(opts, stack, search_stack, resume, history or [], executor, progress)
+        run, current = start.resume(opts, stack, search_stack, resume, history or [], masks, executor, progress)
     for iteration in range(len(current.stats) + 1, opts.iterations + 1):
         if opts.until_settled and settled(current.stats):
             log.info("the assignment settled after %d iterations", len(current.stats))
@@ -168,7 +170,7 @@ def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: R
     log.debug("iteration %d: %s", iteration, plan.describe())
     refs = scaled_references(run.stack, run.search_stack, plan, current.maps, iteration, run.opts.batch_size,
                              torch.device(opts.device))
-    fold_maps = FoldMaps(run.operators, run.mask_radius_px, refs.scales)
+    fold_maps = FoldMaps(run.operators, run.masks, refs.scales)
     found = search_particles(run.search_stack, plan, refs.polar, refs.volumes_ft, run.settings, current.last,
                              fold_maps, run.bar(f"iteration {iteration}: search", len(run.stack)), run.executor,
                              current.priors)
@@ -232,14 +234,14 @@ def _choose_and_reconstruct(run: start.Run, current: start.Current, plan: Search
     layers = make_layers(found, model, weights, opts.sep if spread else 1, junk, hypotheses=hypotheses,
                          n_pixels=float(plan.band.weight.sum()))
     tables, stacks = layer_stacks(run.stack, layers, run.halves, run.stack.pixel_size_angstrom)
-    made = reconstruct_models(run.stack, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
+    made = reconstruct_models(run.stack, layers, stacks, run.halves, maps, run.operators, run.masks, opts.m3dkeep,
                               torch.device(opts.device), run.progress, f"iteration {iteration}: reconstruct",
                               run.executor)
     chosen = _Chosen(model, found, layers, tables, made, confidence, spread, junk)
     moved = None if current.model is None else float(np.mean(current.model != model))
     if (opts.split_merge and not opts.soft and not (spread and opts.sep > 1) and k >= MIN_MODELS
             and split_merge_due(iteration, opts.iterations, current.stats, moved)):
-        fixed = FixedPoses(run.stack, run.search_stack, plan, run.halves, maps, run.operators, run.mask, fold_maps,
+        fixed = FixedPoses(run.stack, run.search_stack, plan, run.halves, maps, run.operators, run.masks, fold_maps,
                            run.settings, opts.m3dkeep, run.executor)
         winner, chosen.trial = split_and_merge(fixed, found, model, layers, made, iteration)
         chosen.model, chosen.found, chosen.layers, chosen.made = winner.model, winner.found, winner.layers, winner.made

@@ -28,6 +28,7 @@ from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import Searched, assignment_table
 from multirefine.refine.choice import LastReconstruction, normalised
 from multirefine.refine.reconstruct import accumulate_in_shards, gold_standard_reconstruction
+from multirefine.refine.solvent import ModelMasks
 from multirefine.refine.splitmerge import log_likelihoods
 
 __all__ = ["Layer", "Reconstruction", "hypothesis_layers", "hypothesis_weights", "junk_rows", "layer_stacks", "make_layers",
@@ -160,7 +161,7 @@ class Reconstruction:
 
 def reconstruct_models(
     stack, layers: list[Layer], layer_stacks: list, halves: np.ndarray, maps: list[np.ndarray],
-    operators: list[torch.Tensor], mask: torch.Tensor, m3dkeep: float, device, progress, label: str,
+    operators: list[torch.Tensor], masks: ModelMasks, m3dkeep: float, device, progress, label: str,
     executor: Executor | None = None,
 ) -> Reconstruction:
     """Each model's gold-standard map from its entries in ``layers`` (the best ``m3dkeep`` of
@@ -203,7 +204,7 @@ def reconstruct_models(
             resolutions.append(float("inf"))
             continue
         result = gold_standard_reconstruction(acc1, acc2, operators[m_index])
-        new_maps.append(flatten_solvent(torch.from_numpy(result.full_map), mask).numpy())
+        new_maps.append(flatten_solvent(torch.from_numpy(result.full_map), masks.of(m_index)).numpy())
         acc1 += acc2  # both half-sets: what the full map was made from
         totals.append(acc1)
         inverse_ssnr.append(result.inverse_ssnr)

@@ -74,6 +74,8 @@ class RefineOptions:
     # --hypotheses N: each particle's map entry spread over its N best distinct poses in its
     # model, weighted by their posteriors (0: its best pose alone, as runs written before it)
     hypotheses: int = 0
+    masks: list[str] | None = None  # --mask: the files as given (the run folder keeps copies, mask_MM.mrc)
+    particle_diameter_angstrom: float | None = None  # --particle-diameter; None: the radius estimated from the maps
 
     def __post_init__(self) -> None:
         self.validate()
@@ -129,6 +131,12 @@ class RefineOptions:
             raise InputError(f"--shrink {self.shrink}: expected 1 or more")
         if self.targetres is not None and not (math.isfinite(self.targetres) and self.targetres > 0):
             raise InputError(f"--targetres {self.targetres}: expected a resolution in Å")
+        if self.masks is not None and len(self.masks) not in (1, self.n_models):
+            raise InputError(f"--mask {','.join(self.masks)}: {len(self.masks)} masks for {self.n_models} models (give "
+                             "one, or one per model)")
+        if self.particle_diameter_angstrom is not None and not (
+                math.isfinite(self.particle_diameter_angstrom) and self.particle_diameter_angstrom > 0):
+            raise InputError(f"--particle-diameter {self.particle_diameter_angstrom}: expected a diameter in Å")
         if not (math.isfinite(self.max_shift_px) and self.max_shift_px >= 0):
             raise InputError(f"--max-shift {self.max_shift_px}: expected pixels, 0 or more")
 

@@ -39,6 +39,7 @@ __all__ = [
     "fit_to_box",
     "level_start_maps",
     "particle_radius_px",
+    "place_in_box",
     "power_limit_angstrom",
     "randomize_phases",
     "remove_fragment",
@@ -51,10 +52,20 @@ MAX_SPAN = 4  # fit_to_box: a starting map may span at most this many particle b
 
 
 def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
-    """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred).
-    Raises InputError where the map resampled would span over :data:`MAX_SPAN` times the box
-    (a voxel size in its header that is wrong, most likely: 100 Å/px made 2400³ of 24³), and
-    where it is constant within the box (all zero, say)."""
+    """A starting map on the particles' grid (:func:`place_in_box`). Raises InputError where
+    it is constant within the box (all zero, say)."""
+    fitted = place_in_box(volume, voxel_size, pixel_size, box_size, name)
+    if not float(fitted.max() - fitted.min()) > 0:  # all zero, constant, or its content clipped away
+        raise InputError(f"{name}: every voxel is {float(fitted.flat[0]):g} within the particles' box; a starting "
+                         "map needs a particle for the search to align to")
+    return fitted
+
+
+def place_in_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
+    """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred), with
+    a logged line for each. Raises InputError where the map resampled would span over
+    :data:`MAX_SPAN` times the box (a voxel size in its header that is wrong, most likely:
+    100 Å/px made 2400³ of 24³)."""
     out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     size = out.shape[-1]
     if voxel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
@@ -74,11 +85,7 @@ def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, 
         n = min(size, box_size)
         result[dst0 : dst0 + n, dst0 : dst0 + n, dst0 : dst0 + n] = out[src0 : src0 + n, src0 : src0 + n, src0 : src0 + n]
         out = result
-    fitted = out.numpy()
-    if not float(fitted.max() - fitted.min()) > 0:  # all zero, constant, or its content clipped away
-        raise InputError(f"{name}: every voxel is {float(fitted.flat[0]):g} within the particles' box; a starting "
-                         "map needs a particle for the search to align to")
-    return fitted
+    return out.numpy()
 
 
 def power_limit_angstrom(volume: np.ndarray, pixel_size: float, fraction: float = 1e-3) -> float:

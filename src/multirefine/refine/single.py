@@ -46,7 +46,7 @@ import torch
 
 from multirefine.fourier.filters import lowpass_volume
 from multirefine.fourier.fsc import resolution_at_threshold
-from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
@@ -64,7 +64,8 @@ from multirefine.refine.reconstruct import (
     half_set_of_rows,
 )
 from multirefine.refine.scales import filtered_scale, reference_scales
-from multirefine.refine.seeding import particle_radius_px
+from multirefine.refine.solvent import ModelMasks, per_model, sphere_radius_px, union
+from multirefine.refine.start import particle_radius
 from multirefine.runfolder.records import FscRecord, SingleStats
 
 __all__ = ["ModelRecorder", "SingleResult", "consensus_refinement", "refine_each_model", "refine_single"]
@@ -135,6 +136,7 @@ def refine_single(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     label: str = "",
     executor: Executor | None = None,
+    mask: np.ndarray | None = None,
 ) -> SingleResult:
     """Refine one particle set against its own two half maps from ``start_map``: one map
     ``(D, D, D)`` for both half-sets, or one per half-set ``(2, D, D, D)``.
@@ -145,10 +147,11 @@ def refine_single(
     ``single_iterations`` (at most), ``single_start_resolution_angstrom``, speed, shifts,
     ``shrink``, batch size, device, score and ``m3dkeep`` (per half-set). ``executor`` runs the
     search (a shard of a half-set's rows each, :func:`_search_rows`) and the reconstruction.
+    ``mask``: the solvent mask on the particles' grid (``--mask``); None: a soft sphere.
     """
     executor, recorder = executor or InProcess(), recorder or ModelRecorder()
     device, apix = torch.device(opts.device), stack.pixel_size_angstrom
-    model = _start(stack, search_stack, start_map, symmetry, opts)
+    model = _start(stack, search_stack, start_map, symmetry, opts, mask)
     recorder.start((model.references[0] + model.references[1]) / 2)
     band_res, stats = opts.single_start_resolution_angstrom, []
     best, since_best = math.inf, 0
@@ -197,13 +200,14 @@ def refine_single(
     return SingleResult(stats, resolution, table=table, full_map=full_map)
 
 
-def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: RefineOptions) -> _Halves:
+def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: RefineOptions,
+           user_mask: np.ndarray | None) -> _Halves:
     """The set's half-sets, symmetry, mask and starting references (low-passed, masked)."""
     start_map = np.asarray(start_map, dtype=np.float32)
     pair = start_map if start_map.ndim == 4 else np.stack([start_map, start_map])
-    radius_px = max(particle_radius_px(m) for m in pair)
-    mask_radius_px = min(radius_px + 3, stack.box_size / 2 - 2)
-    mask = soft_sphere_mask(stack.box_size, mask_radius_px, 3.0)
+    radius_px = particle_radius(opts, list(pair), stack.pixel_size_angstrom)
+    mask_radius_px = sphere_radius_px(radius_px, stack.box_size, opts.particle_diameter_angstrom is not None)
+    mask = ModelMasks(stack.box_size, mask_radius_px, None if user_mask is None else [user_mask]).of(0)
     stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model, opts.normalise)
     references = [  # per half-set
         flatten_solvent(lowpass_volume(torch.from_numpy(m), opts.single_start_resolution_angstrom,
@@ -330,10 +334,13 @@ def refine_each_model(
     executor: Executor | None = None,
     recorders: Callable[[int], ModelRecorder] | None = None,
     after: Callable[[], None] | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> list[SingleResult | None]:
     """Refine each model's particles of ``multi`` on their own; ``recorders(m)`` (m from 1)
     gives model m's recorder, ``after`` is called when a model is done (the command line:
-    the report). A model with fewer than :data:`MIN_PARTICLES` particles is left out (None)."""
+    the report). A model with fewer than :data:`MIN_PARTICLES` particles is left out (None).
+    ``masks``: the solvent masks, one or one per model (None: spheres)."""
+    masks = per_model(masks, opts.n_models)
     classes = multi.table["rlnClassNumber"].to_numpy()
     results: list[SingleResult | None] = []
     for m_index, volume in enumerate(multi.maps):
@@ -357,7 +364,7 @@ def refine_each_model(
         subset = stack.with_metadata(multi.table).subset(rows)
         search_subset = subset if search_stack is stack else search_stack.subset(rows)
         results.append(refine_single(subset, search_subset, volume, opts.symmetries[m_index], opts, recorder,
-                                     progress, f"model {m_index + 1}, ", executor))
+                                     progress, f"model {m_index + 1}, ", executor, None if masks is None else masks[m_index]))
         recorder.mark_finished(marker)
         if after is not None:
             after()
@@ -365,16 +372,18 @@ def refine_each_model(
 
 
 def consensus_refinement(opts: RefineOptions, stack, search_stack, start_map: np.ndarray,
-                         recorder: ModelRecorder | None = None, progress=None, executor: Executor | None = None):
+                         recorder: ModelRecorder | None = None, progress=None, executor: Executor | None = None,
+                         masks: list[np.ndarray] | None = None):
     """All particles refined against one map first, gold standard (what a careful user does
     when the starting map is too featureless to fix the poses: ``--consensus``), from
     ``start_map`` low-passed to ``--singleres``, with the first model's symmetry. Returns the
     stacks with the consensus poses and half-sets in their tables (where the multi-model
-    iterations start their local searches) and the consensus map."""
+    iterations start their local searches) and the consensus map. ``masks``: the models'
+    solvent masks (their union is the consensus map's; None: a sphere)."""
     log.info("consensus: %d particles refined against one map (gold standard) before the %d models",
              len(stack), opts.n_models)
     result = refine_single(stack, search_stack, start_map, opts.symmetries[0], opts, recorder, progress,
-                           "consensus, ", executor)
+                           "consensus, ", executor, union(masks))
     log.info("consensus: %d iterations, resolution %.1f Å (FSC 0.143, independent half maps)", len(result.stats),
              result.resolution_0143_angstrom)
     table = result.table.drop(columns=["rlnClassNumber", "rlnMaxValueProbDistribution", "rlnLogLikeliContribution"])

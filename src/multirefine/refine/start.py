@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multirefine.fourier.masks import flatten_solvent, soft_sphere_mask
+from multirefine.fourier.masks import flatten_solvent
 from multirefine.geometry.symmetry import symmetry_operators
 from multirefine.parallel import Executor
 from multirefine.refine.assignment import Priors, assignment_table
@@ -35,6 +35,7 @@ from multirefine.refine.seeding import (
     power_limit_angstrom,
     seed_models,
 )
+from multirefine.refine.solvent import ModelMasks, per_model, sphere_radius_px
 from multirefine.runfolder.records import IterationStats
 from multirefine.runfolder.state import RunState
 
@@ -55,8 +56,8 @@ class Run:
     halves: np.ndarray
     operators: list[torch.Tensor]
     radius_px: float
-    mask_radius_px: float
-    mask: torch.Tensor
+    mask_radius_px: float  # the images' background lies beyond it (noise spectra, --norm)
+    masks: ModelMasks  # each model's solvent mask
     executor: Executor | None
     progress: Progress | None
 
@@ -82,29 +83,33 @@ class Current:
     priors: Priors | None = None  # local searches: where each particle's search starts, per model
 
 
-def context(opts, stack, search_stack, radius_px: float, executor, progress) -> Run:
+def context(opts, stack, search_stack, radius_px: float, masks: list[np.ndarray] | None, executor, progress) -> Run:
+    """The run's constants; ``masks``: the ``--mask`` files' volumes on the particles' grid
+    (:func:`multirefine.refine.solvent.fit_mask`; one, or one per model), None: spheres."""
     box = stack.box_size
-    mask_radius_px = min(radius_px + 3, box / 2 - 2)
+    mask_radius_px = sphere_radius_px(radius_px, box, opts.particle_diameter_angstrom is not None)
     stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model, opts.normalise)
     return Run(opts, stack, search_stack, half_set_of_rows(stack.metadata, opts.seed),
                 [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries],
-                radius_px, mask_radius_px, soft_sphere_mask(box, mask_radius_px, 3.0), executor, progress)
+                radius_px, mask_radius_px, ModelMasks(box, mask_radius_px, per_model(masks, opts.n_models)), executor,
+                progress)
 
 
-def start_new(opts, stack, search_stack, start_maps, executor, progress, recorder) -> tuple[Run, Current]:
+def start_new(opts, stack, search_stack, start_maps, masks, executor, progress, recorder) -> tuple[Run, Current]:
     """A new run: the starting maps seeded, levelled, aligned and masked; the first band."""
     apix = stack.pixel_size_angstrom
     seeded, initial = seed_models([np.asarray(m) for m in start_maps], opts.seeding, opts.n_models, apix,
                                   opts.seed, len(stack))
     maps = level_start_maps([np.asarray(m, dtype=np.float32) for m in seeded], stack.box_size)
-    run = context(opts, stack, search_stack, max(particle_radius_px(m) for m in maps), executor, progress)
+    run = context(opts, stack, search_stack, particle_radius(opts, maps, stack.pixel_size_angstrom), masks, executor,
+                  progress)
     if opts.targetres is not None:
         band_res = opts.targetres
     else:
         band_res = max(min(power_limit_angstrom(m, apix) for m in maps), 2.5 * apix)
     if opts.align_maps and opts.seeding == "models":
         maps = align_to_first(maps, apix, band_res)
-    maps = [flatten_solvent(torch.from_numpy(m), run.mask).numpy() for m in maps]  # as every later reference
+    maps = [flatten_solvent(torch.from_numpy(m), run.masks.of(i)).numpy() for i, m in enumerate(maps)]  # as every later reference
     noise = run.stack.noise if opts.noise_model != "white" else None
     recorder.start(maps, None if noise is None else noise.to_json() | {"pixel_size_angstrom": apix})
     priors = None
@@ -114,11 +119,11 @@ def start_new(opts, stack, search_stack, start_maps, executor, progress, recorde
     return run, Current(maps, band_res, [], initial_assignment=initial, priors=priors)
 
 
-def resume(opts, stack, search_stack, state: RunState, history, executor, progress) -> tuple[Run, Current]:
+def resume(opts, stack, search_stack, state: RunState, history, masks, executor, progress) -> tuple[Run, Current]:
     """A run taken up after the iteration its state holds: the last maps' accumulators are
     rebuilt from the layers they were made from (the stack as the run loaded it: normalised,
     whitened, with the intensity scales it had), for the next model choice."""
-    run = context(opts, stack, search_stack, state.radius_px, executor, progress)
+    run = context(opts, stack, search_stack, state.radius_px, masks, executor, progress)
     made_from = run.stack if state.intensity_used is None else with_scales(run.stack, state.intensity_used)
     apix = stack.pixel_size_angstrom
     maps = [np.asarray(m, dtype=np.float32) for m in state.maps]
@@ -129,7 +134,7 @@ def resume(opts, stack, search_stack, state: RunState, history, executor, progre
     if state.iteration < opts.iterations:
         layers = [Layer(*arrays) for arrays in state.layers]
         _, stacks = layer_stacks(made_from, layers, run.halves, apix)
-        last = reconstruct_models(made_from, layers, stacks, run.halves, maps, run.operators, run.mask, opts.m3dkeep,
+        last = reconstruct_models(made_from, layers, stacks, run.halves, maps, run.operators, run.masks, opts.m3dkeep,
                                   torch.device(opts.device), progress, f"iteration {state.iteration}: rebuilt",
                                   executor).last
     log.debug("continuing %s after iteration %d of %d", opts.path, state.iteration, opts.iterations)
@@ -139,6 +144,13 @@ def resume(opts, stack, search_stack, state: RunState, history, executor, progre
     if state.intensity is not None:  # --scale: the scales the next iteration uses
         run.stack, run.search_stack = rescaled(run.stack, run.search_stack, state.intensity)
     return run, Current(maps, band_res, stats, table, state.table_poses[0], last, priors=priors)
+
+
+def particle_radius(opts, maps: list[np.ndarray], pixel_size_angstrom: float) -> float:
+    """The particle's radius in px: half ``--particle-diameter``, else estimated from the maps."""
+    if opts.particle_diameter_angstrom is not None:
+        return opts.particle_diameter_angstrom / (2 * pixel_size_angstrom)
+    return max(particle_radius_px(m) for m in maps)
 
 
 def rescaled(stack, search_stack, scales: np.ndarray):

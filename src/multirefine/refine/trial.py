@@ -30,6 +30,7 @@ from multirefine.refine.layers import (
 )
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
+from multirefine.refine.solvent import ModelMasks
 from multirefine.refine.splitmerge import (
     classification_log_likelihood,
     removal_costs,
@@ -109,7 +110,7 @@ class FixedPoses:
     halves: np.ndarray
     maps: list[np.ndarray]
     operators: list[torch.Tensor]
-    mask: torch.Tensor
+    masks: ModelMasks
     fold_maps: FoldMaps
     settings: SweepSettings
     m3dkeep: float
@@ -123,7 +124,7 @@ class FixedPoses:
             layers = make_layers(found, model, np.eye(k)[model], 1, hypotheses=self.settings.hypotheses,
                                  n_pixels=float(self.plan.band.weight.sum()))
             _, stacks = layer_stacks(self.stack, layers, self.halves, apix)
-            made = reconstruct_models(self.stack, layers, stacks, self.halves, self.maps, self.operators, self.mask,
+            made = reconstruct_models(self.stack, layers, stacks, self.halves, self.maps, self.operators, self.masks,
                                       self.m3dkeep, torch.device(self.settings.device), None, "", self.executor)
         log_likelihood = cross_validated(self.search_stack, self.plan, made.last, found, self.fold_maps,
                                          self.settings, self.executor)

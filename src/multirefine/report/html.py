@@ -246,6 +246,7 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
         folder = runfolder.model_folder_name(m)
         names += [f"{folder}/threed_final.mrc", f"{folder}/half1_unfil.mrc", f"{folder}/half2_unfil.mrc",
                   f"{folder}/particles_final.star"]
+    names += [runfolder.mask_name(m) for m in range(1, k + 1)]
     names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, LOG]
     links = [f'<a href="{html.escape(n, quote=True)}">{html.escape(n)}</a>' for n in names if (run / n).exists()]
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
@@ -313,20 +314,24 @@ def _convergence_section(run: Path, stats: list[dict]) -> list[str]:
 def _map_sections(run: Path, iteration: int, k: int, singles: dict[int, list[dict]], figures: Path) -> str | None:
     """Central sections and projections of every model's last map and of its refined map,
     as one figure (its name; None: no map)."""
-    maps, labels = [], []
+    maps, labels, masks = [], [], []
     for m in range(1, k + 1):
+        mask_file = run / runfolder.mask_name(m)  # --mask: the run's copy
+        mask = read_map(mask_file)[0] if mask_file.exists() else None
         path = run / runfolder.map_name(iteration, m)
         if path.exists():
             maps.append(read_map(path)[0])
             labels.append(f"model {m}, it. {iteration}")
+            masks.append(mask)
         final = run / runfolder.model_folder_name(m) / "threed_final.mrc"
         if m in singles and final.exists():
             maps.append(read_map(final)[0])
             labels.append(f"model {m}, own")
+            masks.append(mask)
     if not maps:
         return None
     name = f"maps_{iteration:02d}.png"
-    plot_map_sections(maps, labels, figures / name)
+    plot_map_sections(maps, labels, figures / name, masks)
     return name
 
 
@@ -344,6 +349,9 @@ def _iterations_section(
     maps = _map_sections(run, iteration, k, singles, figures)
     if maps:
         shown.append(f"<h2>Maps after iteration {_number(iteration)}</h2>")
+        if (run / runfolder.mask_name(1)).exists():
+            shown.append("<p>Red: each model's solvent mask (<code>--mask</code>), its 0.5 contour over the sections and "
+                         "its outline over the projections.</p>")
         shown.append(_per_iteration(f"{FIGURES}/{maps}", iteration, "map sections", patterns))
     montage = _class_montage(run, iteration, k, figures)
     if montage:

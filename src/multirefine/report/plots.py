@@ -92,17 +92,23 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_map_sections(maps: list[np.ndarray], labels: list[str], path: str | Path) -> None:
+def plot_map_sections(maps: list[np.ndarray], labels: list[str], path: str | Path,
+                      masks: list[np.ndarray | None] | None = None) -> None:
     """One row per map ``(D, D, D)``: its central sections (z, y, x) and its projections
-    along the same axes, each panel scaled to its own range."""
+    along the same axes, each panel scaled to its own range; where ``masks`` gives the map's
+    solvent mask, its 0.5 contour over the sections and its outline over the projections (red)."""
     fig, axes = plt.subplots(len(maps), 6, figsize=(10, 1.8 * len(maps) + 0.4), squeeze=False)
     titles = ("section z", "section y", "section x", "projection z", "projection y", "projection x")
     for row, (volume, label) in enumerate(zip(maps, labels)):
         c = volume.shape[0] // 2
         panels = (volume[c], volume[:, c], volume[:, :, c], volume.sum(0), volume.sum(1), volume.sum(2))
+        mask = None if masks is None else masks[row]
+        outlines = None if mask is None else (mask[c], mask[:, c], mask[:, :, c], mask.max(0), mask.max(1), mask.max(2))
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(panel, cmap="gray", origin="lower")
+            if outlines is not None and outlines[col].min() < 0.5 < outlines[col].max():
+                ax.contour(outlines[col], levels=[0.5], colors="red", linewidths=0.7)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -111,6 +111,11 @@ def joined_particles_name(models: list[int]) -> str:
     return "particles_models_" + "_".join(f"{m:02d}" for m in models) + ".star"
 
 
+def mask_name(model: int) -> str:
+    """The run's copy of model ``model``'s ``--mask`` on the particles' grid (what ``--continue`` reads)."""
+    return f"mask_{model:02d}.mrc"
+
+
 def model_folder_name(model: int) -> str:
     return f"model_{model:02d}"
 
