@@ -66,15 +66,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     seed.add_argument("--randclassify", action="store_true", help="seed: particles aligned to the one map, then "
                       "split at random (RELION's Class3D seeding; the default)")
     p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
-    p.add_argument("--mask", metavar="FILE[,FILE...]",
-                   help="solvent mask (MRC, values in [0, 1]: 1 kept, 0 solvent), one for all models or one per model: "
-                   "each map is multiplied by it after every reconstruction, in place of the soft sphere (RELION's "
-                   "--solvent_mask; relion_mask_create makes one); resampled to the particles' grid like the starting "
-                   "maps; the run keeps copies (mask_MM.mrc)")
-    p.add_argument("--particle-diameter", type=float, metavar="A",
-                   help="the particle's diameter in Å (RELION's --particle_diameter): the sphere mask of the maps "
-                   "(without --mask), the images' background beyond it (--noise coloured, --norm) and the angular "
-                   "steps (default: estimated from the starting maps)")
+    _add_mask_options(p)
     p.add_argument("--iter", type=int,
                    help=f"iterations (default: until fewer than 1 %% of the particles change model in two iterations "
                         f"running and the resolution stops improving; at least {MIN_ITERATIONS}, at most {MAX_ITERATIONS})")
@@ -129,6 +121,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
     p.add_argument("--continue", dest="continue_run", metavar="RUN",
                    help="go on with the run in folder RUN after its last finished iteration")
+
+
+def _add_mask_options(p: argparse.ArgumentParser) -> None:
+    """Solvent masks, focused classification and the particle's diameter (multirefine.refine.solvent, focus)."""
+    p.add_argument("--mask", metavar="FILE[,FILE...]",
+                   help="solvent mask (MRC, values in [0, 1]: 1 kept, 0 solvent), one for all models or one per model: "
+                   "each map is multiplied by it after every reconstruction, in place of the soft sphere (RELION's "
+                   "--solvent_mask; relion_mask_create makes one); resampled to the particles' grid like the starting "
+                   "maps; the run keeps copies (mask_MM.mrc)")
+    p.add_argument("--focusmask", metavar="FILE",
+                   help="focused classification: the models are compared on this mask's region only (values in [0, "
+                   "1]); poses still come from the whole maps, and each particle has the models' common signal "
+                   "outside the region subtracted at its pose first (relion_particle_subtract, then RELION's focused "
+                   "Class3D); the run keeps a copy (focusmask.mrc)")
+    p.add_argument("--particle-diameter", type=float, metavar="A",
+                   help="the particle's diameter in Å (RELION's --particle_diameter): the sphere mask of the maps "
+                   "(without --mask), the images' background beyond it (--noise coloured, --norm) and the angular "
+                   "steps (default: estimated from the starting maps)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -209,7 +219,7 @@ def _resolve(args: argparse.Namespace):
         seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify"
     maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
     k = len(maps) if args.models else args.nmodels
-    masks = read_masks(args.mask, k, apix, box)
+    masks = read_masks(args.mask, args.focusmask, k, apix, box)
     if k < 1:
         raise InputError("no starting maps")
     if k * MIN_PARTICLES_PER_MODEL > len(stack):
@@ -238,6 +248,7 @@ def _resolve(args: argparse.Namespace):
         sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         masks=None if args.mask is None else _split(args.mask), particle_diameter_angstrom=args.particle_diameter,
+        focus_mask=args.focusmask,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     _check_diameter(opts.particle_diameter_angstrom, apix, box)
@@ -327,6 +338,8 @@ def _print_plan(stack, opts, resume) -> None:
     if opts.masks:
         print(f"solvent mask{'s' if len(opts.masks) > 1 else ''}: {', '.join(opts.masks)}"
               + (" (one per model)" if len(opts.masks) > 1 else " (every model)"))
+    if opts.focus_mask:
+        print(f"focused classification: the models compared within {opts.focus_mask}")
     if opts.particle_diameter_angstrom is not None:
         print(f"particle diameter {opts.particle_diameter_angstrom:g} Å")
     if resume is not None:
@@ -372,7 +385,8 @@ def _make_folder(path: Path, resume) -> bool:
 def _run(opts, stack, search_stack, maps, masks, resume, history, executor, created: bool, record: dict) -> None:
     """The run itself, in its folder (held by this process), from new or from ``resume``;
     ``record``: this command (:func:`multirefine.runfolder.record.command_record`); ``masks``:
-    the ``--mask`` volumes (None: spheres), copied into a new run's folder."""
+    the ``--mask`` and ``--focusmask`` volumes (:class:`multirefine.cli.masks.RunMasks`), copied
+    into a new run's folder."""
     from multirefine import runfolder
     from multirefine.io.atomic import atomic_path
     from multirefine.progress import StageProgress
@@ -391,13 +405,14 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
             identity = saved.get(INPUT_IDENTITY) or input_identity(stack)  # --continue checked it against the stack
             runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*saved.get(COMMANDS, []), record],
                                                                INPUT_IDENTITY: identity})
-            if masks is not None and resume is None:
+            if resume is None:
                 write_masks(path, masks, opts.n_models, stack.pixel_size_angstrom)
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
-                    opts, stack, search_stack, maps[0], model_folder(0), progress, executor, masks)
+                    opts, stack, search_stack, maps[0], model_folder(0), progress, executor, masks.solvent)
                 maps = [consensus]
-            multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer, masks)
+            multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer,
+                                   masks.solvent, masks.focus)
         except BaseException:
             if resume is None and not (path / runfolder.STATE).exists():
                 _remove_unfinished(path, created)  # nothing --continue could take up; leave no partial run
@@ -413,7 +428,7 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
         )
         if opts.single:
             _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
-                                             report, masks), path)
+                                             report, masks.solvent), path)
     finally:
         progress.close()
 

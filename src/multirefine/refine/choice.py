@@ -30,6 +30,7 @@ from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.batch import sweep
+from multirefine.refine.focus import focused_scores, outside_weights
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.reconstruct import insert_rows
@@ -76,49 +77,69 @@ def fold_edges(n: int, folds: int) -> np.ndarray:
 
 def leave_out_volumes(
     last: LastReconstruction, start: int, stop: int, operators: list[torch.Tensor], masks: ModelMasks,
-    band_radius: float, scales: np.ndarray, device,
+    band_radius: float, scales: np.ndarray, device, focus: ModelMasks | None = None,
 ) -> torch.Tensor:
     """The models' last maps rebuilt without stack rows ``[start, stop)`` (the same Wiener
     filter, mask and scale), ready for projection ``(K, P, P, P//2+1)``, within the search
     band: each is rebuilt on the smallest box that holds the band (the Fourier samples are
     the same, the pixel coarser) and its transform padded back with zeros. With no row left
     out and the whole box kept, each is the model's map exactly: reconstructions are linear
-    in the accumulators."""
-    out = []
+    in the accumulators. With a ``focus`` mask (``--focusmask``), ``(K + 1, ...)``: each model's
+    part inside it, then the common outside (:mod:`multirefine.refine.focus`)."""
+    out, outside = [], None
+    shares = None if focus is None else outside_weights(last.entries, len(last.totals))
     removed = None  # one buffer for the fold's contribution, reused by every model
     for m_index, total in enumerate(last.totals):
         box, pad = len(last.maps[m_index]), 2 if total is None else total.pad
-        if total is None:
-            volume_ft = prepare_volume_ft(torch.from_numpy(last.maps[m_index]).to(device), pad)
+        volume, removed = _rebuilt(last, m_index, total, start, stop, operators, masks, band_radius, device, removed)
+        scale = float(scales[m_index])
+        if focus is None:
+            out.append(pad_volume_ft(prepare_volume_ft(volume, pad).to(device) * scale, pad * box))
+            continue
+        region = focus.of(0, volume.shape[-1], volume.device)
+        out.append(pad_volume_ft(prepare_volume_ft(volume * region, pad).to(device) * scale, pad * box))
+        part = pad_volume_ft(prepare_volume_ft(volume * (1 - region), pad).to(device) * (scale * shares[m_index]),
+                             pad * box)
+        outside = part if outside is None else outside + part
+    return torch.stack(out if outside is None else [*out, outside])
+
+
+def _rebuilt(last: LastReconstruction, m_index: int, total, start: int, stop: int, operators: list[torch.Tensor],
+             masks: ModelMasks, band_radius: float, device, removed):
+    """Model ``m_index``'s map without rows ``[start, stop)``, real space, on the smallest box
+    that holds the band (the map as made where it was kept); and the fold buffer."""
+    if total is None:
+        return torch.from_numpy(last.maps[m_index]).to(device), removed
+    box = len(last.maps[m_index])
+    small = min(box, 2 * math.ceil(band_radius + 2))
+    rest = total.cropped(small)
+    pieces = [
+        (source, rows[inside], weights[inside])
+        for model, source, rows, weights in last.entries
+        if model == m_index and (inside := (rows >= start) & (rows < stop)).any()
+    ]
+    if pieces:
+        if removed is None:
+            removed = FourierAccumulator.zeros(box, total.pad, device=total.data.device)
         else:
-            small = min(box, 2 * math.ceil(band_radius + 2))
-            rest = total.cropped(small)
-            pieces = [
-                (source, rows[inside], weights[inside])
-                for model, source, rows, weights in last.entries
-                if model == m_index and (inside := (rows >= start) & (rows < stop)).any()
-            ]
-            if pieces:
-                if removed is None:
-                    removed = FourierAccumulator.zeros(box, pad, device=total.data.device)
-                else:
-                    removed.data.zero_()
-                    removed.weight.zero_()
-                for source, rows, weights in pieces:
-                    # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
-                    insert_rows(removed, source, rows, weights, 256, device, max_radius=small / 2 + 1)
-                taken = removed.cropped(small)
-                rest = rest - taken
-            inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
-            mask = masks.of(m_index, small, device=rest.data.device)
-            volume_ft = prepare_volume_ft(flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), pad)
-        out.append(pad_volume_ft(volume_ft.to(device) * float(scales[m_index]), pad * box))
-    return torch.stack(out)
+            removed.data.zero_()
+            removed.weight.zero_()
+        for source, rows, weights in pieces:
+            # Pixels beyond small / 2 + 1 reach no voxel of the small box's sphere.
+            insert_rows(removed, source, rows, weights, 256, device, max_radius=small / 2 + 1)
+        rest = rest - removed.cropped(small)
+    inverse_ssnr = last.inverse_ssnr[m_index][: small // 2 + 1]
+    mask = masks.of(m_index, small, device=rest.data.device)
+    return flatten_solvent(rest.reconstruct(operators[m_index], inverse_ssnr), mask), removed
 
 
 def choice_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, volumes_ft: torch.Tensor, rotations: np.ndarray,
-                   shifts: np.ndarray, band: Band, score: str) -> np.ndarray:
-    """Each particle's score for every model at its pose there ``(n, K)`` against ``volumes_ft``."""
+                   shifts: np.ndarray, band: Band, score: str, focused: bool = False) -> np.ndarray:
+    """Each particle's score for every model at its pose there ``(n, K)`` against ``volumes_ft``;
+    ``focused``: ``volumes_ft`` holds the K insides of a focus mask and the common outside
+    (:func:`leave_out_volumes`), the score is the focus region's (:mod:`multirefine.refine.focus`)."""
+    if focused:
+        return focused_scores(images_ft, ctf, volumes_ft[:-1], volumes_ft[-1], rotations, shifts, band)
     n, k = rotations.shape[:2]
     result = search_local(
         images_ft, ctf, volumes_ft, band,
@@ -149,14 +170,14 @@ class FoldChooser:
                 self.volumes_ft = leave_out_volumes(
                     self.last, self.edges[fold], self.edges[fold + 1], self.fold_maps.operators,
                     self.fold_maps.masks, self.plan.band_radius_px, self.fold_maps.scales,
-                    batch.images_ft.device,
+                    batch.images_ft.device, self.fold_maps.focus,
                 )
                 self.fold = fold
             sel = np.nonzero(self.fold_of[rows] == fold)[0]
             index = torch.as_tensor(sel, device=batch.images_ft.device)
             out[sel] = choice_scores(
                 batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], self.volumes_ft,
-                rotations[sel], shifts[sel], self.plan.band, self.score,
+                rotations[sel], shifts[sel], self.plan.band, self.score, self.fold_maps.focus is not None,
             )
         return out
 
@@ -168,6 +189,7 @@ class FoldMaps:
     operators: list[torch.Tensor]
     masks: ModelMasks
     scales: np.ndarray  # the references' intensity scale per model
+    focus: ModelMasks | None = None  # --focusmask: the model choice on its region (multirefine.refine.focus)
 
 
 def fold_shards(n: int, parts: int, batch_size: int) -> list[np.ndarray]:

@@ -40,7 +40,7 @@ from multirefine.fourier.fsc import fourier_shell_correlation, resolution_at_thr
 from multirefine.parallel import Executor
 from multirefine.refine import start
 from multirefine.refine.assignment import Priors, Searched, assignment_table, search_particles
-from multirefine.refine.choice import FoldMaps, normalised, posteriors
+from multirefine.refine.choice import FoldMaps, LastReconstruction, normalised, posteriors
 from multirefine.refine.classes import iteration_averages
 from multirefine.refine.intensity import next_scales, scales_of
 from multirefine.refine.layers import (
@@ -120,6 +120,7 @@ def run_refinement(
     executor: Executor | None = None,
     recorder: Recorder | None = None,
     masks: list[np.ndarray] | None = None,
+    focus: np.ndarray | None = None,
 ) -> RefinementResult:
     """Run ``opts.iterations`` iterations (``opts.until_settled``: at most, :func:`settled`) from ``start_maps`` (K maps, or one map that
     ``opts.seeding`` varies into K, :func:`multirefine.refine.seeding.seed_models`).
@@ -130,12 +131,14 @@ def run_refinement(
     then not used); the result is the one an uninterrupted run gives. Each finished
     iteration goes to ``recorder``. ``masks``: solvent masks on the particles' grid, one or one
     per model (``--mask``, :func:`multirefine.refine.solvent.fit_mask`); None: soft spheres.
+    ``focus``: the ``--focusmask`` volume there: the model choice on its region
+    (:mod:`multirefine.refine.focus`).
     """
     recorder = recorder or Recorder()
     if resume is None:
-        run, current = start.start_new(opts, stack, search_stack, start_maps, masks, executor, progress, recorder)
+        run, current = start.start_new(opts, stack, search_stack, start_maps, masks, focus, executor, progress, recorder)
     else:
-        run, current = start.resume(opts, stack, search_stack, resume, history or [], masks, executor, progress)
+        run, current = start.resume(opts, stack, search_stack, resume, history or [], masks, focus, executor, progress)
     for iteration in range(len(current.stats) + 1, opts.iterations + 1):
         if opts.until_settled and settled(current.stats):
             log.info("the assignment settled after %d iterations", len(current.stats))
@@ -170,8 +173,11 @@ def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: R
     log.debug("iteration %d: %s", iteration, plan.describe())
     refs = scaled_references(run.stack, run.search_stack, plan, current.maps, iteration, run.opts.batch_size,
                              torch.device(opts.device))
-    fold_maps = FoldMaps(run.operators, run.masks, refs.scales)
-    found = search_particles(run.search_stack, plan, refs.polar, refs.volumes_ft, run.settings, current.last,
+    fold_maps = FoldMaps(run.operators, run.masks, refs.scales, run.focus)
+    last = current.last
+    if last is None and run.focus is not None:  # iteration 1, focused: the choice against the starting maps
+        last = LastReconstruction([None] * opts.n_models, [None] * opts.n_models, current.maps, [])
+    found = search_particles(run.search_stack, plan, refs.polar, refs.volumes_ft, run.settings, last,
                              fold_maps, run.bar(f"iteration {iteration}: search", len(run.stack)), run.executor,
                              current.priors)
     searched = time.perf_counter()

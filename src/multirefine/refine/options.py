@@ -76,6 +76,7 @@ class RefineOptions:
     hypotheses: int = 0
     masks: list[str] | None = None  # --mask: the files as given (the run folder keeps copies, mask_MM.mrc)
     particle_diameter_angstrom: float | None = None  # --particle-diameter; None: the radius estimated from the maps
+    focus_mask: str | None = None  # --focusmask: the file as given (the run folder keeps a copy, focusmask.mrc)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -134,6 +135,9 @@ class RefineOptions:
         if self.masks is not None and len(self.masks) not in (1, self.n_models):
             raise InputError(f"--mask {','.join(self.masks)}: {len(self.masks)} masks for {self.n_models} models (give "
                              "one, or one per model)")
+        if self.focus_mask is not None and self.score != "ls":
+            raise InputError(f"--focusmask with --score {self.score}: focused classification subtracts signal, which "
+                             "needs the ls score")
         if self.particle_diameter_angstrom is not None and not (
                 math.isfinite(self.particle_diameter_angstrom) and self.particle_diameter_angstrom > 0):
             raise InputError(f"--particle-diameter {self.particle_diameter_angstrom}: expected a diameter in Å")

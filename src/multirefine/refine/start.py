@@ -58,6 +58,7 @@ class Run:
     radius_px: float
     mask_radius_px: float  # the images' background lies beyond it (noise spectra, --norm)
     masks: ModelMasks  # each model's solvent mask
+    focus: ModelMasks | None  # --focusmask: the region the model choice judges (multirefine.refine.focus)
     executor: Executor | None
     progress: Progress | None
 
@@ -83,26 +84,28 @@ class Current:
     priors: Priors | None = None  # local searches: where each particle's search starts, per model
 
 
-def context(opts, stack, search_stack, radius_px: float, masks: list[np.ndarray] | None, executor, progress) -> Run:
+def context(opts, stack, search_stack, radius_px: float, masks: list[np.ndarray] | None, focus: np.ndarray | None,
+            executor, progress) -> Run:
     """The run's constants; ``masks``: the ``--mask`` files' volumes on the particles' grid
-    (:func:`multirefine.refine.solvent.fit_mask`; one, or one per model), None: spheres."""
+    (:func:`multirefine.refine.solvent.fit_mask`; one, or one per model), None: spheres;
+    ``focus``: the ``--focusmask`` volume there (None: the model choice on the whole maps)."""
     box = stack.box_size
     mask_radius_px = sphere_radius_px(radius_px, box, opts.particle_diameter_angstrom is not None)
     stack, search_stack = whitened_stacks(stack, search_stack, mask_radius_px, opts.noise_model, opts.normalise)
     return Run(opts, stack, search_stack, half_set_of_rows(stack.metadata, opts.seed),
                 [torch.as_tensor(symmetry_operators(s), dtype=torch.float32) for s in opts.symmetries],
-                radius_px, mask_radius_px, ModelMasks(box, mask_radius_px, per_model(masks, opts.n_models)), executor,
-                progress)
+                radius_px, mask_radius_px, ModelMasks(box, mask_radius_px, per_model(masks, opts.n_models)),
+                None if focus is None else ModelMasks(box, mask_radius_px, [focus]), executor, progress)
 
 
-def start_new(opts, stack, search_stack, start_maps, masks, executor, progress, recorder) -> tuple[Run, Current]:
+def start_new(opts, stack, search_stack, start_maps, masks, focus, executor, progress, recorder) -> tuple[Run, Current]:
     """A new run: the starting maps seeded, levelled, aligned and masked; the first band."""
     apix = stack.pixel_size_angstrom
     seeded, initial = seed_models([np.asarray(m) for m in start_maps], opts.seeding, opts.n_models, apix,
                                   opts.seed, len(stack))
     maps = level_start_maps([np.asarray(m, dtype=np.float32) for m in seeded], stack.box_size)
-    run = context(opts, stack, search_stack, particle_radius(opts, maps, stack.pixel_size_angstrom), masks, executor,
-                  progress)
+    run = context(opts, stack, search_stack, particle_radius(opts, maps, stack.pixel_size_angstrom), masks, focus,
+                  executor, progress)
     if opts.targetres is not None:
         band_res = opts.targetres
     else:
@@ -119,11 +122,11 @@ def start_new(opts, stack, search_stack, start_maps, masks, executor, progress, 
     return run, Current(maps, band_res, [], initial_assignment=initial, priors=priors)
 
 
-def resume(opts, stack, search_stack, state: RunState, history, masks, executor, progress) -> tuple[Run, Current]:
+def resume(opts, stack, search_stack, state: RunState, history, masks, focus, executor, progress) -> tuple[Run, Current]:
     """A run taken up after the iteration its state holds: the last maps' accumulators are
     rebuilt from the layers they were made from (the stack as the run loaded it: normalised,
     whitened, with the intensity scales it had), for the next model choice."""
-    run = context(opts, stack, search_stack, state.radius_px, masks, executor, progress)
+    run = context(opts, stack, search_stack, state.radius_px, masks, focus, executor, progress)
     made_from = run.stack if state.intensity_used is None else with_scales(run.stack, state.intensity_used)
     apix = stack.pixel_size_angstrom
     maps = [np.asarray(m, dtype=np.float32) for m in state.maps]

@@ -246,7 +246,7 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
         folder = runfolder.model_folder_name(m)
         names += [f"{folder}/threed_final.mrc", f"{folder}/half1_unfil.mrc", f"{folder}/half2_unfil.mrc",
                   f"{folder}/particles_final.star"]
-    names += [runfolder.mask_name(m) for m in range(1, k + 1)]
+    names += [runfolder.mask_name(m) for m in range(1, k + 1)] + [runfolder.FOCUS_MASK]
     names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, LOG]
     links = [f'<a href="{html.escape(n, quote=True)}">{html.escape(n)}</a>' for n in names if (run / n).exists()]
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []

@@ -111,6 +111,9 @@ def joined_particles_name(models: list[int]) -> str:
     return "particles_models_" + "_".join(f"{m:02d}" for m in models) + ".star"
 
 
+FOCUS_MASK = "focusmask.mrc"  # the run's copy of --focusmask on the particles' grid (what --continue reads)
+
+
 def mask_name(model: int) -> str:
     """The run's copy of model ``model``'s ``--mask`` on the particles' grid (what ``--continue`` reads)."""
     return f"mask_{model:02d}.mrc"

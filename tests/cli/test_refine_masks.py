@@ -39,24 +39,28 @@ def test_each_map_stays_within_its_own_mask_and_continue_reads_the_runs_copies(s
     """Every map written is 0 where its model's mask is 0 (a map made and masked every
     iteration, the starting maps too); the run keeps the masks as it used them, and
     --continue reads those (the files given may since have gone) and ends where an
-    uninterrupted run does."""
+    uninterrupted run does; the same with a focus mask (--focusmask)."""
     whole, part = tmp_path / "whole", tmp_path / "part"
     masks = [read_map(sim / f"mask{k}.mrc")[0] for k in (1, 2)]
     assert not np.array_equal(masks[0], masks[1])
-    assert _refine(sim, whole, "--iter", "2", "--mask", f"{sim}/mask1.mrc,{sim}/mask2.mrc") == 0
+    focus = ["--focusmask", f"{sim}/mask2.mrc"]  # the model choice on model 2's region (multirefine.refine.focus)
+    assert _refine(sim, whole, "--iter", "2", "--mask", f"{sim}/mask1.mrc,{sim}/mask2.mrc", *focus) == 0
+    assert np.array_equal(read_map(whole / "focusmask.mrc")[0], masks[1])
     for k, mask in enumerate(masks, start=1):
         assert np.array_equal(read_map(whole / f"mask_{k:02d}.mrc")[0], mask)
         for iteration in (0, 1, 2):
             volume = read_map(whole / f"threed_{iteration:02d}_{k:02d}.mrc")[0]
             assert np.all(volume[mask == 0] == 0) and np.abs(volume[mask > 0.99]).max() > 0
-    assert json.loads((whole / "0_refine_parms.json").read_text())["masks"] == [f"{sim}/mask1.mrc", f"{sim}/mask2.mrc"]
+    options = json.loads((whole / "0_refine_parms.json").read_text())
+    assert options["masks"] == [f"{sim}/mask1.mrc", f"{sim}/mask2.mrc"] and options["focus_mask"] == f"{sim}/mask2.mrc"
     page = (whole / "index.html").read_text()  # the report shows the masks over the maps and links them
     assert '<a href="mask_01.mrc">' in page and "solvent mask (<code>--mask</code>)" in page
     copies = tmp_path / "copies"
     copies.mkdir()
     for k in (1, 2):
         (copies / f"mask{k}.mrc").write_bytes((sim / f"mask{k}.mrc").read_bytes())
-    assert _refine(sim, part, "--iter", "1", "--mask", f"{copies}/mask1.mrc,{copies}/mask2.mrc") == 0
+    assert _refine(sim, part, "--iter", "1", "--mask", f"{copies}/mask1.mrc,{copies}/mask2.mrc", "--focusmask",
+                   f"{copies}/mask2.mrc") == 0
     for k in (1, 2):
         (copies / f"mask{k}.mrc").unlink()
     assert main(["refine", "--continue", str(part), "--iter", "2"]) == 0
@@ -94,6 +98,8 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
         (["--mask", "{tmp}/nan.mrc"], "nan.mrc: the map contains 1 NaN"),
         (["--mask", "{sim}/map1.mrc"], "map1.mrc: values from"),
         (["--mask", "{tmp}/zeros.mrc"], "zeros.mrc: every voxel is 0"),
+        (["--focusmask", "{tmp}/zeros.mrc"], "zeros.mrc: every voxel is 0"),
+        (["--focusmask", "{sim}/mask1.mrc", "--score", "cc", "--sigma_ang", "0"], "--focusmask with --score cc"),
         (["--particle-diameter", "0"], "--particle-diameter 0.0: expected a diameter"),
         (["--particle-diameter", "500"], "--particle-diameter 500: wider than the particles' box"),
     ],

@@ -1,0 +1,57 @@
+"""Focused classification (``--focusmask``): the model choice judged on one region.
+
+Poses come from the whole maps, as without a focus. The model choice then compares models on
+the region of the focus mask ``F`` only: each model's map is split into its part inside,
+``V_k F``, and outside, ``V_k (1 - F)``; the outsides are replaced by one common outside, the
+mean of the models' weighted by their particles, ``V_out``, which is subtracted from every
+particle at its pose in each model (partial signal subtraction on the fly, what
+``relion_particle_subtract`` does before RELION's focused classification), and the rest is
+scored against the model's inside:
+
+    ls_k = Re sum w c (X_k - c P_out(A_k)) conj(P_in,k(A_k)) - 1/2 sum w c^2 |P_in,k(A_k)|^2
+
+with ``X_k`` the particle shifted by its shift in model k, ``A_k`` its pose there, ``c`` its CTF
+and ``w`` the band's weights: the least-squares score of the subtracted particle against the
+region alone. Differences between the models outside the region (another part that moves, a
+map's noise) then do not move a particle from one model to another.
+
+In: the particles, one common outside and K insides (transforms ready for projection), each
+particle's pose per model. Out: scores ``(n, K)`` on the scale of the search's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from multirefine.refine.scoring import Band, band_phase_ramp, band_slices, particle_terms
+
+__all__ = ["focused_scores", "outside_weights"]
+
+
+def outside_weights(entries: list, n_models: int) -> np.ndarray:
+    """``(K,)``: each model's share of the common outside, the weights of the particles its
+    last map was made from (``LastReconstruction.entries``); equal where none are known."""
+    weights = np.zeros(n_models)
+    for model, _, _, w in entries:
+        weights[model] += float(np.sum(w))
+    return weights / weights.sum() if weights.sum() > 0 else np.full(n_models, 1.0 / n_models)
+
+
+def focused_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, inside_ft: torch.Tensor, outside_ft: torch.Tensor,
+                   rotations: np.ndarray, shifts: np.ndarray, band: Band, pad: int = 2) -> np.ndarray:
+    """Each particle's score in every model ``(n, K)`` on the focus region (module docstring):
+    ``inside_ft`` ``(K, P, P, P//2+1)`` the models' insides, ``outside_ft`` ``(P, P, P//2+1)``
+    the common outside, ``rotations`` ``(n, K, 3, 3)`` and ``shifts`` ``(n, K, 2)`` px the
+    particle's pose in each model."""
+    device = inside_ft.device
+    band = band.to(device)
+    x, wc, wc2, _ = particle_terms(images_ft.to(device), None if ctf is None else ctf.to(device), band)
+    rot = torch.as_tensor(rotations, dtype=torch.float32, device=device)
+    shift = torch.as_tensor(shifts, dtype=torch.float32, device=device)
+    out = torch.empty((x.shape[0], inside_ft.shape[0]), dtype=torch.float32, device=device)
+    for k in range(inside_ft.shape[0]):
+        inside = band_slices(inside_ft[k], rot[:, k], band, pad)  # (n, M)
+        subtracted = x * band_phase_ramp(shift[:, k], band) * wc - wc2 * band_slices(outside_ft, rot[:, k], band, pad)
+        out[:, k] = (subtracted * inside.conj()).real.sum(-1) - 0.5 * (wc2 * (inside.real**2 + inside.imag**2)).sum(-1)
+    return out.cpu().numpy()
