@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realistic import gaussian_lowpass
+from score_realistic import pose_errors_deg
 
 from multirefine.evaluate import classification_accuracy
 from multirefine.fourier.masks import mask_from_map
@@ -137,7 +138,9 @@ def score(run: Path, out: Path, iteration: int | None) -> dict:
     found = sorted(int(m.group(1)) for p in run.glob("particles_*.star") if (m := re.fullmatch(r"particles_(\d+)\.star", p.name)))
     iteration = iteration or found[-1]
     table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata
-    truth_classes = read_particles_star(out / "truth.star").metadata["rlnClassNumber"].to_numpy()
+    truth_table = read_particles_star(out / "truth.star").metadata
+    truth_classes = truth_table["rlnClassNumber"].to_numpy()
+    errors = pose_errors_deg(table, truth_table)  # the consensus map was made at the true poses: their frame
     truth = np.isin(truth_classes, WITH_SUBUNIT).astype(int) + 1
     model = table["rlnClassNumber"].to_numpy()
     accuracy = classification_accuracy(truth, model).accuracy
@@ -145,9 +148,11 @@ def score(run: Path, out: Path, iteration: int | None) -> dict:
              for m in sorted(set(model.tolist()))}
     limit = json.loads((out / "limits.json").read_text())["true_pose_limit"]
     row = {"run": str(run), "iteration": iteration, "subunit_accuracy": float(accuracy), "true_pose_limit": limit,
-           "true_classes_per_model": split}
+           "true_classes_per_model": split, "pose_error_median_deg": float(np.median(errors)),
+           "pose_within_10_deg": float(np.mean(errors < 10))}
     print(f"{run} it {iteration}: subunit present/absent {100 * accuracy:.1f} % (true-pose limit {100 * limit:.1f} %); "
-          f"true classes 1-4 (core, +S, +D, +S+D) per model {split}")
+          f"true classes 1-4 (core, +S, +D, +S+D) per model {split}; poses {np.median(errors):.1f}° median error, "
+          f"{100 * np.mean(errors < 10):.0f} % within 10°")
     return row
 
 

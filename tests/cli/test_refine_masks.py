@@ -90,6 +90,22 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
     assert not (sphere / "mask_01.mrc").exists()
 
 
+def test_a_mask_per_model_with_a_symmetry_per_model(sim, tmp_path):
+    """Model 2 under C2 with its own mask: its map is symmetric and 0 where the mask is."""
+    import torch
+
+    from multirefine.refine.postprocess import rotate_volume
+
+    run = tmp_path / "sym"
+    assert _refine(sim, run, "--iter", "1", "--sym", "c1,c2", "--mask", f"{sim}/mask1.mrc,{sim}/mask2.mrc") == 0
+    volume, mask = read_map(run / "threed_01_02.mrc")[0], read_map(sim / "mask2.mrc")[0]
+    assert np.all(volume[mask == 0] == 0)
+    half_turn = torch.tensor([[[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]])  # about z, RELION's C2 axis
+    turned = rotate_volume(torch.from_numpy(volume), half_turn)[0].numpy()
+    inside = mask > 0.99
+    assert np.corrcoef(turned[inside], volume[inside])[0, 1] > 0.9
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [

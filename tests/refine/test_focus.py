@@ -93,3 +93,15 @@ def test_the_focused_choice_follows_the_region_not_the_larger_change_outside(sta
     plain = np.mean(_scores(stack, maps, None).argmax(1) == truth)
     focused = np.mean(_scores(stack, maps, focus).argmax(1) == truth)
     assert plain < 0.1 and focused > 0.9, (plain, focused)
+
+
+def test_the_focused_choice_takes_one_pose_per_particle():
+    """Its pose in the model its whole-map search scored best, given to every model."""
+    from multirefine.refine.focus import shared_pose
+
+    rotations = np.stack([np.eye(3) * (m + 1) for m in range(3)])[None].repeat(2, 0)  # (2, 3, 3, 3)
+    shifts = np.arange(12, dtype=float).reshape(2, 3, 2)
+    scores = np.array([[0.0, 5.0, 1.0], [9.0, 1.0, 2.0]])
+    shared_rotations, shared_shifts = shared_pose(rotations, shifts, scores)
+    assert np.array_equal(shared_rotations[0], np.repeat(rotations[0, 1][None], 3, 0))
+    assert np.array_equal(shared_shifts[1], np.repeat(shifts[1, 0][None], 3, 0))

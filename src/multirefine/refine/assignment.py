@@ -19,6 +19,7 @@ from multirefine.geometry.euler import matrix_to_euler
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.batch import origins_px_for_rows, rotations_for_rows, sweep
 from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction, fold_shards
+from multirefine.refine.focus import shared_pose
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.polar import PolarReferences
@@ -155,8 +156,10 @@ def search_rows(rows: np.ndarray, search_stack, plan: SearchPlan, references: Po
         found.model_rotations[at] = result.model_rotations.cpu().double().numpy()
         found.model_shifts[at] = result.model_shift_px.cpu().double().numpy()
         if chooser is not None:
-            found.choice_scores[at] = chooser.scores(batch, rows[at], found.model_rotations[at],
-                                                     found.model_shifts[at])
+            poses = found.model_rotations[at], found.model_shifts[at]
+            if fold_maps.focus is not None:  # one pose per particle for the focused choice
+                poses = shared_pose(*poses, found.model_scores[at])
+            found.choice_scores[at] = chooser.scores(batch, rows[at], *poses)
         found.image_power[at] = band.power(batch.images_ft).cpu().numpy()
         cross, power = scale_terms(batch.images_ft, batch.ctf, volumes_ft, band, result.model[:, 0],
                                    result.rotations[:, 0], result.shift_px[:, 0])

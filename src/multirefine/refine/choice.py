@@ -30,7 +30,7 @@ from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.batch import sweep
-from multirefine.refine.focus import focused_scores, outside_weights
+from multirefine.refine.focus import focused_scores, outside_weights, shared_pose
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.reconstruct import insert_rows
@@ -226,8 +226,10 @@ def cross_validated(search_stack, plan: SearchPlan, last: LastReconstruction, fo
     maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each)."""
     executor = executor or InProcess()
     shards = fold_shards(len(search_stack), executor.parts, settings.batch_size)
-    parts = executor.map(choice_rows, shards, search_stack, plan, last, found.model_rotations, found.model_shifts,
-                         fold_maps, settings)
+    rotations, shifts = found.model_rotations, found.model_shifts
+    if fold_maps.focus is not None:  # one pose per particle for the focused choice
+        rotations, shifts = shared_pose(rotations, shifts, found.model_scores)
+    parts = executor.map(choice_rows, shards, search_stack, plan, last, rotations, shifts, fold_maps, settings)
     return log_likelihoods(np.concatenate(parts), found.image_power, float(plan.band.weight.sum()), settings.score)
 
 
