@@ -73,7 +73,8 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
     sets the sphere of a run without one (0 beyond the diameter's radius plus the 3 px edge)."""
     run = tmp_path / "one"
     assert _refine(sim, run, "--iter", "1", "--mask", f"{sim}/mask1.mrc", single=True) == 0
-    assert f"solvent mask: {sim}/mask1.mrc (every model)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"solvent mask: {sim}/mask1.mrc (every model)" in out and "within --mask (solvent-corrected)" in out
     mask = read_map(sim / "mask1.mrc")[0]
     assert np.array_equal(read_map(run / "mask_01.mrc")[0], mask) and np.array_equal(read_map(run / "mask_02.mrc")[0], mask)
     finals = sorted(run.glob("model_*/threed_final.mrc"))  # models with enough particles to refine alone
@@ -81,6 +82,9 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
     for final in finals:
         volume = read_map(final)[0]
         assert np.all(volume[mask == 0] == 0) and np.abs(volume[mask > 0.99]).max() > 0
+        masked_fsc = json.loads((final.parent / "fsc_masked.json").read_text())  # what the map holds in the mask
+        assert len(masked_fsc["corrected_fsc"]) == 17 and masked_fsc["resolution_0143_angstrom"] >= 2.0
+    assert "within the mask (solvent-corrected)" in (run / "index.html").read_text()
     sphere = tmp_path / "sphere"
     assert _refine(sim, sphere, "--iter", "1", "--particle-diameter", "16") == 0
     c = np.arange(32) - 16

@@ -367,7 +367,10 @@ def _print_singles(singles, path: Path) -> None:
         print(
             f"model {m_index} on its own{' (finished before this --continue, kept)' if single.earlier else ''}: "
             f"{len(single.stats)} iterations in {sum(s.seconds for s in single.stats):.0f} s, resolution "
-            f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps): {folder}/threed_final.mrc"
+            f"{single.resolution_0143_angstrom:.1f} Å (FSC 0.143, independent half maps)"
+            + ("" if single.masked_resolution_0143_angstrom is None else
+               f", {single.masked_resolution_0143_angstrom:.1f} Å within --mask (solvent-corrected)")
+            + f": {folder}/threed_final.mrc"
         )
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from multirefine.fourier.fft import frequency_grid_3d, rfftn3_centered
+from multirefine.fourier.fft import frequency_grid_3d, irfftn3_centered, rfftn3_centered
 
 __all__ = [
     "fourier_shell_correlation",
+    "masked_fsc_corrected",
     "resolution_at_threshold",
     "shell_frequencies",
     "shell_index_3d",
@@ -76,3 +77,37 @@ def resolution_at_threshold(
     f0, f1, c0, c1 = freqs[i - 1], freqs[i], curve[i - 1], curve[i]
     freq = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
     return float(1.0 / freq) if freq > 0 else float("inf")
+
+
+def _phases_randomised(volume: torch.Tensor, from_shell: int, generator: torch.Generator) -> torch.Tensor:
+    """``volume`` ``(D, D, D)`` with the phases of shells ``>= from_shell`` drawn at random
+    (amplitudes kept; real again by taking the real part of the Hermitian half's inverse)."""
+    box = volume.shape[-1]
+    ft = rfftn3_centered(volume.to(torch.float64))
+    shells, _ = shell_index_3d(box, device=ft.device)
+    phase = torch.rand(ft.shape, generator=generator, dtype=torch.float64) * (2 * np.pi)
+    randomised = torch.where(shells >= from_shell, ft.abs() * torch.exp(1j * phase), ft)
+    return irfftn3_centered(randomised, box)
+
+
+def masked_fsc_corrected(half_a: torch.Tensor, half_b: torch.Tensor, mask: torch.Tensor, seed: int = 0,
+                         threshold: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FSC of two half maps ``(D, D, D)`` within a soft ``mask``, corrected for what the mask
+    correlates by itself (RELION's relion_postprocess, Chen et al. 2013): beyond the first shell
+    where the unmasked FSC falls below ``threshold``, both halves' phases are randomised, masked
+    the same way, and ``FSC_true = (FSC_masked - FSC_randomised) / (1 - FSC_randomised)``.
+    Returns ``(corrected, masked)`` ``(D//2+1,)`` each."""
+    unmasked = fourier_shell_correlation(half_a, half_b)
+    masked = fourier_shell_correlation(half_a * mask, half_b * mask)
+    below = torch.nonzero(unmasked[1:] < threshold)
+    from_shell = int(below[0]) + 1 if len(below) else len(unmasked)
+    if from_shell >= len(unmasked) - 1:  # no shell to randomise: nothing to correct
+        return masked, masked
+    generator = torch.Generator().manual_seed(seed)
+    random_a = _phases_randomised(half_a, from_shell, generator)
+    random_b = _phases_randomised(half_b, from_shell, generator)
+    randomised = fourier_shell_correlation(random_a * mask, random_b * mask)
+    corrected = masked.clone()
+    beyond = torch.arange(len(masked)) >= from_shell
+    corrected[beyond] = (masked[beyond] - randomised[beyond]) / (1 - randomised[beyond]).clamp(min=1e-6)
+    return corrected, masked

@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from multirefine.fourier.filters import lowpass_volume
-from multirefine.fourier.fsc import resolution_at_threshold
+from multirefine.fourier.fsc import masked_fsc_corrected, resolution_at_threshold, shell_frequencies
 from multirefine.fourier.masks import flatten_solvent
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import rotation_change_deg
@@ -83,6 +83,7 @@ class SingleResult:
     earlier: bool = False  # finished by an earlier attempt of the run (--continue), kept as it was
     table: pd.DataFrame | None = None  # the particles with their final poses (not kept from an earlier attempt)
     full_map: np.ndarray | None = None  # the final map (masked, in particle units)
+    masked_resolution_0143_angstrom: float | None = None  # --mask: FSC 0.143 within it, solvent-corrected
 
 
 class ModelRecorder:
@@ -95,8 +96,10 @@ class ModelRecorder:
     def iteration(self, stat: SingleStats, full_map: np.ndarray, fsc: FscRecord) -> None:
         """A finished iteration: its statistics, full map and half-map FSC."""
 
-    def finish(self, half_maps: list[np.ndarray], full_map: np.ndarray, table: pd.DataFrame) -> None:
-        """The last half maps (unfiltered), the full map and the particles' final poses."""
+    def finish(self, half_maps: list[np.ndarray], full_map: np.ndarray, table: pd.DataFrame,
+               masked_fsc: dict | None = None) -> None:
+        """The last half maps (unfiltered), the full map, the particles' final poses and, with
+        ``--mask``, the half maps' masked, solvent-corrected FSC (:func:`masked_fsc_record`)."""
 
     def earlier(self, marker: dict) -> list[SingleStats] | None:
         """The statistics of this model's refinement as an earlier attempt of the run finished
@@ -196,8 +199,21 @@ def refine_single(
             since_best += 1
             if since_best >= PATIENCE:
                 break
-    recorder.finish(list(result.half_maps), full_map, table)
-    return SingleResult(stats, resolution, table=table, full_map=full_map)
+    masked = None if mask is None else masked_fsc_record(result.half_maps, model.mask, apix)
+    recorder.finish(list(result.half_maps), full_map, table, masked)
+    return SingleResult(stats, resolution, table=table, full_map=full_map,
+                        masked_resolution_0143_angstrom=None if masked is None else masked["resolution_0143_angstrom"])
+
+
+def masked_fsc_record(half_maps, mask: torch.Tensor, apix: float) -> dict:
+    """The final half maps' FSC within the user's mask, solvent-corrected
+    (:func:`multirefine.fourier.fsc.masked_fsc_corrected`, relion_postprocess's), and its
+    resolution at 0.143: what the map holds inside the mask."""
+    corrected, masked = masked_fsc_corrected(torch.from_numpy(np.asarray(half_maps[0])),
+                                             torch.from_numpy(np.asarray(half_maps[1])), mask.cpu())
+    return {"shell_frequency_per_angstrom": shell_frequencies(len(half_maps[0]), apix).tolist(),
+            "corrected_fsc": corrected.tolist(), "masked_fsc": masked.tolist(),
+            "resolution_0143_angstrom": resolution_at_threshold(corrected, apix, 0.143)}
 
 
 def _start(stack, search_stack, start_map: np.ndarray, symmetry: str, opts: RefineOptions,

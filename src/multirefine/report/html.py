@@ -252,20 +252,27 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
 
 
-def _models_section(last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
-    """The summary per model: particles and resolution, after the last iteration and on its own."""
-    rows = []
+def _models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
+    """The summary per model: particles and resolution, after the last iteration and on its own
+    (with ``--mask``, also within the mask, solvent-corrected)."""
+    rows, masked = [], {}
+    for m in range(1, k + 1):
+        path = run / runfolder.model_folder_name(m) / runfolder.MASKED_FSC
+        if m in singles and path.exists():
+            masked[m] = json.loads(path.read_text())["resolution_0143_angstrom"]
     for m in range(k):
         single = singles.get(m + 1)
         rows.append([
             f"model {m + 1}", last["particles_per_model"][m], last["resolution_0143_angstrom"][m],
             None if single is None else single[-1]["resolution_0143_angstrom"],
+            *([masked.get(m + 1)] if masked else []),
             None if single is None else len(single),
         ])
     return [
         "<h2>Models</h2>",
         _table(
-            ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)", "its iterations"],
+            ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)",
+             *(["on its own, within the mask (solvent-corrected)"] if masked else []), "its iterations"],
             rows, left=1,
         ),
         (
@@ -416,7 +423,7 @@ def write_report(run: str | Path) -> Path:
     singles = _single_runs(run, k, iteration)
     parts = [
         *_heading(run, parms, stats, k, iteration),
-        *_models_section(last, singles, k),
+        *_models_section(run, last, singles, k),
         *_files_section(run, iteration, k),
         *_convergence_section(run, stats),
         *_noise_section(run, figures),

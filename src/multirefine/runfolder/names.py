@@ -54,6 +54,7 @@ JUNK_PARTICLES = "particles_junk.star"  # --junk: the last assignment's particle
 NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics group (--noise coloured)
 CLASS_PARTICLES = "mrParticleCount"  # classes_II.star: the particles (weights) in each class average
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
+MASKED_FSC = "fsc_masked.json"  # in model_MM/, with --mask: the final half maps' FSC within it, solvent-corrected
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete
 
 

@@ -144,7 +144,12 @@ class ModelFolder:
         fsc.write(self.folder / f"fsc_{stat.iteration:02d}.json")
         write_convergence(self.folder / names.CONVERGENCE, self.stats)
 
-    def finish(self, half_maps: list[np.ndarray], full_map: np.ndarray, table: pd.DataFrame) -> None:
+    def finish(self, half_maps: list[np.ndarray], full_map: np.ndarray, table: pd.DataFrame,
+               masked_fsc: dict | None = None) -> None:
+        if masked_fsc is not None:
+            names.write_json(self.folder / names.MASKED_FSC, masked_fsc)
+        else:  # an earlier attempt's, made with a mask this refinement does not have
+            (self.folder / names.MASKED_FSC).unlink(missing_ok=True)
         write_map(self.folder / "half1_unfil.mrc", half_maps[0], self.pixel_size)
         write_map(self.folder / "half2_unfil.mrc", half_maps[1], self.pixel_size)
         write_map(self.folder / "threed_final.mrc", self.written_map(full_map), self.pixel_size)
