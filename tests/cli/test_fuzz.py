@@ -159,17 +159,22 @@ def _map_cases(valid: Path) -> list[tuple[str, np.ndarray | bytes, float]]:
     ]
 
 
+def _bad_map_folder(folder: Path, data, apix: float) -> Path:
+    """A folder holding one damaged map case as ``bad.mrc``."""
+    folder.mkdir()
+    if isinstance(data, bytes):
+        (folder / "bad.mrc").write_bytes(data)
+    else:
+        write_map(folder / "bad.mrc", np.ascontiguousarray(data, dtype=np.float32), apix)
+    return folder
+
+
 def test_maps_damaged_by_rule(valid, tmp_path, capsys):
     """Every damaged starting map through `refine --check`, and those it refuses through a real
     start (`--iter 1`); a map padded to the box and one without a voxel size (the particles'
     is taken) are accepted."""
     for i, (case, data, apix) in enumerate(_map_cases(valid)):
-        folder = tmp_path / f"map{i:02d}"
-        folder.mkdir()
-        if isinstance(data, bytes):
-            (folder / "bad.mrc").write_bytes(data)
-        else:
-            write_map(folder / "bad.mrc", np.ascontiguousarray(data, dtype=np.float32), apix)
+        folder = _bad_map_folder(tmp_path / f"map{i:02d}", data, apix)
         star = str(valid / "sim" / "particles.star")
         maps = f"{folder}/bad.mrc,{valid}/map2.mrc"
         checked = _check_contract(["refine", "--input", star, "--models", maps, "--check"], folder, None, capsys, case)
@@ -186,12 +191,7 @@ def test_masks_damaged_by_rule(valid, tmp_path, capsys):
     file, a span of 100 Å/px), and a real start refuses them as --check does, leaving no folder."""
     star, maps = str(valid / "sim" / "particles.star"), f"{valid}/map1.mrc,{valid}/map2.mrc"
     for i, (case, data, apix) in enumerate(_map_cases(valid)):
-        folder = tmp_path / f"mask{i:02d}"
-        folder.mkdir()
-        if isinstance(data, bytes):
-            (folder / "bad.mrc").write_bytes(data)
-        else:
-            write_map(folder / "bad.mrc", np.ascontiguousarray(data, dtype=np.float32), apix)
+        folder = _bad_map_folder(tmp_path / f"mask{i:02d}", data, apix)
         argv = ["refine", "--input", star, "--models", maps, "--mask", f"{folder}/bad.mrc"]
         assert _check_contract([*argv, "--check"], folder, None, capsys, case) == 2, f"{case}: passed as a mask"
         run = tmp_path / f"masked{i:02d}"
