@@ -322,9 +322,11 @@ def _map_sections(run: Path, iteration: int, k: int, singles: dict[int, list[dic
     """Central sections and projections of every model's last map and of its refined map,
     as one figure (its name; None: no map)."""
     maps, labels, masks = [], [], []
+    focus_file = run / runfolder.FOCUS_MASK  # --focusmask: drawn where no --mask is
+    focus = read_map(focus_file)[0] if focus_file.exists() else None
     for m in range(1, k + 1):
         mask_file = run / runfolder.mask_name(m)  # --mask: the run's copy
-        mask = read_map(mask_file)[0] if mask_file.exists() else None
+        mask = read_map(mask_file)[0] if mask_file.exists() else focus
         path = run / runfolder.map_name(iteration, m)
         if path.exists():
             maps.append(read_map(path)[0])
@@ -359,6 +361,9 @@ def _iterations_section(
         if (run / runfolder.mask_name(1)).exists():
             shown.append("<p>Red: each model's solvent mask (<code>--mask</code>), its 0.5 contour over the sections and "
                          "its outline over the projections.</p>")
+        elif (run / runfolder.FOCUS_MASK).exists():
+            shown.append("<p>Red: the focus mask (<code>--focusmask</code>), the region the models are compared on, its "
+                         "0.5 contour over the sections and its outline over the projections.</p>")
         shown.append(_per_iteration(f"{FIGURES}/{maps}", iteration, "map sections", patterns))
     montage = _class_montage(run, iteration, k, figures)
     if montage:
