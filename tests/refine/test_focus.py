@@ -67,7 +67,7 @@ def _scores(stack, maps, focus):
 
 
 def test_a_focus_over_the_whole_box_is_the_plain_score(states):
-    core, subunit, distractor, _, stack = states
+    core, subunit, _, _, stack = states
     maps = [core, core + subunit]
     whole = ModelMasks(BOX, 0.0, [np.ones((BOX,) * 3, np.float32)])
     plain, focused = _scores(stack, maps, None), _scores(stack, maps, whole)
@@ -75,7 +75,7 @@ def test_a_focus_over_the_whole_box_is_the_plain_score(states):
 
 
 def test_models_that_differ_only_outside_the_focus_score_alike(states):
-    core, subunit, distractor, focus, stack = states
+    core, _, distractor, focus, stack = states
     plain = _scores(stack, [core, core + distractor], None)
     focused = _scores(stack, [core, core + distractor], focus)
     spread = np.abs(plain[:, 0] - plain[:, 1]).mean()
