@@ -41,12 +41,15 @@ def test_a_mask_on_a_smaller_box_is_the_same_mask_at_coarser_pixels():
 
 @pytest.mark.parametrize(
     "values, expected",
-    [(np.nan, "NaN or infinite"), (2.0, "values from 0 to 2"), (-0.5, "values from -0.5 to 1"), (None, "every voxel is 0")],
+    [(np.nan, "NaN or infinite"), (2.0, "values from 0 to 2"), (-0.5, "values from -0.5 to 1"), (None, "every voxel is 0"),
+     ("faint", "its largest value is 0.3")],
 )
 def test_a_file_that_is_not_a_mask_is_refused_by_name(values, expected):
     volume = soft_sphere_mask(16, 5.0).numpy()
     if values is None:
         volume = np.zeros_like(volume)
+    elif values == "faint":
+        volume = 0.3 * volume
     else:
         volume[2, 3, 4] = values
     with pytest.raises(InputError, match=expected) as error:

@@ -53,6 +53,8 @@ def check_mask(volume: np.ndarray, name: str) -> None:
                          "solvent; relion_mask_create makes one)")
     if not high > 0:
         raise InputError(f"{name}: every voxel is 0; a mask is 1 where the molecule is")
+    if not high > 0.5:
+        raise InputError(f"{name}: its largest value is {high:g}; a mask is 1 where the molecule is")
 
 
 def fit_mask(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
