@@ -94,6 +94,23 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
     assert not (sphere / "mask_01.mrc").exists()
 
 
+def test_the_subtracted_particles_are_written_on_request(sim, tmp_path, capsys):
+    """--write-subtracted: every particle less the models' common outside, a stack and a STAR
+    file with the run's poses and classes that any reader opens."""
+    from multirefine.io.particles import open_particles
+
+    run = tmp_path / "subtracted"
+    assert _refine(sim, run, "--iter", "1", "--focusmask", f"{sim}/mask2.mrc", "--write-subtracted") == 0
+    assert "subtracted/particles_subtracted.star" in capsys.readouterr().out
+    subtracted = open_particles(run / "subtracted" / "particles_subtracted.star")
+    original = open_particles(sim / "sim" / "particles.star")
+    assert len(subtracted) == 120 and subtracted.box_size == 32
+    assert np.array_equal(subtracted.metadata["rlnClassNumber"].to_numpy(),
+                          open_particles(run / "particles_01.star").metadata["rlnClassNumber"].to_numpy())
+    images, before = np.asarray(subtracted[np.arange(5)]), np.asarray(original[np.arange(5)])
+    assert np.isfinite(images).all() and not np.allclose(images, before)
+
+
 def test_a_mask_per_model_with_a_symmetry_per_model(sim, tmp_path):
     """Model 2 under C2 with its own mask: its map is symmetric and 0 where the mask is."""
     import torch
@@ -120,6 +137,7 @@ def test_a_mask_per_model_with_a_symmetry_per_model(sim, tmp_path):
         (["--mask", "{tmp}/zeros.mrc"], "zeros.mrc: every voxel is 0"),
         (["--focusmask", "{tmp}/zeros.mrc"], "zeros.mrc: every voxel is 0"),
         (["--focusmask", "{sim}/mask1.mrc", "--score", "cc", "--sigma_ang", "0"], "--focusmask with --score cc"),
+        (["--write-subtracted"], "--write-subtracted needs --focusmask"),
         (["--particle-diameter", "0"], "--particle-diameter 0.0: expected a diameter"),
         (["--particle-diameter", "500"], "--particle-diameter 500: wider than the particles' box"),
     ],

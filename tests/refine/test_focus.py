@@ -105,3 +105,21 @@ def test_the_focused_choice_takes_one_pose_per_particle():
     shared_rotations, shared_shifts = shared_pose(rotations, shifts, scores)
     assert np.array_equal(shared_rotations[0], np.repeat(rotations[0, 1][None], 3, 0))
     assert np.array_equal(shared_shifts[1], np.repeat(shifts[1, 0][None], 3, 0))
+
+
+def test_subtracting_the_whole_map_leaves_the_noise_and_an_empty_outside_leaves_the_image(tmp_path, atoms_map):
+    """relion_particle_subtract's operation at the particles' true poses: with a focus mask of
+    zeros the whole map is the outside, and what is left of nearly noise-free particles is a
+    few per cent of them; with a mask of ones nothing is subtracted."""
+    from multirefine.refine.focus import common_outside, subtracted_images
+
+    params = SimulationParameters(n_particles=20, snr=1e4, fractions=[1.0], pixel_size_angstrom=APIX, seed=6)
+    simulate_dataset(tmp_path / "sim", [atoms_map], params)
+    stack = open_particles(tmp_path / "sim" / "truth.star")
+    sigma = json.loads((tmp_path / "sim" / "simulation.json").read_text())["noise_sigma"]
+    rows, images = np.arange(20), np.asarray(stack[np.arange(20)])
+    volume = (atoms_map / sigma).astype(np.float32)
+    left = subtracted_images(stack, stack.metadata, common_outside([volume], np.zeros_like(volume), [20]), rows)
+    assert np.linalg.norm(left) < 0.05 * np.linalg.norm(images)
+    kept = subtracted_images(stack, stack.metadata, common_outside([volume], np.ones_like(volume), [20]), rows)
+    assert np.allclose(kept, images, atol=1e-5)

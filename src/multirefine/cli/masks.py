@@ -11,7 +11,7 @@ import numpy as np
 
 from multirefine.errors import InputError
 
-__all__ = ["RunMasks", "read_masks", "saved_masks", "write_masks"]
+__all__ = ["RunMasks", "read_masks", "saved_masks", "write_masks", "write_subtracted"]
 
 
 @dataclass
@@ -74,3 +74,29 @@ def _saved(name: Path, option: str, box: int) -> np.ndarray:
     if volume.shape != (box,) * 3:
         raise InputError(f"{name}: {volume.shape[-1]} px; the run's particles are {box} px")
     return volume.astype(np.float32)
+
+
+def write_subtracted(path: Path, stack, table, maps: list[np.ndarray], focus: np.ndarray, batch_size: int) -> Path:
+    """``RUN/subtracted/particles_subtracted.star`` and ``.mrcs``: every particle less the
+    models' common outside at its pose (:func:`multirefine.refine.focus.subtracted_images`), its
+    table the run's last (poses, classes) with the new image names, for classification without
+    alignment elsewhere (RELION's ``--skip_align``). Returns the STAR file."""
+    from multirefine import runfolder
+    from multirefine.io.maps import MrcStackWriter
+    from multirefine.io.star import write_particles_star
+    from multirefine.refine.focus import common_outside, subtracted_images
+    from multirefine.refine.intensity import INTENSITY_COLUMN
+
+    classes = table["rlnClassNumber"].to_numpy()
+    outside = common_outside(maps, focus, [np.sum(classes == m) for m in range(1, len(maps) + 1)])
+    folder = path / runfolder.SUBTRACTED
+    folder.mkdir(exist_ok=True)
+    stack_name, n = "particles_subtracted.mrcs", len(table)
+    with MrcStackWriter(folder / stack_name, n, stack.box_size, stack.pixel_size_angstrom) as out:
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(start + batch_size, n))
+            out.write(start, subtracted_images(stack, table, outside, rows, INTENSITY_COLUMN))
+    subtracted = table.copy()
+    subtracted["rlnImageName"] = [f"{i + 1:06d}@{stack_name}" for i in range(n)]
+    write_particles_star(folder / "particles_subtracted.star", subtracted, stack.optics)
+    return folder / "particles_subtracted.star"

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from multirefine.cli.continuation import resolve_continue
 from multirefine.cli.machine import batch_size, device_and_threads
-from multirefine.cli.masks import read_masks, saved_masks, write_masks
+from multirefine.cli.masks import read_masks, saved_masks, write_masks, write_subtracted
 from multirefine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,10 @@ def _add_mask_options(p: argparse.ArgumentParser) -> None:
                    "1]); poses still come from the whole maps, and each particle has the models' common signal "
                    "outside the region subtracted at its pose first (relion_particle_subtract, then RELION's focused "
                    "Class3D); the run keeps a copy (focusmask.mrc)")
+    p.add_argument("--write-subtracted", action="store_true",
+                   help="with --focusmask: after the iterations, write every particle less the models' common signal "
+                   "outside the focus mask at its pose (relion_particle_subtract's output) to "
+                   "subtracted/particles_subtracted.star and .mrcs")
     p.add_argument("--particle-diameter", type=float, metavar="A",
                    help="the particle's diameter in Å (RELION's --particle_diameter): the sphere mask of the maps "
                    "(without --mask), the images' background beyond it (--noise coloured, --norm) and the angular "
@@ -248,7 +252,7 @@ def _resolve(args: argparse.Namespace):
         sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
         masks=None if args.mask is None else _split(args.mask), particle_diameter_angstrom=args.particle_diameter,
-        focus_mask=args.focusmask,
+        focus_mask=args.focusmask, write_subtracted=args.write_subtracted,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     _check_diameter(opts.particle_diameter_angstrom, apix, box)
@@ -423,6 +427,9 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
                 with atomic_path(path / runfolder.PARAMETERS) as out:  # no iteration more: the options as they were
                     out.write_bytes(before)
             raise
+        if opts.write_subtracted:
+            star = write_subtracted(path, stack, multi.table, multi.maps, masks.focus, opts.batch_size)
+            print(f"the particles less the models' common signal outside the focus mask: {star}")
         last = multi.stats[-1]
         print(
             f"multi-model: {len(multi.stats)} iterations in {sum(s.seconds for s in multi.stats):.0f} s; particles "

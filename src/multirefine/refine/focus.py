@@ -31,9 +31,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from multirefine.fourier.fft import irfft2_centered
+from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
+from multirefine.fourier.shift import shift_images_ft
+from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows, rotations_for_rows
 from multirefine.refine.scoring import Band, band_phase_ramp, band_slices, particle_terms
 
-__all__ = ["focused_scores", "outside_weights", "shared_pose"]
+__all__ = ["common_outside", "focused_scores", "outside_weights", "shared_pose", "subtracted_images"]
 
 
 def outside_weights(entries: list, n_models: int) -> np.ndarray:
@@ -70,3 +74,30 @@ def focused_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, inside_ft:
         subtracted = x * band_phase_ramp(shift[:, k], band) * wc - wc2 * band_slices(outside_ft, rot[:, k], band, pad)
         out[:, k] = (subtracted * inside.conj()).real.sum(-1) - 0.5 * (wc2 * (inside.real**2 + inside.imag**2)).sum(-1)
     return out.cpu().numpy()
+
+
+def common_outside(maps: list[np.ndarray], focus: np.ndarray, particles_per_model) -> np.ndarray:
+    """The models' common outside (module docstring) ``(D, D, D)``: each map times ``1 - focus``,
+    averaged with the weights of their particles (equal where there are none)."""
+    weights = np.asarray(particles_per_model, dtype=np.float64)
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(maps), 1.0 / len(maps))
+    outside = sum(w * np.asarray(m, dtype=np.float64) for w, m in zip(weights, maps)) * (1 - focus)
+    return outside.astype(np.float32)
+
+
+def subtracted_images(stack, table, outside: np.ndarray, rows: np.ndarray, intensity_column: str | None = None
+                      ) -> np.ndarray:
+    """The images of stack rows ``rows`` ``(n, D, D)`` less the projection of ``outside`` (in the
+    particles' units) at each one's pose and origin in ``table``, times its CTF and, where
+    ``intensity_column`` names one (``--scale``), its intensity scale: what is left is the focus
+    region's signal and the noise (relion_particle_subtract's output)."""
+    meta = table.iloc[rows]
+    box, apix = stack.box_size, stack.pixel_size_angstrom
+    ft = extract_central_slices(prepare_volume_ft(torch.from_numpy(outside)), rotations_for_rows(meta), box)
+    ft = shift_images_ft(ft, -origins_px_for_rows(meta, apix))  # to where the particle lies in its image
+    if stack.has_ctf:
+        ft = ft * ctf_for_rows(meta, box)
+    if intensity_column is not None and intensity_column in meta.columns:
+        ft = ft * torch.as_tensor(meta[intensity_column].to_numpy(copy=True), dtype=torch.float32)[:, None, None]
+    images = torch.as_tensor(np.asarray(stack[rows]), dtype=torch.float32)
+    return (images - irfft2_centered(ft, box)).numpy()

@@ -77,6 +77,7 @@ class RefineOptions:
     masks: list[str] | None = None  # --mask: the files as given (the run folder keeps copies, mask_MM.mrc)
     particle_diameter_angstrom: float | None = None  # --particle-diameter; None: the radius estimated from the maps
     focus_mask: str | None = None  # --focusmask: the file as given (the run folder keeps a copy, focusmask.mrc)
+    write_subtracted: bool = False  # --write-subtracted: the particles less the common outside, after the iterations
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,6 +139,10 @@ class RefineOptions:
         if self.focus_mask is not None and self.score != "ls":
             raise InputError(f"--focusmask with --score {self.score}: focused classification subtracts signal, which "
                              "needs the ls score")
+        if self.write_subtracted and (self.focus_mask is None or self.normalise):
+            raise InputError("--write-subtracted " + ("needs --focusmask (the region kept)" if self.focus_mask is None
+                                                      else "with --norm is not supported yet (the images are "
+                                                      "written as read, the maps are in the normalised ones' units)"))
         if self.particle_diameter_angstrom is not None and not (
                 math.isfinite(self.particle_diameter_angstrom) and self.particle_diameter_angstrom > 0):
             raise InputError(f"--particle-diameter {self.particle_diameter_angstrom}: expected a diameter in Å")

@@ -112,6 +112,7 @@ def joined_particles_name(models: list[int]) -> str:
     return "particles_models_" + "_".join(f"{m:02d}" for m in models) + ".star"
 
 
+SUBTRACTED = "subtracted"  # --write-subtracted: particles_subtracted.star and .mrcs (the focus region's signal)
 FOCUS_MASK = "focusmask.mrc"  # the run's copy of --focusmask on the particles' grid (what --continue reads)
 
 
