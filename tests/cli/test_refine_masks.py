@@ -84,7 +84,7 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
         assert np.all(volume[mask == 0] == 0) and np.abs(volume[mask > 0.99]).max() > 0
         masked_fsc = json.loads((final.parent / "fsc_masked.json").read_text())  # what the map holds in the mask
         assert len(masked_fsc["corrected_fsc"]) == 17 and masked_fsc["resolution_0143_angstrom"] >= 2.0
-    assert "within the mask (solvent-corrected)" in (run / "index.html").read_text()
+    assert "within the mask (solvent-corrected), Å" in (run / "index.html").read_text()
     sphere = tmp_path / "sphere"
     assert _refine(sim, sphere, "--iter", "1", "--particle-diameter", "16") == 0
     c = np.arange(32) - 16
