@@ -252,6 +252,13 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
 
 
+MASKED_FSC_NOTE = (
+    "<p>Within the mask: the half maps' FSC inside <code>--mask</code>, corrected for what the mask correlates by "
+    "itself (relion_postprocess's phase randomisation). Read it as an upper bound: on simulated sets it claimed "
+    "0.7-2.8 Å more than the maps held against the truth (BENCHMARKS.md).</p>"
+)
+
+
 def _models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
     """The summary per model: particles and resolution, after the last iteration and on its own
     (with ``--mask``, also within the mask, solvent-corrected)."""
@@ -275,9 +282,7 @@ def _models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: in
              *(["on its own, within the mask (solvent-corrected), Å"] if masked else []), "its iterations"],
             rows, left=1,
         ),
-        *(["<p>Within the mask: the half maps' FSC inside <code>--mask</code>, corrected for what the mask "
-           "correlates by itself (relion_postprocess's phase randomisation). Read it as an upper bound: on simulated "
-           "sets it claimed 0.7-2.8 Å more than the maps held against the truth (BENCHMARKS.md).</p>"] if masked else []),
+        *([MASKED_FSC_NOTE] if masked else []),
         (
             "<p>The multi-model iterations' half maps are aligned against the full maps; the resolution "
             "after each model's own refinement comes from independent half-sets (gold standard).</p>"
