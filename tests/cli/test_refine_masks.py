@@ -95,12 +95,15 @@ def test_one_mask_for_all_models_and_a_diameter(sim, tmp_path, capsys):
 
 
 def test_the_subtracted_particles_are_written_on_request(sim, tmp_path, capsys):
-    """--write-subtracted: every particle less the models' common outside, a stack and a STAR
-    file with the run's poses and classes that any reader opens."""
+    """--write-subtracted (here given to --continue of a finished run): every particle less the
+    models' common outside, a stack and a STAR file with the run's poses and classes that any
+    reader opens."""
     from multirefine.io.particles import open_particles
 
     run = tmp_path / "subtracted"
-    assert _refine(sim, run, "--iter", "1", "--focusmask", f"{sim}/mask2.mrc", "--write-subtracted") == 0
+    assert _refine(sim, run, "--iter", "1", "--focusmask", f"{sim}/mask2.mrc") == 0
+    assert not (run / "subtracted").exists()
+    assert main(["refine", "--continue", str(run), "--write-subtracted"]) == 0  # a finished run's, written after
     assert "subtracted/particles_subtracted.star" in capsys.readouterr().out
     subtracted = open_particles(run / "subtracted" / "particles_subtracted.star")
     original = open_particles(sim / "sim" / "particles.star")
