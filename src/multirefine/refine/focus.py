@@ -10,8 +10,9 @@ scored against the model's inside:
 
     ls_k = Re sum w c (X_k - c P_out(A_k)) conj(P_in,k(A_k)) - 1/2 sum w c^2 |P_in,k(A_k)|^2
 
-with ``X_k`` the particle shifted by its shift ``A_k`` holds, ``c`` its CTF and ``w`` the band's
-weights: the least-squares score of the subtracted particle against the region alone.
+with ``A_k`` the particle's pose in model k and ``X_k`` the particle shifted by its shift there
+(both the same in every model: :func:`shared_pose`), ``c`` its CTF and ``w`` the band's weights:
+the least-squares score of the subtracted particle against the region alone.
 Differences between the models outside the region (another part that moves, a map's noise)
 then do not move a particle from one model to another.
 
