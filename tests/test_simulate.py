@@ -248,3 +248,21 @@ def test_parameters_check_themselves():
     with pytest.raises(InputError, match="--junk-mix"):
         SimulationParameters(n_particles=10, snr=1, fractions=[1.0], pixel_size_angstrom=1,
                              junk_kind_weights={"empty": 1.0})
+
+
+def test_the_difference_mask_covers_where_the_states_differ(tmp_path, atoms_map):
+    """Two states, the second with a blob added off-centre: ``difference_mask.mrc`` is 1 over the
+    blob and 0 over the far side of the particle; one state writes none."""
+    from multirefine.io.maps import read_map
+    from multirefine.simulate import SimulationParameters, simulate_dataset
+
+    c = np.arange(32) - 16
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    blob = (0.5 * atoms_map.max() * np.exp(-((x - 6) ** 2 + y**2 + z**2) / 4.0)).astype(np.float32)
+    params = SimulationParameters(n_particles=10, snr=1.0, fractions=[0.5, 0.5], pixel_size_angstrom=1.0, seed=1)
+    simulate_dataset(tmp_path / "two", [atoms_map, atoms_map + blob], params)
+    mask = read_map(tmp_path / "two" / "difference_mask.mrc")[0]
+    assert mask[16, 16, 22] == 1 and np.all(mask[:, :, :14] == 0) and 0 <= mask.min() and mask.max() == 1
+    simulate_dataset(tmp_path / "one", [atoms_map], SimulationParameters(n_particles=5, snr=1.0, fractions=[1.0],
+                                                                          pixel_size_angstrom=1.0, seed=1))
+    assert not (tmp_path / "one" / "difference_mask.mrc").exists()

@@ -29,7 +29,7 @@ from multirefine.simulate.noise import (
     spectrum_error,
 )
 
-__all__ = ["JUNK_KINDS", "TRUTH_COLUMNS", "SimulationParameters", "simulate_dataset"]
+__all__ = ["JUNK_KINDS", "TRUTH_COLUMNS", "SimulationParameters", "difference_mask", "simulate_dataset"]
 
 JUNK_KINDS = ("empty", "blobs", "fragment")
 
@@ -357,6 +357,24 @@ def _background(truth: pd.DataFrame, box_size: int) -> torch.Tensor:
     return (col("mrBackgroundOffset") + ramp).float()
 
 
+def difference_mask(maps: list[np.ndarray], level: float = 0.25, extend_px: float = 2.0,
+                    soft_px: float = 3.0) -> np.ndarray | None:
+    """A soft mask ``(D, D, D)`` around where the true maps differ (a focus mask for
+    ``refine --focusmask``): each voxel's largest departure from the maps' mean, thresholded at
+    ``level`` of its peak, grown by ``extend_px`` and given a ``soft_px`` edge
+    (:func:`multirefine.fourier.masks.mask_from_map`). None for one map, or maps all alike."""
+    from multirefine.fourier.masks import mask_from_map
+
+    if len(maps) < 2:
+        return None
+    stacked = torch.stack([torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in maps])
+    departure = (stacked - stacked.mean(0)).abs().amax(0)
+    peak = float(departure.max())
+    if not peak > 1e-6 * float(stacked.abs().max()):
+        return None
+    return mask_from_map(departure, level * peak, extend_px, soft_px).numpy().astype(np.float32)
+
+
 def simulate_dataset(
     out_dir: str | Path,
     maps: list[np.ndarray],
@@ -369,7 +387,8 @@ def simulate_dataset(
     Writes ``particles.mrcs``, ``particles.star`` (what a user would have: CTF, no poses,
     classes or other truth), ``truth.star`` (plus ``rlnClassNumber``, 0 for junk, angles,
     origins and the ``mr`` columns of :data:`TRUTH_COLUMNS` that were drawn), ``gt_NN.mrc``
-    (``NN`` = class number, from 01) and ``simulation.json``. Particles are generated in
+    (``NN`` = class number, from 01), ``difference_mask.mrc`` (where the true maps differ:
+    :func:`difference_mask`; with two maps or more) and ``simulation.json``. Particles are generated in
     batches, so the stack is never held in memory whole.
     """
     from multirefine.io.maps import MrcStackWriter, write_map
@@ -423,5 +442,8 @@ def simulate_dataset(
     write_particles_star(out / "truth.star", truth)
     for k, volume in enumerate(maps, start=1):
         write_map(out / f"gt_{k:02d}.mrc", volume, params.pixel_size_angstrom)
+    difference = difference_mask(maps)
+    if difference is not None:
+        write_map(out / "difference_mask.mrc", difference, params.pixel_size_angstrom)
     (out / "simulation.json").write_text(json.dumps(asdict(params), indent=2) + "\n")
     return truth
