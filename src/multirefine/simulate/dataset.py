@@ -367,7 +367,7 @@ def difference_mask(maps: list[np.ndarray], level: float = 0.25, extend_px: floa
 
     if len(maps) < 2:
         return None
-    stacked = torch.stack([torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in maps])
+    stacked = torch.stack([torch.as_tensor(np.asarray(m), dtype=torch.float32) for m in maps])
     departure = (stacked - stacked.mean(0)).abs().amax(0)
     peak = float(departure.max())
     if not peak > 1e-6 * float(stacked.abs().max()):
