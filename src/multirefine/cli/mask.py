@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.fourier.filters import lowpass_volume
     from multirefine.fourier.masks import mask_from_map
     from multirefine.io.maps import read_map, write_map
-    from multirefine.refine.postprocess import ANGSTROM3_PER_DALTON
+    from multirefine.refine.postprocess import mass_threshold
 
     out = Path(args.output)
     if out.exists():
@@ -48,20 +48,18 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not (np.isfinite(value) and value >= 0):
             raise InputError(f"--{name} {value}: expected 0 or more")
-    volume, voxel = read_map(args.map)
+    volume, voxel = read_map(args.map)  # (a map with NaN or Inf voxels is refused there)
     apix = voxel or 1.0
-    if not np.isfinite(volume).all():
-        raise InputError(f"{args.map}: the map holds NaN or infinite voxels")
     density = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     if args.lowpass > 0:
         density = lowpass_volume(density, args.lowpass, apix)
     if args.threshold is not None:
         threshold = args.threshold
     else:
-        n_voxels = round(args.mass * 1000 * ANGSTROM3_PER_DALTON / apix**3)
-        if not 0 < n_voxels < density.numel():
-            raise InputError(f"--mass {args.mass:g}: {n_voxels} voxels of {apix:g} Å; the map has {density.numel()}")
-        threshold = float(torch.sort(density.flatten(), descending=True).values[n_voxels])
+        try:
+            threshold = mass_threshold(density.numpy(), args.mass, apix)
+        except ValueError as error:
+            raise InputError(f"--mass {args.mass:g}: {error}") from None
     mask = mask_from_map(density, threshold, args.extend, args.soft)
     if not float(mask.max()) > 0:
         raise InputError(f"{args.map}: no voxel above the threshold {threshold:g}; nothing to mask")

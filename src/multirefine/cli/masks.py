@@ -22,17 +22,13 @@ class RunMasks:
     focus: np.ndarray | None = None  # --focusmask
 
 
-def read_masks(text: str | None, focus: str | None, k: int, apix: float, box: int) -> RunMasks:
-    """The ``--mask`` files and the ``--focusmask`` file, checked and on the particles' grid."""
+def read_masks(paths: list[str] | None, focus: str | None, apix: float, box: int) -> RunMasks:
+    """The ``--mask`` files (their count checked with the options, :class:`RefineOptions`) and
+    the ``--focusmask`` file, each checked and on the particles' grid."""
     from multirefine.io.maps import read_map
     from multirefine.refine.solvent import fit_mask
 
-    solvent = None
-    if text is not None:
-        paths = [t.strip() for t in text.split(",") if t.strip()]
-        if len(paths) not in (1, k):
-            raise InputError(f"--mask {text}: {len(paths)} masks for {k} models (give one, or one per model)")
-        solvent = [fit_mask(*read_map(p), apix, box, p) for p in paths]
+    solvent = None if paths is None else [fit_mask(*read_map(p), apix, box, p) for p in paths]
     return RunMasks(solvent, None if focus is None else fit_mask(*read_map(focus), apix, box, focus))
 
 

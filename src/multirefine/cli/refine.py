@@ -223,7 +223,6 @@ def _resolve(args: argparse.Namespace):
         seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify"
     maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
     k = len(maps) if args.models else args.nmodels
-    masks = read_masks(args.mask, args.focusmask, k, apix, box)
     if k < 1:
         raise InputError("no starting maps")
     if k * MIN_PARTICLES_PER_MODEL > len(stack):
@@ -256,6 +255,7 @@ def _resolve(args: argparse.Namespace):
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
     )
     _check_diameter(opts.particle_diameter_angstrom, apix, box)
+    masks = read_masks(opts.masks, opts.focus_mask, apix, box)
     return stack, search_stack, maps, masks, opts
 
 

@@ -41,13 +41,19 @@ from multirefine.refine.scoring import Band, band_phase_ramp, band_slices, parti
 __all__ = ["common_outside", "focused_scores", "outside_weights", "shared_pose", "subtracted_images"]
 
 
+def _shares(weights: np.ndarray) -> np.ndarray:
+    """Weights ``(K,)`` as shares summing to 1; equal where all are 0."""
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))
+
+
 def outside_weights(entries: list, n_models: int) -> np.ndarray:
     """``(K,)``: each model's share of the common outside, the weights of the particles its
     last map was made from (``LastReconstruction.entries``); equal where none are known."""
     weights = np.zeros(n_models)
     for model, _, _, w in entries:
         weights[model] += float(np.sum(w))
-    return weights / weights.sum() if weights.sum() > 0 else np.full(n_models, 1.0 / n_models)
+    return _shares(weights)
 
 
 def shared_pose(rotations: np.ndarray, shifts: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +86,7 @@ def focused_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, inside_ft:
 def common_outside(maps: list[np.ndarray], focus: np.ndarray, particles_per_model) -> np.ndarray:
     """The models' common outside (module docstring) ``(D, D, D)``: each map times ``1 - focus``,
     averaged with the weights of their particles (equal where there are none)."""
-    weights = np.asarray(particles_per_model, dtype=np.float64)
-    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(maps), 1.0 / len(maps))
+    weights = _shares(np.asarray(particles_per_model, dtype=np.float64))
     outside = sum(w * np.asarray(m, dtype=np.float64) for w, m in zip(weights, maps)) * (1 - focus)
     return outside.astype(np.float32)
 

@@ -33,6 +33,7 @@ __all__ = [
     "Alignment",
     "align_translation",
     "align_volume",
+    "mass_threshold",
     "mutual_fsc",
     "normalize_by_mass",
     "rotate_volume",
@@ -44,13 +45,18 @@ ANGSTROM3_PER_DALTON = 1.0 / 0.83
 ALIGNMENT_MARGIN = 0.15  # correlation gain needed to move a starting map
 
 
-def normalize_by_mass(volume: np.ndarray, mass_kda: float, pixel_size_angstrom: float) -> np.ndarray:
-    """Scale ``volume`` so that voxels above 1 make up ``mass_kda`` of protein."""
+def mass_threshold(volume: np.ndarray, mass_kda: float, pixel_size_angstrom: float) -> float:
+    """The density above which the voxels of ``volume`` make up ``mass_kda`` of protein."""
     n_voxels = round(mass_kda * 1000 * ANGSTROM3_PER_DALTON / pixel_size_angstrom**3)
-    flat = np.sort(volume.ravel())[::-1]
+    flat = np.sort(np.asarray(volume).ravel())[::-1]
     if n_voxels <= 0 or n_voxels >= flat.size:
         raise ValueError(f"mass {mass_kda} kDa does not fit a box of {volume.shape[-1]} px at {pixel_size_angstrom} Å/px")
-    threshold = float(flat[n_voxels])
+    return float(flat[n_voxels])
+
+
+def normalize_by_mass(volume: np.ndarray, mass_kda: float, pixel_size_angstrom: float) -> np.ndarray:
+    """Scale ``volume`` so that voxels above 1 make up ``mass_kda`` of protein."""
+    threshold = mass_threshold(volume, mass_kda, pixel_size_angstrom)
     if threshold <= 0:
         return volume
     return (volume / threshold).astype(np.float32)

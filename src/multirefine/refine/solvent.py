@@ -17,7 +17,6 @@ way, once per box size.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +27,6 @@ from multirefine.fourier.crop import resample_volume
 from multirefine.fourier.masks import soft_sphere_mask
 
 __all__ = ["MASK_EDGE_PX", "ModelMasks", "check_mask", "fit_mask", "per_model", "sphere_radius_px", "union"]
-
-log = logging.getLogger(__name__)
 
 MASK_EDGE_PX = 3.0  # the sphere's raised-cosine edge
 MASK_TOLERANCE = 1e-3  # values this far outside [0, 1] are rounding, not a wrong file
