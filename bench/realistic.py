@@ -289,10 +289,48 @@ def limits(set_dir: Path) -> dict:
     return result
 
 
-def searched_limits(set_dir: Path, n_sample: int, band_angstrom: float, maps_from: str = "gt",
-                    batch_size: int = 200) -> dict:
-    """Accuracy with poses searched against the true maps (module docstring), on a sample;
-    ``maps_from="lp30"``: against the starting maps ``lp30_K.mrc`` instead (key ``searched_lp30``)."""
+@dataclass
+class SearchedSetup:
+    """What a search against a set's true (or starting) maps needs: a sample of its real
+    particles, the maps, the plan, and for the ``bayes`` variant the true noise spectrum and
+    the enveloped stack (bench/marginal_choice.py uses it too)."""
+
+    stack: object
+    env_stack: object  # the CTF with the true B-factor envelope
+    sample: np.ndarray  # stack rows of the real particles sampled
+    truth: np.ndarray  # their true classes
+    maps: torch.Tensor  # (K, D, D, D)
+    plan: object
+    sigma: torch.Tensor  # (D, D//2+1): the noise's amplitude per pixel
+    sim: dict
+    limits: dict
+
+    def scale(self, variant: str) -> float:
+        """The maps' factor into the particles' units: the true one, or today's fitted one."""
+        return 1.0 / self.sim["noise_sigma"] if variant == "bayes" else self.limits["ls_white_scale"]
+
+    def terms(self, variant: str, idx: np.ndarray):
+        """``(batch, X, c)`` of stack rows ``idx``: ``bayes`` whitens image and CTF by the true
+        spectrum (``X / sqrt(p)``, ``c / sqrt(p)``), puts the envelope and the particle's contrast
+        into the CTF and removes the background; ``ls_white`` is today's."""
+        meta, box = self.stack.metadata, self.stack.box_size
+        if variant != "bayes":
+            batch = load_batch(self.stack, idx, center=False)
+            return batch, batch.images_ft, batch.ctf
+        rows = meta.iloc[idx]
+        batch = load_batch(self.env_stack, idx, center=False)
+        x = batch.images_ft
+        if "mrBackgroundOffset" in meta.columns:
+            x = x - rfft2_centered(_background(rows, box))
+        contrast = rows["mrContrastScale"].to_numpy(dtype=np.float64, copy=True) if "mrContrastScale" in rows.columns else np.ones(len(idx))
+        return batch, x / self.sigma, batch.ctf * torch.from_numpy(contrast).float()[:, None, None] / self.sigma
+
+
+def searched_setup(set_dir: Path, n_sample: int, band_angstrom: float, maps_from: str = "gt",
+                   speed: int = 5) -> SearchedSetup:
+    """:class:`SearchedSetup` for ``n_sample`` real particles, evenly spaced, and a search of
+    ``band_angstrom`` at ``speed`` against the true maps (``maps_from="gt"``) or the starting
+    maps ``lp30_K.mrc``."""
     sim = json.loads((set_dir / "simulation.json").read_text())
     limits_file = json.loads((set_dir / "limits.json").read_text())
     stack = open_particles(set_dir / "truth.star")
@@ -304,34 +342,30 @@ def searched_limits(set_dir: Path, n_sample: int, band_angstrom: float, maps_fro
     names = [f"gt_{i:02d}.mrc" if maps_from == "gt" else f"lp30_{i}.mrc" for i in range(1, k + 1)]
     maps = torch.stack([torch.from_numpy(read_map(set_dir / name)[0]) for name in names])
     radius = max(particle_radius_px(m.numpy()) for m in maps)
-    plan = plan_search(box, apix, band_angstrom, radius, 5, ["c1"] * k, 5.0)
+    plan = plan_search(box, apix, band_angstrom, radius, speed, ["c1"] * k, 5.0)
     kx, ky = frequency_grid_2d(box, dtype=torch.float64)
     shells = np.asarray(sim["noise_power_per_shell"], dtype=np.float64)
     sigma = torch.from_numpy(np.sqrt(np.interp(torch.sqrt(kx**2 + ky**2).numpy(), np.arange(len(shells)), shells))).float()
     enveloped = meta.copy()
     enveloped["rlnCtfBfactor"] = enveloped.get("rlnCtfBfactor", 0.0) + sim["bfactor_angstrom2"]
-    env_stack = stack.with_metadata(enveloped)
-    truth = meta["rlnClassNumber"].to_numpy()[sample]
+    return SearchedSetup(stack, stack.with_metadata(enveloped), sample, meta["rlnClassNumber"].to_numpy()[sample],
+                         maps, plan, sigma, sim, limits_file)
+
+
+def searched_limits(set_dir: Path, n_sample: int, band_angstrom: float, maps_from: str = "gt",
+                    batch_size: int = 200) -> dict:
+    """Accuracy with poses searched against the true maps (module docstring), on a sample;
+    ``maps_from="lp30"``: against the starting maps ``lp30_K.mrc`` instead (key ``searched_lp30``)."""
+    setup = searched_setup(set_dir, n_sample, band_angstrom, maps_from)
+    plan, sample, limits_file = setup.plan, setup.sample, setup.limits
     out = {"maps": maps_from, "n": len(sample), "band_angstrom": plan.band_resolution_angstrom,
            "coarse_step_deg": plan.coarse_step_deg, "variants": {}}
-    for variant, scale in (("bayes", 1.0 / sim["noise_sigma"]), ("ls_white", limits_file["ls_white_scale"])):
-        volumes_ft = prepare_volume_ft(maps * scale)
+    for variant in ("bayes", "ls_white"):
+        volumes_ft = prepare_volume_ft(setup.maps * setup.scale(variant))
         references = plan.references(volumes_ft)
         chosen, errors = [], []
         for start in range(0, len(sample), batch_size):
-            idx = sample[start : start + batch_size]
-            rows = meta.iloc[idx]
-            if variant == "bayes":
-                batch = load_batch(env_stack, idx, center=False)
-                x = batch.images_ft
-                if "mrBackgroundOffset" in meta.columns:
-                    x = x - rfft2_centered(_background(rows, box))
-                contrast = rows["mrContrastScale"].to_numpy(dtype=np.float64, copy=True) if "mrContrastScale" in rows.columns else np.ones(len(idx))
-                c = batch.ctf * torch.from_numpy(contrast).float()[:, None, None] / sigma
-                x = x / sigma
-            else:
-                batch = load_batch(stack, idx, center=False)
-                x, c = batch.images_ft, batch.ctf
+            batch, x, c = setup.terms(variant, sample[start : start + batch_size])
             found = plan.search(x, c, references, volumes_ft, score="ls")
             chosen.append(found.model[:, 0].numpy() + 1)
             relative = found.rotations[:, 0].double() @ batch.rotations.double().transpose(-1, -2)
@@ -339,7 +373,7 @@ def searched_limits(set_dir: Path, n_sample: int, band_angstrom: float, maps_fro
             errors.append(np.degrees(torch.arccos(cosine).numpy()))
         chosen, errors = np.concatenate(chosen), np.concatenate(errors)
         out["variants"][variant] = {
-            "accuracy": float((chosen == truth).mean()),
+            "accuracy": float((chosen == setup.truth).mean()),
             "pose_error_median_deg": float(np.median(errors)),
             "pose_within_10_deg": float((errors < 10).mean()),
         }
