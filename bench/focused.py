@@ -3,6 +3,7 @@ a subunit that comes and goes, while a larger part elsewhere comes and goes with
 
     python bench/focused.py make OUT [--n 4000] [--snr 0.05] [--seed 0]
     python bench/focused.py score RUN OUT [--iteration N]
+    python bench/focused.py poses RUN OUT --iteration N
 
 The progesterone receptor LBD dimer (mdanalysistests 1a28, both chains, 4082 atoms, ~60 kDa),
 box 48, 2.4 Å/px, CTF (defocus 1-2.5 µm). Its atoms are cut into a core, a *subunit* (the
@@ -21,6 +22,11 @@ subunit) and ``limits.json``: the true-pose limit, each particle judged at its t
 against the four true maps (least squares in the particles' units, white noise: the
 simulation's), the subunit present where the likelihood summed over the two distractor
 states is larger (the Bayes-optimal decision).
+
+``poses`` judges the focused choice alone, on every 4th particle: at the true poses or the
+run's (its ``particles_NN.star``), against the ideal two maps (the mean of the true maps
+without and with the subunit) or the run's (``threed_NN_MM.mrc``), within a 10 Å band: what
+the run's poses and maps each cost.
 
 ``score`` prints the accuracy of a run's last (or ``--iteration``) assignment against
 subunit present / absent (its two models matched to the two by the Hungarian method) beside
@@ -156,6 +162,38 @@ def score(run: Path, out: Path, iteration: int | None) -> dict:
     return row
 
 
+def poses(run: Path, out: Path, iteration: int) -> None:
+    """The focused choice at true or the run's poses, with ideal or the run's maps (module docstring)."""
+    from multirefine.io.maps import read_map
+    from multirefine.refine.batch import rotations_for_rows
+    from multirefine.refine.choice import LastReconstruction, choice_scores, leave_out_volumes
+    from multirefine.refine.solvent import ModelMasks
+
+    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
+    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] for k in range(1, 5)]
+    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
+    stack = open_particles(out / "truth.star").subset(np.arange(0, 4000, 4))
+    classes = stack.metadata["rlnClassNumber"].to_numpy()
+    truth = np.isin(classes, WITH_SUBUNIT).astype(int)
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[np.arange(0, 4000, 4)]
+    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    band = make_band(BOX, BOX * APIX / 10.0)
+    ideal = [(truth_maps[0] + truth_maps[2]) / 2 / sigma, (truth_maps[1] + truth_maps[3]) / 2 / sigma]
+    runs = [read_map(run / f"threed_{iteration:02d}_{m:02d}.mrc")[0] for m in (1, 2)]
+    for pose_name, meta, rotations in (("true poses", stack.metadata, batch.rotations), ("run's poses", table, None)):
+        rotations = (rotations if rotations is not None else rotations_for_rows(meta)).double().numpy()
+        shifts = origins_px_for_rows(meta, APIX).double().numpy()
+        for map_name, maps in (("ideal maps", ideal), ("run's maps", runs)):
+            last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in maps], [])
+            volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
+                                        np.ones(2), "cpu", focus)
+            chosen = choice_scores(batch.images_ft, batch.ctf, volumes, np.repeat(rotations[:, None], 2, 1),
+                                   np.repeat(shifts[:, None], 2, 1), band, "ls", focused=True).argmax(1)
+            accuracy = max(np.mean(chosen == truth), np.mean(chosen != truth))
+            print(f"{pose_name}, {map_name}: {100 * accuracy:.1f} % (true classes 1-4 in the second model: "
+                  f"{[int(np.sum((chosen == 1) & (classes == c))) for c in range(1, 5)]})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,9 +206,15 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("run", type=Path)
     s.add_argument("out", type=Path)
     s.add_argument("--iteration", type=int)
+    p = sub.add_parser("poses")
+    p.add_argument("run", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--iteration", type=int, required=True)
     args = parser.parse_args(argv)
     if args.command == "make":
         make(args.out, args.n, args.snr, args.seed)
+    elif args.command == "poses":
+        poses(args.run, args.out, args.iteration)
     else:
         score(args.run, args.out, args.iteration)
 
