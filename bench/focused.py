@@ -87,7 +87,8 @@ def _parts() -> tuple[AtomicModel, np.ndarray, np.ndarray]:
     return full, subunit, distractor
 
 
-def make(out: Path, n: int, snr: float, seed: int) -> None:
+def state_maps() -> list[np.ndarray]:
+    """The four states' true maps (core, + subunit, + distractor, + both) and the subunit's own."""
     full, subunit, distractor = _parts()
     core = np.setdiff1d(np.arange(len(full.positions_angstrom)), np.concatenate([subunit, distractor]))
 
@@ -98,11 +99,21 @@ def make(out: Path, n: int, snr: float, seed: int) -> None:
     states = [model(core, "core"), model(np.concatenate([core, subunit]), "core+subunit"),
               model(np.concatenate([core, distractor]), "core+distractor"),
               model(np.concatenate([core, subunit, distractor]), "core+subunit+distractor")]
-    maps = maps_from_models([full, *states, model(subunit, "subunit")], BOX, APIX, 2 * APIX)[1:]
-    simulate_dataset(out, maps[:4], SimulationParameters(n_particles=n, snr=snr, fractions=[0.25] * 4,
-                                                         pixel_size_angstrom=APIX, seed=seed))
+    return maps_from_models([full, *states, model(subunit, "subunit")], BOX, APIX, 2 * APIX)[1:]
+
+
+def write_start_map(out: Path) -> None:
+    """``consensus_lp20.mrc``: every particle at its true pose, Gaussian low-pass to 20 Å."""
     stack = open_particles(out / "truth.star")
     write_map(out / "consensus_lp20.mrc", gaussian_lowpass(reconstruct_from_stack(stack).full_map, 20.0, APIX), APIX)
+
+
+def make(out: Path, n: int, snr: float, seed: int) -> None:
+    maps = state_maps()
+    full, subunit, distractor = _parts()
+    simulate_dataset(out, maps[:4], SimulationParameters(n_particles=n, snr=snr, fractions=[0.25] * 4,
+                                                         pixel_size_angstrom=APIX, seed=seed))
+    write_start_map(out)
     piece = torch.from_numpy(maps[4])
     write_map(out / "focus.mrc", mask_from_map(piece, 0.05 * float(piece.max()), 2.0, 3.0).numpy(), APIX)
     (out / "subunit.json").write_text(json.dumps({"with_subunit": WITH_SUBUNIT, "subunit_atoms": len(subunit),
@@ -112,32 +123,40 @@ def make(out: Path, n: int, snr: float, seed: int) -> None:
     print(f"{out}: {n} particles, SNR {snr}; {limits}")
 
 
-def true_pose_limit(out: Path, batch_size: int = 500) -> float:
-    """The Bayes-optimal subunit decision at the true poses (module docstring)."""
+def true_pose_log_likelihoods(out: Path, batch_size: int = 500) -> torch.Tensor:
+    """``(n, K)``: each particle's log-likelihood at its true pose under each true map
+    (least squares in the particles' units, the simulation's white noise), up to a constant."""
     from multirefine.io.maps import read_map
 
     sim = json.loads((out / "simulation.json").read_text())
     stack = open_particles(out / "truth.star")
-    maps = torch.stack([torch.from_numpy(read_map(out / f"gt_{k:02d}.mrc")[0]) for k in range(1, 5)]) / sim["noise_sigma"]
-    volumes = prepare_volume_ft(maps)
-    band = make_band(BOX, BOX / 2 - 1)
-    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT)
-    decided = []
+    k = len(sim["fractions"])
+    maps = torch.stack([torch.from_numpy(read_map(out / f"gt_{c:02d}.mrc")[0]) for c in range(1, k + 1)])
+    volumes = prepare_volume_ft(maps / sim["noise_sigma"])
+    box = maps.shape[-1]
+    band = make_band(box, box / 2 - 1)
+    parts = []
     for start in range(0, len(stack), batch_size):
         rows = np.arange(start, min(start + batch_size, len(stack)))
         batch = load_batch(stack, rows, center=False)
         x, wc, wc2, _ = particle_terms(batch.images_ft, batch.ctf, band)
-        ramp = band_phase_ramp(origins_px_for_rows(stack.metadata.iloc[rows], APIX), band)
+        ramp = band_phase_ramp(origins_px_for_rows(stack.metadata.iloc[rows], sim["pixel_size_angstrom"]), band)
         ll = []
-        for k in range(4):
-            p = band_slices(volumes[k], batch.rotations, band)
+        for c in range(k):
+            p = band_slices(volumes[c], batch.rotations, band)
             ls = ((x * ramp * wc) * p.conj()).real.sum(-1) - 0.5 * (wc2 * (p.real**2 + p.imag**2)).sum(-1)
-            ll.append(2 * ls)  # log-likelihood up to a constant: unit noise per pixel, both halves of the plane
-        ll = torch.stack(ll, 1).double()
-        with_s = torch.logsumexp(ll[:, [1, 3]], 1)
-        without = torch.logsumexp(ll[:, [0, 2]], 1)
-        decided.append((with_s > without).numpy())
-    return float(np.mean(np.concatenate(decided) == truth))
+            ll.append(2 * ls)  # unit noise per pixel, both halves of the plane
+        parts.append(torch.stack(ll, 1).double())
+    return torch.cat(parts)
+
+
+def true_pose_limit(out: Path, batch_size: int = 500) -> float:
+    """The Bayes-optimal subunit decision at the true poses (module docstring)."""
+    stack = open_particles(out / "truth.star")
+    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT)
+    ll = true_pose_log_likelihoods(out, batch_size)
+    decided = torch.logsumexp(ll[:, [1, 3]], 1) > torch.logsumexp(ll[:, [0, 2]], 1)
+    return float(np.mean(decided.numpy() == truth))
 
 
 def score(run: Path, out: Path, iteration: int | None) -> dict:

@@ -457,6 +457,16 @@ def _damaged_star_files(folder, out) -> None:
             (["--device", "tpu"], "--device tpu: expected cpu"), (["--nmodels", "3"], "--nmodels with --models"))),
         (["refine", "--input", "{sim}/particles.star", "--models", "{tmp}/coarse.mrc,{sim}/../map1.mrc", "--check"],
          "coarse.mrc: 32 px at 100 Å/px span 3200 Å"),
+        *((["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--check", *extra], expected)
+          for extra, expected in (  # --nmodels auto: what it cannot do, said before anything runs
+            (["--nmodels", "auto", "--kmax", "1"], "--kmax 1: expected 2 to 20"),
+            (["--nmodels", "auto", "--kmax", "50"], "--kmax 50: expected 2 to 20"),
+            (["--nmodels", "3", "--kmax", "4"], "--kmax without --nmodels auto"),
+            (["--nmodels", "many"], "--nmodels: 'many': expected a number of models or auto"),
+            (["--nmodels", "auto", "--randphase"], "--nmodels auto with --randphase"),
+            (["--nmodels", "auto", "--sym", "c1,c2"], "one --sym and one --mask for all"),
+            (["--nmodels", "auto", "--mass", "40,50"], "give one mass, for every model"),
+            (["--nmodels", "auto", "--focusmask", "{sim}/../map1.mrc"], "--focusmask is not supported yet"))),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--apix", "0"],
          "--apix 0.0"),
         (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1", "--apix", "-2"],

@@ -14,6 +14,7 @@ from helpers import simulate_adk
 from multirefine.refine.splitmerge import (
     classification_log_likelihood,
     log_likelihoods,
+    mixture_log_likelihood,
     removal_costs,
     split_rows,
     trial_assignment,
@@ -254,3 +255,21 @@ def test_a_run_of_three_models_records_its_trials(three_states, tmp_path):
     truth = read_particles_star(three_states / "truth.star").metadata["rlnClassNumber"].to_numpy()
     classes = read_particles_star(run / "particles_05.star").metadata["rlnClassNumber"].to_numpy()
     assert classification_accuracy(truth, classes).accuracy > 0.9
+
+
+def test_the_mixture_likelihood_does_not_grow_when_a_state_is_cut_in_two():
+    """Two copies of one model, each holding half the particles, give the one model's
+    log-likelihood (log(1/2 p + 1/2 p) = log p), where the hard assignment's grows by what
+    each particle's better copy adds; separate states are the one model's plus what their
+    maps add, less log 2 per particle at most."""
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=(200, 1)) * 3
+    model = rng.integers(2, size=200)
+    noisy = np.hstack([one, one]) + rng.normal(scale=0.5, size=(200, 2))  # two maps of one state
+    assert mixture_log_likelihood(np.hstack([one, one]), model) == pytest.approx(float(one.sum()))
+    assert mixture_log_likelihood(noisy, model) < classification_log_likelihood(noisy)
+    assert classification_log_likelihood(noisy) > float(one.sum())  # the hard objective's bias
+    states = np.where(np.eye(2)[model] > 0, 5.0, -5.0) + one  # each particle fits its own state's map
+    weights = np.bincount(model) / len(model)
+    expected = float((one[:, 0] + 5 + np.log(weights[model])).sum())
+    assert mixture_log_likelihood(states, model) == pytest.approx(expected, abs=0.05)

@@ -16,6 +16,12 @@ from half of the largest, and keeps that where the cross-validated likelihood gr
 random start that put one state in two models and two states in one leaves that way
 (--nosplitmerge: no trials).
 
+With --nmodels auto the number of models is counted from the data first: the particles are
+refined against the one map (4 iterations), then, at those poses, models are added one split
+at a time while a split raises the cross-validated mixture log-likelihood by more than 0.05
+per particle (at most --kmax); the run then goes on with that many models. nmodels.json and
+the report hold the curve and the reason for the number chosen.
+
 A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
 --continue RUN: from its last finished iteration, with the options it was started with
 (state.npz, 0_refine_parms.json); the result is the one an uninterrupted run gives. Only
@@ -25,6 +31,7 @@ A run that stopped (a crash, a killed job, or one that wants more iterations) go
 examples:
   multirefine refine --input particles.star --models a.mrc,b.mrc --iter 5
   multirefine refine --input particles.star --model consensus.mrc --nmodels 2
+  multirefine refine --input particles.star --model consensus.mrc --nmodels auto --kmax 6
   multirefine refine --continue multi_01 --iter 8
   multirefine refine --continue multi_02 --single     (a --nosingle run: now each model on its own)
   e2refinemulti --input sets/all.lst --models m1.hdf,m2.hdf --sym c1,c2 --mass 200,250 --apix 1.5
@@ -39,148 +46,20 @@ import logging
 import shutil
 import sys
 from contextlib import closing, redirect_stdout
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from multirefine.cli.continuation import resolve_continue
 from multirefine.cli.machine import batch_size, device_and_threads
 from multirefine.cli.masks import read_masks, saved_masks, write_masks, write_subtracted
+from multirefine.cli.refine_args import add_args, model_count, split_list
 from multirefine.errors import InputError
+
+__all__ = ["add_args", "main"]
 
 log = logging.getLogger(__name__)
 
 MIN_PARTICLES_PER_MODEL = 10  # two half-sets of 5: below that a model's FSC means nothing
-
-
-def add_args(parser: argparse.ArgumentParser) -> None:
-    from multirefine.refine.options import MAX_ITERATIONS, MIN_ITERATIONS
-
-    p = parser
-    p.add_argument("--input", help="particles: RELION STAR, cryoSPARC .cs, EMAN2 .lst/.hdf, .mrcs (needed unless --continue)")
-    p.add_argument("--models", help="starting maps, comma-separated, or one file holding K maps")
-    p.add_argument("--model", help="one starting map, varied into --nmodels seeds")
-    p.add_argument("--nmodels", type=int, default=2, help="number of models made from --model (default 2)")
-    seed = p.add_mutually_exclusive_group()
-    seed.add_argument("--randphase", action="store_true", help="seed: phases randomised beyond a low resolution")
-    seed.add_argument("--mapfragment", action="store_true", help="seed: a random part of the map removed")
-    seed.add_argument("--randclassify", action="store_true", help="seed: particles aligned to the one map, then "
-                      "split at random (RELION's Class3D seeding; the default)")
-    p.add_argument("--sym", default="c1", help="symmetry for all models, or one per model (c1,c2,...)")
-    _add_mask_options(p)
-    p.add_argument("--iter", type=int,
-                   help=f"iterations (default: until fewer than 1 %% of the particles change model in two iterations "
-                        f"running and the resolution stops improving; at least {MIN_ITERATIONS}, at most {MAX_ITERATIONS})")
-    p.add_argument("--path", help="run folder (default: the next free multi_NN)")
-    p.add_argument("--mass", help="molecular mass in kDa, one or one per model: threshold 1 encloses it")
-    p.add_argument("--apix", type=float, help="pixel size in Å (overrides the particle file)")
-    p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")
-    p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
-    p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
-    p.add_argument("--sep", type=int, default=1, help="each particle goes into its N best orientations of its model, weight 1/N (default 1)")
-    p.add_argument("--hypotheses", type=int, default=0, metavar="N",
-                   help="each particle goes into its N best distinct orientations of its model (each global candidate "
-                   "refined on its own), weighted by their posteriors, as RELION marginalises over poses (default 0: its best)")
-    p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
-    p.add_argument("--classiter", type=int, default=0, help="rounds of re-aligning particles to their class average (default 0)")
-    p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
-    p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
-    p.add_argument("--nosingle", action="store_true", help="stop after the multi-model iterations (default: then "
-                   "refine each model's particles on their own, gold standard, into model_MM/)")
-    p.add_argument("--single", action="store_true",
-                   help="refine each model's particles on their own afterwards: the default; with --continue, "
-                   "for a run made with --nosingle")
-    p.add_argument("--singleiter", type=int, default=8,
-                   help="at most this many iterations of each model's own refinement (default 8; it stops "
-                   "earlier when the resolution stops improving)")
-    p.add_argument("--singleres", type=float, default=30.0,
-                   help="each model's own refinement starts from its map low-passed to this resolution, Å "
-                   "(default 30)")
-    p.add_argument("--lowmem", action="store_true", help="smaller batches")
-    p.add_argument("--j", type=int, metavar="N", help="threads here: --parallel thread:N (RELION's --j)")
-    p.add_argument("--parallel",
-                   help="thread:N (CPU threads here; default: the cores this process may use, SLURM_CPUS_PER_TASK "
-                        "or its CPU affinity), or dask:ADDRESS: the searches and "
-                        "reconstructions as tasks on a Dask cluster, ADDRESS its scheduler "
-                        "(tcp://host:8786) or scheduler file; the workers compute on the CPU (--device auto is then the CPU) "
-                        "and must see the particle files by the same absolute paths")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
-    p.add_argument("--max-shift", type=float, default=5.0, help="largest particle shift searched, px (default 5)")
-    p.add_argument("--score", choices=("cc", "ls"), default="ls",
-                   help="similarity: least squares (ls, default: classified best in bench/) or normalised "
-                   "cross-correlation (cc)")
-    p.add_argument("--soft", action="store_true",
-                   help="each particle in every model by its posterior (default: its best model only, as "
-                   "EMAN2; hard assignment classified better in bench/)")
-    p.add_argument("--nosplitmerge", action="store_true",
-                   help="no split and merge trials (default, with 3 or more models: iteration 3 and every other "
-                   "one after it, not in the last 2, tries merging the most redundant model into the others and "
-                   "re-seeding it from half of the largest, and keeps that when the cross-validated likelihood "
-                   "grows)")
-    _add_data_options(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--check", action="store_true", help="check files, sizes, symmetries and options; do not run")
-    p.add_argument("--continue", dest="continue_run", metavar="RUN",
-                   help="go on with the run in folder RUN after its last finished iteration")
-
-
-def _add_mask_options(p: argparse.ArgumentParser) -> None:
-    """Solvent masks, focused classification and the particle's diameter (multirefine.refine.solvent, focus)."""
-    p.add_argument("--mask", metavar="FILE[,FILE...]",
-                   help="solvent mask (MRC, values in [0, 1]: 1 kept, 0 solvent), one for all models or one per model: "
-                   "each map is multiplied by it after every reconstruction, in place of the soft sphere (RELION's "
-                   "--solvent_mask; relion_mask_create makes one); resampled to the particles' grid like the starting "
-                   "maps; the run keeps copies (mask_MM.mrc)")
-    p.add_argument("--focusmask", metavar="FILE",
-                   help="focused classification: the models are compared on this mask's region only (values in [0, "
-                   "1]); poses still come from the whole maps, and each particle has the models' common signal "
-                   "outside the region subtracted at its pose first (relion_particle_subtract, then RELION's focused "
-                   "Class3D); the run keeps a copy (focusmask.mrc)")
-    p.add_argument("--write-subtracted", action="store_true",
-                   help="with --focusmask: after the iterations, write every particle less the models' common signal "
-                   "outside the focus mask at its pose (relion_particle_subtract's output) to "
-                   "subtracted/particles_subtracted.star and .mrcs")
-    p.add_argument("--particle-diameter", type=float, metavar="A",
-                   help="the particle's diameter in Å (RELION's --particle_diameter): the sphere mask of the maps "
-                   "(without --mask), the images' background beyond it (--noise coloured, --norm) and the angular "
-                   "steps (default: estimated from the starting maps)")
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    """What real stacks need: the noise model, normalisation, intensity scales, junk, local
-    searches and a consensus refinement first (multirefine.refine.noise, intensity, ...)."""
-    from multirefine.refine.options import SIGMA_ANG_DEG
-    p.add_argument("--noise", choices=("white", "coloured"), default="white",
-                   help="noise model of the score and the reconstruction: white (default), or coloured: the "
-                   "noise power per Fourier shell of each optics group, estimated from the images' backgrounds, "
-                   "weights every frequency (RELION's sigma2 noise spectra)")
-    p.add_argument("--consensus", action="store_true",
-                   help="first refine all particles against the one starting map (gold standard, into consensus/; "
-                   "--singleiter and --singleres apply), then seed the models from its map and search locally "
-                   "around its poses: for a starting map too featureless to fix the poses")
-    p.add_argument("--junk", type=float, metavar="F",
-                   help="junk (empty boxes, aggregates, broken particles): a particle whose fitted intensity at its "
-                   "best pose (the least-squares scale of the reference in it) is below F times the median is in no "
-                   "map and has rlnClassNumber 0 (try 0.5); re-judged every iteration; default: none")
-    p.add_argument("--norm", action="store_true",
-                   help="normalise each image as it is read (RELION's relion_preprocess --norm, ramp removed): the "
-                   "plane fitted to its pixels beyond the particle's radius (+3 px) subtracted, divided by their SD")
-    p.add_argument("--scale", action="store_true",
-                   help="fit each particle's intensity scale (RELION's scale correction, per particle): its CTF is "
-                   "multiplied by it in the search and the reconstruction; estimated after every search at the "
-                   "particle's best pose, shrunk to 1 by a prior of SD 0.25; written as mrIntensityScale")
-    p.add_argument("--globalsearch", action="store_true",
-                   help="search every orientation even when --input holds poses (rlnAngleRot/Tilt/Psi, e.g. from a "
-                   "consensus refinement); by default such poses are where local searches start (RELION's "
-                   "--sigma_ang), and each later iteration searches around the last one's poses")
-    p.add_argument("--sigma_ang", type=float, metavar="DEG",
-                   help="local searches (see --globalsearch): weight each pose by a Gaussian prior of this SD (degrees) "
-                   "around the particle's last pose, its shift by one of the SD's displacement at the particle's edge "
-                   "(RELION's --sigma_ang); the first local pass stays within 3 SD; 0: no prior, the poses free "
-                   f"within the local window; default {SIGMA_ANG_DEG:g} (0 with --score cc)")
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _resolve(args: argparse.Namespace):
@@ -201,8 +80,8 @@ def _resolve(args: argparse.Namespace):
         raise InputError("--nmodels with --models: the number of maps given is the number of models")
     if not args.models and not args.model:
         raise InputError("no starting maps: give --models a.mrc,b.mrc or --model m.mrc --nmodels K")
-    if args.model and args.nmodels < 2:
-        raise InputError(f"--nmodels {args.nmodels}: expected 2 or more")
+    args.nmodels = model_count(args)
+    auto = args.nmodels == "auto"
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
@@ -210,7 +89,7 @@ def _resolve(args: argparse.Namespace):
         search_stack.check(sample=min(len(stack), 200))
     apix, box = stack.pixel_size_angstrom, stack.box_size
     if args.models:
-        paths = _split(args.models)
+        paths = split_list(args.models)
         if len(paths) == 1:
             volumes, voxel = read_maps(paths[0])
             raw = [(v, voxel, f"{paths[0]}[{i}]") for i, v in enumerate(volumes)]
@@ -220,15 +99,16 @@ def _resolve(args: argparse.Namespace):
     else:
         volume, voxel = read_map(args.model)
         raw = [(volume, voxel, args.model)]
-        seeding = "randphase" if args.randphase else "mapfragment" if args.mapfragment else "randclassify"
+        seeding = ("models" if auto else "randphase" if args.randphase else "mapfragment" if args.mapfragment
+                   else "randclassify")
     maps = [fit_to_box(v, vox, apix, box, name) for v, vox, name in raw]
-    k = len(maps) if args.models else args.nmodels
+    k = len(maps) if args.models else 1 if auto else args.nmodels
     if k < 1:
         raise InputError("no starting maps")
     if k * MIN_PARTICLES_PER_MODEL > len(stack):
         raise InputError(f"{k} models for {len(stack)} particles: give each model {MIN_PARTICLES_PER_MODEL} "
                          f"particles or more (at most {max(1, len(stack) // MIN_PARTICLES_PER_MODEL)} models)")
-    symmetries = [parse_symmetry(s) for s in _split(args.sym)]
+    symmetries = [parse_symmetry(s) for s in split_list(args.sym)]
     if len(symmetries) == 1:
         symmetries *= k
     elif len(symmetries) != k:
@@ -250,9 +130,10 @@ def _resolve(args: argparse.Namespace):
         hypotheses=args.hypotheses,
         sigma_ang_deg=args.sigma_ang if args.sigma_ang is not None else (SIGMA_ANG_DEG if args.score == "ls" else 0.0),
         start_maps=[name for _, _, name in raw], seeding=seeding, apix=args.apix, single=not args.nosingle,
-        masks=None if args.mask is None else _split(args.mask), particle_diameter_angstrom=args.particle_diameter,
+        masks=None if args.mask is None else split_list(args.mask), particle_diameter_angstrom=args.particle_diameter,
         focus_mask=args.focusmask, write_subtracted=args.write_subtracted,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
+        kmax=args.kmax if auto else None,
     )
     _check_diameter(opts.particle_diameter_angstrom, apix, box)
     masks = read_masks(opts.masks, opts.focus_mask, apix, box)
@@ -264,7 +145,7 @@ def _masses(text: str | None, k: int) -> list[float] | None:
     if not text:
         return None
     try:
-        mass = [float(m) for m in _split(text)]
+        mass = [float(m) for m in split_list(text)]
     except ValueError:
         raise InputError(f"--mass {text}: expected numbers in kDa") from None
     if len(mass) == 1:
@@ -335,7 +216,9 @@ def _print_plan(stack, opts, resume) -> None:
 
     print(
         f"{len(stack)} particles, box {stack.box_size}, {stack.pixel_size_angstrom:g} Å/px, CTF {'yes' if stack.has_ctf else 'no'}; "
-        f"{opts.n_models} models ({opts.seeding}), symmetry {','.join(opts.symmetries)}; device {opts.device}"
+        + (f"models counted from the data (--nmodels auto, at most {opts.kmax})" if opts.kmax is not None
+           and resume is None else f"{opts.n_models} models ({opts.seeding})")
+        + f", symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
     if note := optics_note(stack.optics):  # said, not silently dropped (RELION's CtfRefine writes them)
         print(note)
@@ -378,6 +261,22 @@ def _print_singles(singles, path: Path) -> None:
         )
 
 
+def _counted(opts, stack, search_stack, start_map, progress, executor, masks):
+    """``--nmodels auto``: the models counted (:func:`multirefine.refine.driver.count_models`),
+    the count written to ``nmodels.json``; the options with that many models and their
+    starting maps."""
+    from multirefine import runfolder
+    from multirefine.refine.driver import count_models
+
+    count = count_models(opts, stack, search_stack, start_map, progress, executor, masks)
+    runfolder.write_json(Path(opts.path) / runfolder.NMODELS, count.to_json())
+    k = count.chosen
+    print(f"models counted: {k} ({count.reason}); {Path(opts.path) / runfolder.NMODELS}")
+    counted = replace(opts, symmetries=opts.symmetries[:1] * k, align_maps=False,
+                      mass_kda=None if opts.mass_kda is None else opts.mass_kda[:1] * k)
+    return counted, count.classified.made.maps
+
+
 def _make_folder(path: Path, resume) -> bool:
     """The run folder, made where it is new; whether this command made it. A new run's folder
     is new, or empty (_resolve): all that is in it is this run's."""
@@ -412,12 +311,17 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
             identity = saved.get(INPUT_IDENTITY) or input_identity(stack)  # --continue checked it against the stack
             runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*saved.get(COMMANDS, []), record],
                                                                INPUT_IDENTITY: identity})
-            if resume is None:
-                write_masks(path, masks, opts.n_models, stack.pixel_size_angstrom)
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
                     opts, stack, search_stack, maps[0], model_folder(0), progress, executor, masks.solvent)
                 maps = [consensus]
+            if opts.kmax is not None and resume is None:  # --nmodels auto
+                opts, maps = _counted(opts, stack, search_stack, maps[0], progress, executor, masks.solvent)
+                runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [record],
+                                                                   INPUT_IDENTITY: identity})
+                writer, model_folder, report = _writers(opts, stack)
+            if resume is None:
+                write_masks(path, masks, opts.n_models, stack.pixel_size_angstrom)
             multi = run_refinement(opts, stack, search_stack, maps, progress, resume, history, executor, writer,
                                    masks.solvent, masks.focus)
         except BaseException:

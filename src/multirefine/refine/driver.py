@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ from multirefine.refine import start
 from multirefine.refine.assignment import Priors, Searched, assignment_table, search_particles
 from multirefine.refine.choice import FoldMaps, LastReconstruction, normalised, posteriors
 from multirefine.refine.classes import iteration_averages
+from multirefine.refine.growth import ModelCount, grow
 from multirefine.refine.intensity import next_scales, scales_of
 from multirefine.refine.layers import (
     Layer,
@@ -56,15 +57,20 @@ from multirefine.refine.plan import SearchPlan, next_band, plan_search
 from multirefine.refine.postprocess import mutual_fsc
 from multirefine.refine.scales import scaled_references
 from multirefine.refine.splitmerge import MIN_MODELS
-from multirefine.refine.trial import FixedPoses, split_and_merge, split_merge_due
+from multirefine.refine.trial import Classified, FixedPoses, split_and_merge, split_merge_due
 from multirefine.runfolder.records import FscRecord, IterationStats, SplitMergeTrial
 from multirefine.runfolder.state import RunState
 
-__all__ = ["IterationRecord", "Recorder", "RefinementResult", "run_refinement", "settled"]
+__all__ = ["COUNT_ITERATIONS", "IterationRecord", "Recorder", "RefinementResult", "count_models", "run_refinement",
+           "settled"]
 
 # settled(): fewer than 1 % of the particles changed model in each of the last two iterations
 # and no model's resolution improved by 2 % over them.
 SETTLED_CHANGED, SETTLED_GAIN = 0.01, 0.02
+
+# --nmodels auto (count_models): iterations of one model against the starting map, whose
+# poses the growth's splits are judged at (multirefine.refine.growth).
+COUNT_ITERATIONS = 4
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +154,49 @@ def run_refinement(
     return RefinementResult(current.stats, current.table, current.maps)
 
 
+def count_models(opts: RefineOptions, stack, search_stack, start_map: np.ndarray, progress: Progress | None = None,
+                 executor: Executor | None = None, masks: list[np.ndarray] | None = None) -> ModelCount:
+    """``--nmodels auto``: the number of models the particles hold, up to ``opts.kmax``.
+
+    :data:`COUNT_ITERATIONS` iterations of one model from ``start_map`` (with ``opts``' search,
+    noise model and mask) give every particle a pose; from there models are added one split
+    at a time while a split gains cross-validated log-likelihood
+    (:func:`multirefine.refine.growth.grow`): each split is screened at the poses it starts
+    from, and the best is judged after one more iteration in which every particle is searched
+    again in every model (a split that only gathers particles posed wrongly in one map gains
+    nothing once they are searched in both). The outcome's maps (``.classified.made.maps``,
+    in the particles' units) start the multi-model iterations."""
+    one = replace(opts, symmetries=opts.symmetries[:1], iterations=COUNT_ITERATIONS, until_settled=False,
+                  seeding="models", mass_kda=None, focus_mask=None, write_subtracted=False, split_merge=False)
+    log.info("counting models: %d iterations of one model, then models added one split at a time (at most %d)",
+             COUNT_ITERATIONS, opts.kmax)
+    run, current = start.start_new(one, stack, search_stack, [start_map], masks, None, executor, progress, Recorder())
+    for iteration in range(1, COUNT_ITERATIONS):
+        current = _iterate(run, current, iteration, Recorder())
+    band_res = current.band_resolution_angstrom
+
+    def searched(run_k: start.Run, maps, model, last, iteration: int) -> tuple[Classified, FixedPoses]:
+        """Every particle searched in every model of ``run_k`` against ``maps``, assigned and
+        the maps made; scored at its new poses against those maps without its fold."""
+        done = _search_and_choose(run_k, start.Current(maps, band_res, [], model=model, last=last), iteration)
+        chosen = done.chosen
+        fixed = FixedPoses(run_k.stack, run_k.search_stack, done.plan, run_k.halves, chosen.made.maps,
+                           run_k.operators, run_k.masks, done.fold_maps, run_k.settings, opts.m3dkeep, executor)
+        return fixed.classified(chosen.model, chosen.found, made=chosen.made, layers=chosen.layers), fixed
+
+    def confirm(trial: Classified, grown: FixedPoses) -> tuple[Classified, FixedPoses]:
+        k = len(grown.maps)
+        run_k = replace(run, opts=replace(one, symmetries=one.symmetries[:1] * k), operators=grown.operators,
+                        masks=grown.masks)
+        log.info("counting models: %d models, every particle searched again in each", k)
+        return searched(run_k, trial.made.maps, trial.model, trial.made.last, COUNT_ITERATIONS + k - 1)
+
+    own, fixed = searched(run, current.maps, current.model, current.last, COUNT_ITERATIONS)
+    count = grow(fixed, own, opts.kmax, opts.seed, confirm)
+    log.info("counting models: %d (%s)", count.chosen, count.reason)
+    return count
+
+
 def settled(stats: list[IterationStats]) -> bool:
     """Whether a run without ``--iter`` stops after the iterations of ``stats``: after
     :data:`MIN_ITERATIONS` or more, once fewer than :data:`SETTLED_CHANGED` of the particles
@@ -162,8 +211,20 @@ def settled(stats: list[IterationStats]) -> bool:
     return all(n > b * (1 - SETTLED_GAIN) for b, n in zip(before, now))
 
 
-def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: Recorder) -> start.Current:
-    """One iteration: plan, search, choose and reconstruct, record."""
+@dataclass
+class _Searched:
+    """An iteration's plan, references' maps, search and assignment."""
+
+    plan: SearchPlan
+    maps: list[np.ndarray]  # the references, as searched
+    fold_maps: FoldMaps
+    found: Searched
+    chosen: _Chosen
+    seconds: tuple[float, float, float]  # perf_counter at the start, after the search, after the reconstruction
+
+
+def _search_and_choose(run: start.Run, current: start.Current, iteration: int) -> _Searched:
+    """An iteration's plan, search, model choice and reconstruction."""
     opts, started = run.opts, time.perf_counter()
     plan = plan_search(run.stack.box_size, run.stack.pixel_size_angstrom, current.band_resolution_angstrom,
                        run.radius_px, opts.speed, opts.symmetries, opts.max_shift_px, opts.shrink,
@@ -182,12 +243,19 @@ def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: R
                              current.priors)
     searched = time.perf_counter()
     chosen = _choose_and_reconstruct(run, current, plan, found, fold_maps, refs.maps, iteration)
-    reconstructed = time.perf_counter()
+    return _Searched(plan, refs.maps, fold_maps, found, chosen, (started, searched, time.perf_counter()))
+
+
+def _iterate(run: start.Run, current: start.Current, iteration: int, recorder: Recorder) -> start.Current:
+    """One iteration: plan, search, choose and reconstruct, record."""
+    opts, done = run.opts, _search_and_choose(run, current, iteration)
+    plan, chosen, (started, searched, reconstructed) = done.plan, done.chosen, done.seconds
     scales = None
     if opts.fit_intensity:  # the next iteration's scales (multirefine.refine.intensity)
+        found = done.found
         scales = next_scales(scales_of(run.search_stack), found.fit_cross, found.fit_power,
                              found.image_power / float(plan.band.weight.sum()))
-    record = _record(run, current, plan, chosen, refs.maps, iteration, started, scales)
+    record = _record(run, current, plan, chosen, done.maps, iteration, started, scales)
     recorded = time.perf_counter()
     recorder.iteration(record)
     if scales is not None:

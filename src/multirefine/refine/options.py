@@ -28,6 +28,7 @@ SIGMA_ANG_DEG = 2.0
 # after 22; the conformational set 71 / 97 / 99.6 / 99.8 % after 4 / 6 / 8 / 12 (BENCHMARKS.md).
 MIN_ITERATIONS, MAX_ITERATIONS = 5, 25
 MAX_MASS_KDA = 1e5  # --mass: 100 MDa, beyond the largest particles imaged
+MAX_KMAX = 20  # --kmax: each split costs rounds of classification of every particle
 
 
 @dataclass
@@ -78,6 +79,7 @@ class RefineOptions:
     particle_diameter_angstrom: float | None = None  # --particle-diameter; None: the radius estimated from the maps
     focus_mask: str | None = None  # --focusmask: the file as given (the run folder keeps a copy, focusmask.mrc)
     write_subtracted: bool = False  # --write-subtracted: the particles less the common outside, after the iterations
+    kmax: int | None = None  # --nmodels auto: at most this many models, counted from the data; None: as given
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,8 +148,25 @@ class RefineOptions:
         if self.particle_diameter_angstrom is not None and not (
                 math.isfinite(self.particle_diameter_angstrom) and self.particle_diameter_angstrom > 0):
             raise InputError(f"--particle-diameter {self.particle_diameter_angstrom}: expected a diameter in Å")
+        if self.kmax is not None:
+            self._validate_count()
         if not (math.isfinite(self.max_shift_px) and self.max_shift_px >= 0):
             raise InputError(f"--max-shift {self.max_shift_px}: expected pixels, 0 or more")
+
+    def _validate_count(self) -> None:
+        """``--nmodels auto``: one starting map, one symmetry, mask and mass for every model
+        (the models are made from the data, :func:`multirefine.refine.driver.count_models`)."""
+        if not 2 <= self.kmax <= MAX_KMAX:
+            raise InputError(f"--kmax {self.kmax}: expected 2 to {MAX_KMAX}")
+        if self.n_models > self.kmax:
+            raise InputError(f"--kmax {self.kmax}: fewer than the {self.n_models} models")
+        if len(set(self.symmetries)) > 1 or (self.masks and len(self.masks) > 1) or len(self.start_maps) > 1:
+            raise InputError("--nmodels auto makes every model from one --model, with one --sym and one --mask for all")
+        if self.mass_kda is not None and len(set(self.mass_kda)) > 1:
+            raise InputError("--nmodels auto with --mass: give one mass, for every model")
+        if self.focus_mask is not None:
+            raise InputError("--nmodels auto with --focusmask is not supported yet: count the models first, then run "
+                             "the focused classification with --nmodels K")
 
 
 @dataclass(frozen=True)

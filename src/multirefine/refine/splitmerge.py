@@ -36,6 +36,7 @@ __all__ = [
     "MIN_MODELS",
     "classification_log_likelihood",
     "log_likelihoods",
+    "mixture_log_likelihood",
     "removal_costs",
     "split_rows",
     "trial_assignment",
@@ -62,6 +63,21 @@ def log_likelihoods(scores: np.ndarray, image_power: np.ndarray, n_pixels: float
 def classification_log_likelihood(log_likelihood: np.ndarray) -> float:
     """The hard-assignment objective: each particle's log-likelihood in its best model, summed."""
     return float(log_likelihood.max(axis=1).sum())
+
+
+def mixture_log_likelihood(log_likelihood: np.ndarray, model: np.ndarray) -> float:
+    """The mixture's log-likelihood ``sum_i log sum_k pi_k p(X_i | k)``, each model's weight
+    ``pi_k`` the fraction of the particles ``model`` assigns it (models without particles left
+    out). Unlike :func:`classification_log_likelihood` it does not grow when one state is cut
+    in two: a particle then fits one half's map better by as much as it fits the other's
+    worse, and the halves' weights are half the whole's (``--nmodels auto``,
+    :mod:`multirefine.refine.growth`)."""
+    k = log_likelihood.shape[1]
+    counts = np.bincount(model, minlength=k)
+    used = counts > 0
+    z = log_likelihood[:, used] + np.log(counts[used] / len(model))
+    top = z.max(axis=1, keepdims=True)
+    return float((top[:, 0] + np.log(np.exp(z - top).sum(axis=1))).sum())
 
 
 def _best_excluding(log_likelihood: np.ndarray, excluded: list[int]) -> tuple[np.ndarray, np.ndarray]:

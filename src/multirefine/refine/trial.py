@@ -33,6 +33,7 @@ from multirefine.refine.plan import SearchPlan
 from multirefine.refine.solvent import ModelMasks
 from multirefine.refine.splitmerge import (
     classification_log_likelihood,
+    mixture_log_likelihood,
     removal_costs,
     trial_assignment,
 )
@@ -98,6 +99,11 @@ class Classified:
     def objective(self) -> float:
         return classification_log_likelihood(self.log_likelihood)
 
+    @property
+    def mixture(self) -> float:
+        """The mixture's cross-validated log-likelihood (:func:`mixture_log_likelihood`)."""
+        return mixture_log_likelihood(self.log_likelihood, self.model)
+
 
 @dataclass
 class FixedPoses:
@@ -129,6 +135,23 @@ class FixedPoses:
         log_likelihood = cross_validated(self.search_stack, self.plan, made.last, found, self.fold_maps,
                                          self.settings, self.executor)
         return Classified(model, found, layers, made, log_likelihood)
+
+    def with_copy_of(self, m: int, current: Classified) -> tuple[FixedPoses, Searched]:
+        """These fixed poses and ``current``'s search with one model more, a copy of model
+        ``m``: its map (as ``current`` made it), symmetry, mask, intensity scale and poses
+        (:mod:`multirefine.refine.growth`)."""
+        fold, found = self.fold_maps, current.found
+        masks = fold.masks if fold.masks.user is None else replace(fold.masks, user=[*fold.masks.user, fold.masks.user[m]],
+                                                                    _cache={})
+        grown = replace(
+            self, maps=[*current.made.maps, current.made.maps[m]], operators=[*self.operators, self.operators[m]],
+            masks=masks, fold_maps=replace(fold, operators=[*fold.operators, fold.operators[m]], masks=masks,
+                                           scales=np.append(fold.scales, fold.scales[m])),
+        )
+        column = [*range(found.model_scores.shape[1]), m]
+        return grown, replace(found, model_scores=found.model_scores[:, column],
+                              model_rotations=found.model_rotations[:, column],
+                              model_shifts=found.model_shifts[:, column], choice_scores=found.choice_scores[:, column])
 
     def settle(self, start: Classified, rounds: int) -> Classified:
         """``rounds`` rounds of hard classification at fixed poses from ``start`` (each particle

@@ -39,6 +39,7 @@ from multirefine.report.plots import (
     plot_directions,
     plot_fsc,
     plot_map_sections,
+    plot_model_count,
     plot_noise_spectra,
 )
 from multirefine.runfolder.record import COMMANDS, LOG
@@ -247,7 +248,7 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
         names += [f"{folder}/threed_final.mrc", f"{folder}/half1_unfil.mrc", f"{folder}/half2_unfil.mrc",
                   f"{folder}/particles_final.star"]
     names += [runfolder.mask_name(m) for m in range(1, k + 1)] + [runfolder.FOCUS_MASK]
-    names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, LOG]
+    names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, runfolder.NMODELS, LOG]
     links = [f'<a href="{html.escape(n, quote=True)}">{html.escape(n)}</a>' for n in names if (run / n).exists()]
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
 
@@ -300,6 +301,29 @@ def _noise_section(run: Path, figures: Path) -> list[str]:
     text = ("<p>Noise power per Fourier shell of each optics group, from the images' backgrounds (relative "
             "units); every frequency of the score and the reconstruction is weighted by its inverse.</p>")
     return ["<h2>Noise</h2>", text, f'<img src="{FIGURES}/noise.png" alt="noise spectra">']
+
+
+def _count_section(run: Path, figures: Path) -> list[str]:
+    """``--nmodels auto``: the number of models chosen, why, and the curve (``nmodels.json``)."""
+    path = run / runfolder.NMODELS
+    if not path.exists():
+        return []
+    count = json.loads(path.read_text())
+    plot_model_count(count, figures / runfolder.NMODELS_FIGURE)
+    rows = "".join(
+        f"<tr><td>{s['models']}</td><td>{'-' if s['split'] is None else s['split']}</td><td>"
+        + ("-" if s["gain_per_particle"] is None else f"{s['gain_per_particle']:+.3f}")
+        + f"</td><td>{'yes' if s['kept'] else 'no'}</td><td>{s['particles_per_model'] or '-'}</td></tr>"
+        for s in count["steps"])
+    return ["<h2>Number of models</h2>",
+            (f"<p><b>{count['chosen']}</b> models, counted from the data (<code>--nmodels auto</code>): "
+            f"{html.escape(count['reason'])}. Each step splits the model whose split raises the cross-validated "
+            f"log-likelihood most (each particle scored against maps made without it), after "
+            f"{count['rounds']} rounds of classification at the poses of one model; a split is kept if it gains "
+            f"more than {count['min_gain_per_particle']} per particle.</p>"),
+            f'<img src="{FIGURES}/{runfolder.NMODELS_FIGURE}" alt="number of models">',
+            ("<table><tr><th>models</th><th>model split</th><th>gain per particle</th><th>kept</th>"
+            f"<th>particles per model</th></tr>{rows}</table>")]
 
 
 def _convergence_section(run: Path, stats: list[dict]) -> list[str]:
@@ -438,6 +462,7 @@ def write_report(run: str | Path) -> Path:
         *_heading(run, parms, stats, k, iteration),
         *_models_section(run, last, singles, k),
         *_files_section(run, iteration, k),
+        *_count_section(run, figures),
         *_convergence_section(run, stats),
         *_noise_section(run, figures),
         _iterations_section(run, iteration, last, parms.get("symmetries", []), singles, figures),

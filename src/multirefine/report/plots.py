@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from multirefine.io.atomic import atomic_path
 
@@ -19,6 +20,7 @@ __all__ = [
     "plot_directions",
     "plot_fsc",
     "plot_map_sections",
+    "plot_model_count",
     "plot_noise_spectra",
 ]
 
@@ -46,6 +48,35 @@ def plot_convergence(stats: list[dict], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+
+
+def plot_model_count(count: dict, path: str | Path) -> None:
+    """``--nmodels auto`` (``nmodels.json``): the cross-validated log-likelihood per particle
+    against the number of models, and each step's gain beside the threshold a split must pass
+    (kept: blue; refused: red; a step where no split left every model 50 particles: a cross
+    at 0); the number chosen marked."""
+    steps = count["steps"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    known = [s for s in steps if s["log_likelihood_per_particle"] is not None]
+    axes[0].plot([s["models"] for s in known], [s["log_likelihood_per_particle"] for s in known], "o-")
+    axes[0].axvline(count["chosen"], color="grey", lw=0.8, ls="--", label=f"chosen: {count['chosen']}")
+    axes[0].set(xlabel="models", ylabel="cross-validated log-likelihood\nper particle")
+    axes[0].legend()
+    for s in steps[1:]:
+        if s["gain_per_particle"] is None:
+            axes[1].plot(s["models"], 0.0, "x", color="C3", ms=9)
+        else:
+            axes[1].plot(s["models"], s["gain_per_particle"], "o", color="C0" if s["kept"] else "C3", ms=8)
+    axes[1].axhline(count["min_gain_per_particle"], color="grey", lw=0.8, ls="--", label="threshold")
+    axes[1].set_yscale("symlog", linthresh=0.1)
+    axes[1].margins(y=0.2)
+    axes[1].set(xlabel="models", ylabel="gain of the split to it\nper particle")
+    axes[1].legend()
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(s["models"] for s in steps) + 0.5)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def plot_fsc(fsc: dict, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:

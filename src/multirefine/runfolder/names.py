@@ -114,6 +114,8 @@ def joined_particles_name(models: list[int]) -> str:
 
 SUBTRACTED = "subtracted"  # --write-subtracted: particles_subtracted.star and .mrcs (the focus region's signal)
 FOCUS_MASK = "focusmask.mrc"  # the run's copy of --focusmask on the particles' grid (what --continue reads)
+NMODELS = "nmodels.json"  # --nmodels auto: the count (multirefine.refine.growth.ModelCount.to_json)
+NMODELS_FIGURE = "nmodels.png"  # its curve, in the report
 
 
 def mask_name(model: int) -> str:
