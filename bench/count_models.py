@@ -3,6 +3,7 @@
     python bench/count_models.py make ROOT [--n 2000] [--snr 0.1] [--seeds 0,1,2]
     python bench/count_models.py count ROOT/SET [--kmax 6] [--threads 1]
     python bench/count_models.py table ROOT
+    python bench/count_models.py score RUN SET
 
 The states are bench/focused.py's maps of the progesterone receptor LBD dimer (1a28, box 48,
 2.4 Å/px, CTF): the whole dimer; its core (less the subunit, 10 % of the atoms, and the
@@ -16,7 +17,8 @@ particle to the map of highest likelihood), what the data allow.
 (:func:`multirefine.refine.driver.count_models`) and writes ``SET/count.json``: the K chosen,
 the reason, each step's gain per particle, the seconds, and the accuracy of the grown
 assignment against the truth (the models matched to the true classes by the Hungarian method,
-extra models counting as wrong). ``table`` prints every set's.
+extra models counting as wrong). ``table`` prints every set's. ``score`` gives a whole run's
+(``multirefine refine``, e.g. ``--nmodels auto``) last assignment the same accuracy.
 """
 
 from __future__ import annotations
@@ -128,9 +130,23 @@ def table(root: Path) -> None:
     print("|---|---|---|---|---|---|---|")
     for path in sorted(root.glob("k*_s*/count.json")):
         r = json.loads(path.read_text())
-        gains = ", ".join("-" if s["gain_per_particle"] is None else f"{s['gain_per_particle']:+.3f}" for s in r["steps"][1:])
+        gains = ", ".join(("-" if s["gain_per_particle"] is None else f"{s['gain_per_particle']:+.3f}")
+                          + ("" if s["kept"] else " (refused)") for s in r["steps"][1:])
         print(f"| {path.parent.name} | {r['states']['states']} | {100 * r['states']['true_pose_limit']:.1f} % | "
               f"{r['chosen']} | {gains} | {100 * r['accuracy']:.1f} % | {r['seconds']:.0f} |")
+
+
+def score(run: Path, set_dir: Path) -> dict:
+    from score_realistic import last_iteration
+
+    from multirefine.io.star import read_particles_star
+
+    iteration = last_iteration(run)
+    classes = read_particles_star(run / f"particles_{iteration:02d}.star").metadata["rlnClassNumber"].to_numpy()
+    counted = run / "nmodels.json"
+    return {"run": str(run), "iteration": iteration, "models": int(classes.max()),
+            "counted": json.loads(counted.read_text())["chosen"] if counted.exists() else None,
+            "accuracy": matched_accuracy(_truth(set_dir), classes)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,12 +163,17 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("table")
     t.add_argument("root", type=Path)
+    r = sub.add_parser("score")
+    r.add_argument("run", type=Path)
+    r.add_argument("set", type=Path)
     args = p.parse_args(argv)
     if args.command == "make":
         make(args.root, args.n, args.snr, [int(s) for s in args.seeds.split(",")])
     elif args.command == "count":
         r = count(args.set, args.kmax, args.threads)
         print(json.dumps({k: v for k, v in r.items() if k != "steps"}), "\n", *r["steps"], sep="\n")
+    elif args.command == "score":
+        print(json.dumps(score(args.run, args.set)))
     else:
         table(args.root)
 

@@ -117,9 +117,8 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
 
     Each step screens every model's split at the fixed poses; the best is then handed to
     ``confirm`` (the driver's: every particle searched again in all the models, the maps made
-    again, scored at the new poses), and its gain is what it keeps after that, against
-    ``start`` or the step before, which were scored the same way. Without ``confirm`` the
-    screen's gain decides."""
+    again, scored at the new poses), and its gain is what it holds over the models before it
+    at those same poses (:func:`_merged`). Without ``confirm`` the screen's gain decides."""
     n = len(start.model)
     rng = np.random.default_rng(seed)
     k = start.log_likelihood.shape[1]

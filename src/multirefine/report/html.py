@@ -317,10 +317,11 @@ def _count_section(run: Path, figures: Path) -> list[str]:
         for s in count["steps"])
     return ["<h2>Number of models</h2>",
             (f"<p><b>{count['chosen']}</b> models, counted from the data (<code>--nmodels auto</code>): "
-            f"{html.escape(count['reason'])}. Each step splits the model whose split raises the cross-validated "
-            f"log-likelihood most (each particle scored against maps made without it), after "
-            f"{count['rounds']} rounds of classification at the poses of one model; a split is kept if it gains "
-            f"more than {count['min_gain_per_particle']} per particle.</p>"),
+             f"{html.escape(count['reason'])}. Each step tries each model split in two ({count['rounds']} rounds of "
+             "classification at fixed poses), searches every particle again in all the models for the best split, "
+             "and keeps it if it raises the cross-validated mixture log-likelihood (each particle scored against "
+             f"maps made without it) by more than {count['min_gain_per_particle']} per particle over the models "
+             "before it at the same poses; the curve's steps also hold what the searches gained for every model.</p>"),
             f'<img src="{FIGURES}/{runfolder.NMODELS_FIGURE}" alt="number of models">',
             ("<table><tr><th>models</th><th>model split</th><th>gain per particle</th><th>kept</th>"
             f"<th>particles per model</th></tr>{rows}</table>")]
