@@ -17,10 +17,12 @@ random start that put one state in two models and two states in one leaves that 
 (--nosplitmerge: no trials).
 
 With --nmodels auto the number of models is counted from the data first: the particles are
-refined against the one map (4 iterations), then, at those poses, models are added one split
-at a time while a split raises the cross-validated mixture log-likelihood by more than 0.05
-per particle (at most --kmax); the run then goes on with that many models. nmodels.json and
-the report hold the curve and the reason for the number chosen.
+refined against the one map (4 iterations), then models are added one split at a time (each
+model's split screened at the poses it has, the best one confirmed after every particle is
+searched again in all the models) while a split raises the cross-validated mixture
+log-likelihood by more than 0.05 per particle (at most --kmax); the run then goes on with
+that many models. nmodels.json and the report hold the curve and the reason for the number
+chosen.
 
 A run that stopped (a crash, a killed job, or one that wants more iterations) goes on with
 --continue RUN: from its last finished iteration, with the options it was started with
