@@ -132,15 +132,19 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
         if not candidates:
             reason = f"no model holds {GROWTH_MIN_PARTICLES} particles or more to split"
             break
-        trials = {m: _split(fixed, current, m, rng) for m in candidates}
-        gains = {m: float(t[0].mixture - current.mixture) / n for m, t in trials.items()
-                 if np.bincount(t[0].model, minlength=k + 1).min() >= GROWTH_MIN_MODEL}
+        gains, best, best_trial = {}, None, None  # only the best split's maps kept: K + 1 accumulators each
+        for m in candidates:
+            trial, grown = _split(fixed, current, m, rng)
+            if np.bincount(trial.model, minlength=k + 1).min() >= GROWTH_MIN_MODEL:
+                gains[m] = float(trial.mixture - current.mixture) / n
+                if best is None or gains[m] > gains[best]:
+                    best, best_trial = m, (trial, grown)
+            del trial, grown
         tried = {m + 1: gains.get(m) for m in candidates}
         log.info("models: %d -> %d, gain per particle at fixed poses (cross-validated mixture log-likelihood) "
                  "splitting model %s", k, k + 1,
                  ", ".join(f"{m}: " + (f"a model left below {GROWTH_MIN_MODEL} particles" if g is None else f"{g:+.3f}")
                            for m, g in tried.items()))
-        best = max(gains, key=gains.get) if gains else None
         if best is None or gains[best] <= GROWTH_MIN_GAIN:
             reason = (f"every split tried left a model of fewer than {GROWTH_MIN_MODEL} particles" if best is None else
                       f"a model more gained {gains[best]:+.3f} per particle at best (splitting model {best + 1}, at "
@@ -148,7 +152,7 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
             steps.append(GrowthStep(k + 1, None, None if best is None else best + 1,
                                     None if best is None else gains[best], False, None, tried))
             break
-        trial, grown = trials[best]
+        trial, grown = best_trial
         baseline = current
         if confirm is not None:
             trial, grown = confirm(trial, grown)
