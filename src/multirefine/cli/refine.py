@@ -279,6 +279,14 @@ def _counted(opts, stack, search_stack, start_map, progress, executor, masks):
     return counted, count.classified.made.maps
 
 
+def _write_parameters(path: Path, opts, commands: list[dict], identity) -> None:
+    """``0_refine_parms.json``: the options, every command that ran the run, the input's identity."""
+    from multirefine import runfolder
+    from multirefine.runfolder.record import COMMANDS, INPUT_IDENTITY
+
+    runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: commands, INPUT_IDENTITY: identity})
+
+
 def _make_folder(path: Path, resume) -> bool:
     """The run folder, made where it is new; whether this command made it. A new run's folder
     is new, or empty (_resolve): all that is in it is this run's."""
@@ -311,16 +319,15 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
         try:
             saved = json.loads(before) if before is not None else {}
             identity = saved.get(INPUT_IDENTITY) or input_identity(stack)  # --continue checked it against the stack
-            runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [*saved.get(COMMANDS, []), record],
-                                                               INPUT_IDENTITY: identity})
+            commands = [*saved.get(COMMANDS, []), record]
+            _write_parameters(path, opts, commands, identity)
             if opts.consensus and resume is None:
                 stack, search_stack, consensus = consensus_refinement(
                     opts, stack, search_stack, maps[0], model_folder(0), progress, executor, masks.solvent)
                 maps = [consensus]
             if opts.kmax is not None and resume is None:  # --nmodels auto
                 opts, maps = _counted(opts, stack, search_stack, maps[0], progress, executor, masks.solvent)
-                runfolder.write_json(path / runfolder.PARAMETERS, {**asdict(opts), COMMANDS: [record],
-                                                                   INPUT_IDENTITY: identity})
+                _write_parameters(path, opts, commands, identity)  # with the number counted
                 writer, model_folder, report = _writers(opts, stack)
             if resume is None:
                 write_masks(path, masks, opts.n_models, stack.pixel_size_angstrom)

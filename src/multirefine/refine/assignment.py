@@ -9,7 +9,7 @@ overall. :func:`assignment_table` turns a chosen pose per particle into RELION's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -97,6 +97,11 @@ class Searched:
     def fit_scale(self) -> np.ndarray:
         """``(n,)``: about 1 for a particle (its contrast), about 0 for an empty box (``--junk``)."""
         return self.fit_cross / np.maximum(self.fit_power, 1e-30)
+
+    def of_models(self, columns: list[int]) -> Searched:
+        """The per-model results of the models ``columns`` (in that order; one may repeat)."""
+        return replace(self, model_scores=self.model_scores[:, columns], model_rotations=self.model_rotations[:, columns],
+                       model_shifts=self.model_shifts[:, columns], choice_scores=self.choice_scores[:, columns])
 
     @classmethod
     def joined(cls, parts: list[Searched]) -> Searched:

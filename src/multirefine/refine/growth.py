@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -102,10 +102,7 @@ def _merged(fixed: FixedPoses, trial: Classified, m: int) -> Classified:
     last model's particles back in model ``m``: what the split is judged against, so that
     what the search gained for every model is not counted as the split's."""
     k = len(fixed.maps)
-    found = trial.found
-    merged = replace(found, model_scores=found.model_scores[:, :k], model_rotations=found.model_rotations[:, :k],
-                     model_shifts=found.model_shifts[:, :k], choice_scores=found.choice_scores[:, :k])
-    return fixed.classified(np.where(trial.model == k, m, trial.model), merged)
+    return fixed.classified(np.where(trial.model == k, m, trial.model), trial.found.of_models(list(range(k))))
 
 
 Confirm = Callable[[Classified, FixedPoses], tuple[Classified, FixedPoses]]

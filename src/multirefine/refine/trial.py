@@ -148,10 +148,7 @@ class FixedPoses:
             masks=masks, fold_maps=replace(fold, operators=[*fold.operators, fold.operators[m]], masks=masks,
                                            scales=np.append(fold.scales, fold.scales[m])),
         )
-        column = [*range(found.model_scores.shape[1]), m]
-        return grown, replace(found, model_scores=found.model_scores[:, column],
-                              model_rotations=found.model_rotations[:, column],
-                              model_shifts=found.model_shifts[:, column], choice_scores=found.choice_scores[:, column])
+        return grown, found.of_models([*range(found.model_scores.shape[1]), m])
 
     def settle(self, start: Classified, rounds: int) -> Classified:
         """``rounds`` rounds of hard classification at fixed poses from ``start`` (each particle
