@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_atoms_map
 
 from multirefine.cli.main import main
 from multirefine.io.maps import write_map
-from tests.helpers import random_atoms_map
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +82,7 @@ def _run(root: Path, args: list[str], env: dict[str, str] | None = None) -> tupl
     killer = root / "killer.py"
     killer.write_text(KILLER)
     count = root / f"count_{time.monotonic_ns()}"
-    environment = {**os.environ, **(env or {}), "KILL_COUNT": str(count),
-                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    environment = {**os.environ, **(env or {}), "KILL_COUNT": str(count)}
     process = subprocess.Popen([sys.executable, str(killer), *args], env=environment, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     return process, count
