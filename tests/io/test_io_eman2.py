@@ -167,3 +167,15 @@ def test_real_eman2_map(testdata: Path) -> None:
                                               rel=1e-4)
     maps, apix = read_maps([testdata / "eman2_map.hdf", testdata / "eman2_map.hdf"])
     assert maps.shape == (2, 32, 32, 32) and apix == 3.0
+
+
+def test_hdf_stack_cut_short_while_read(tmp_path: Path) -> None:
+    """An EMAN2 stack cut short after it was opened: one line naming it, not HDF5's trace."""
+    path = tmp_path / "p.hdf"
+    write_eman2_hdf(path, np.ones((3, 8, 8), np.float32), 1.0)
+    stack = open_particles(path)
+    stack[[0]]
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    with pytest.raises(InputError, match=r"p\.hdf: cut short while this command read it"):
+        stack[[2]]

@@ -240,3 +240,30 @@ def test_truncated_mrcs(make_star, tmp_path: Path) -> None:  # type: ignore[no-u
     stack_file.write_bytes(data[:-100])
     with pytest.raises(InputError, match=r"images\.mrcs"):
         open_particles(star)[0]
+
+
+def test_a_stack_changed_while_it_is_read(tmp_path: Path) -> None:
+    """A stack cut short after it was opened is refused before a read past its end (a memory-
+    mapped read there is SIGBUS: the process dies without a word); one rewritten in place is
+    refused rather than read as the same stack; one replaced by another file under its name
+    is still read whole, as it was when opened."""
+    images = np.arange(4 * 10 * 10, dtype=np.float32).reshape(4, 10, 10)
+    path = tmp_path / "s.mrcs"
+    for change, message in (("cut", "cut short while this command read it"),
+                            ("rewrite", "rewritten while this command read it")):
+        write_stack(path, images, 1.0)
+        stack = open_particles(path)
+        np.testing.assert_array_equal(stack[[0, 3]], images[[0, 3]])
+        data = path.read_bytes()
+        with open(path, "r+b") as f:  # in place, as a copy or a full disk would
+            if change == "cut":
+                f.truncate(len(data) - 3 * 10 * 10 * 4)
+            else:
+                f.seek(len(data) - 4), f.write(b"\x00\x00\x80\x7f"), os.utime(path, ns=(0, 0))
+        with pytest.raises(InputError, match=f"s.mrcs: {message}"):
+            stack[[0]]
+    write_stack(path, images, 1.0)
+    stack = open_particles(path)
+    write_stack(tmp_path / "other.mrcs", images + 1, 1.0)
+    os.replace(tmp_path / "other.mrcs", path)
+    np.testing.assert_array_equal(stack[[0, 3]], images[[0, 3]])

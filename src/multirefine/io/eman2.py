@@ -56,6 +56,7 @@ from multirefine.io.columns import (
     VOLTAGE,
     canonicalize,
 )
+from multirefine.io.watched import WatchedFile
 
 __all__ = [
     "Eman2Ctf",
@@ -190,6 +191,7 @@ class Eman2HdfImages:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._watched = WatchedFile(self.path) if self.path.is_file() else None
         self._fh = _open_hdf(self.path)
         self.n = _image_count(self._fh, self.path)
         if self.n == 0:
@@ -209,7 +211,10 @@ class Eman2HdfImages:
         self.voxel_size = apix if apix > 0 else None
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """Images ``indices`` (0-based) as float32 ``(n, ny, nx)``."""
+        """Images ``indices`` (0-based) as float32 ``(n, ny, nx)``; InputError where the file
+        changed since it was opened (:mod:`multirefine.io.watched`)."""
+        if self._watched is not None:
+            self._watched.check()
         out = np.empty((len(indices),) + self.shape, dtype=np.float32)
         for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
             data = _read_dataset(self._fh[f"{_IMAGES}/{int(i)}"], self.path, int(i))
@@ -223,6 +228,8 @@ class Eman2HdfImages:
     def close(self) -> None:
         """Close the HDF5 file."""
         self._fh.close()
+        if self._watched is not None:
+            self._watched.close()
 
 
 def read_eman2_hdf_metadata(path: str | Path, name: str | None = None) -> pd.DataFrame:

@@ -31,6 +31,7 @@ import pandas as pd
 from multirefine.errors import InputError
 from multirefine.io.columns import IMAGE_NAME
 from multirefine.io.eman2 import Eman2HdfImages
+from multirefine.io.watched import WatchedFile
 
 __all__ = [
     "HDF_SUFFIXES",
@@ -69,6 +70,8 @@ class MrcImages:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # Opened before the map, so that a change after it shows.
+        self._watched = WatchedFile(self.path) if self.path.is_file() else None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -95,7 +98,10 @@ class MrcImages:
         self.voxel_size: float | None = size if np.isfinite(size) and size > 0 else None
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        """Images ``indices`` as float32 ``(len(indices), ny, nx)`` (a copy)."""
+        """Images ``indices`` as float32 ``(len(indices), ny, nx)`` (a copy); InputError where the
+        file changed since it was opened (:mod:`multirefine.io.watched`)."""
+        if self._watched is not None:
+            self._watched.check()
         return np.array(self._data[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
 
 
