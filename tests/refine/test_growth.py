@@ -9,6 +9,7 @@ its Gaussian log-density about that mean. The growth sees only ``classified``, `
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ class _Vectors:
         k = max(k, getattr(found, "k", k))
         edges = fold_edges(n, CHOICE_FOLDS)
         ll = np.full((n, k), -np.inf)
-        for a, b in zip(edges[:-1], edges[1:]):
+        for a, b in itertools.pairwise(edges):
             keep = np.ones(n, bool)
             keep[a:b] = False
             for m in range(k):
