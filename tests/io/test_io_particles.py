@@ -267,3 +267,30 @@ def test_a_stack_changed_while_it_is_read(tmp_path: Path) -> None:
     write_stack(tmp_path / "other.mrcs", images + 1, 1.0)
     os.replace(tmp_path / "other.mrcs", path)
     np.testing.assert_array_equal(stack[[0, 3]], images[[0, 3]])
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("rlnAngleRot", "1e40", r"rlnAngleRot of particle 2 is 1e\+40°, beyond 3600°"),
+    ("rlnAngleTilt", "inf", r"rlnAngleTilt of particle 2 is 'inf'; expected a finite number"),
+    ("rlnPhaseShift", "-1e40", r"rlnPhaseShift of particle 2 is -1e\+40°"),
+    ("rlnCtfBfactor", "1e40", r"rlnCtfBfactor of particle 2 is 1e\+40 Å²: its CTF envelope .* e\^-\d+ at Nyquist"),
+    ("rlnCtfBfactor", "-6000", r"rlnCtfBfactor of particle 2 is -6000 Å².* e\^60 at Nyquist"),  # at 2.5 Å/px
+    ("rlnClassNumber", "1e40", r"rlnClassNumber of particle 2 is '1e\+40'; expected an integer"),
+])
+def test_values_only_a_damaged_file_holds(make_star, column, value, message) -> None:  # type: ignore[no-untyped-def]
+    """Finite or periodic, such values would pass as a random angle, a CTF of nothing (or one
+    that overflows), or a class past any run's: each is one line naming the file, column and row."""
+    from multirefine.io.star import read_particles_star
+
+    star, _ = make_star(n=4)
+    read = read_particles_star(star)
+    table = read.metadata.assign(rlnAngleRot=10.0, rlnAngleTilt=20.0, rlnAnglePsi=30.0, rlnClassNumber=1,
+                                 rlnCtfBfactor=50.0)
+    table[column] = table[column].astype(object)
+    table.loc[2, column] = value
+    write_particles_star(star, table, read.optics)
+    with pytest.raises(InputError, match=rf"particles\.star: {message}"):
+        open_particles(star)
+    table.loc[2, column] = {"rlnClassNumber": "2", "rlnCtfBfactor": "-150"}.get(column, "350")
+    write_particles_star(star, table, read.optics)
+    open_particles(star)  # what real files hold is read

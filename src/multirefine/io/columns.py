@@ -60,7 +60,10 @@ __all__ = [
     "LEGACY_ORIGIN_X",
     "LEGACY_ORIGIN_Y",
     "MAGNIFICATION",
+    "MAX_ANGLE_DEGREES",
     "MAX_DEFOCUS_ANGSTROM",
+    "MAX_ENVELOPE_EXPONENT",
+    "MAX_INTEGER",
     "MAX_VALUE_PROB_DISTRIBUTION",
     "OPTICS_COLUMNS",
     "OPTICS_GROUP",
@@ -75,6 +78,7 @@ __all__ = [
     "STRING_COLUMNS",
     "VOLTAGE",
     "canonicalize",
+    "check_angles",
     "check_ctf_columns",
     "check_origins",
     "check_premultiplied",
@@ -98,6 +102,9 @@ AMPLITUDE_CONTRAST = "rlnAmplitudeContrast"  # fraction
 PHASE_SHIFT = "rlnPhaseShift"  # degrees
 CTF_BFACTOR = "rlnCtfBfactor"  # Å^2
 
+MAX_INTEGER = 2**31  # an integer column's values (classes, groups, sizes) lie within it: beyond, damaged
+MAX_ANGLE_DEGREES = 3600.0  # ten turns: RELION writes its angles within 360 degrees; beyond this, damaged
+MAX_ENVELOPE_EXPONENT = 50.0  # |rlnCtfBfactor| k^2 / 4 at Nyquist: beyond, a CTF of nothing or one that overflows
 MAX_DEFOCUS_ANGSTROM = 1e6  # 100 µm: beyond it a defocus is not one (given in other units, or damaged)
 CTF_REQUIRED_COLUMNS: tuple[str, ...] = (
     DEFOCUS_U,
@@ -213,17 +220,18 @@ def canonicalize(table: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     for column in FLOAT_COLUMNS:
         if column in out.columns:
             converted = pd.to_numeric(out[column], errors="coerce")
-            if converted.isna().any():
-                row = int(np.flatnonzero(converted.isna().to_numpy())[0])
+            bad = ~np.isfinite(converted.to_numpy(dtype=np.float64, na_value=np.nan))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
                 raise InputError(
                     f"{path}: {column} of particle {row} is {str(out[column].iloc[row])!r}; "
-                    "expected a number"
+                    "expected a finite number"
                 )
             out[column] = converted.astype(np.float64)
     for column in INT_COLUMNS:
         if column in out.columns:
             converted = pd.to_numeric(out[column], errors="coerce")
-            bad = converted.isna() | (converted != np.round(converted))
+            bad = converted.isna() | (converted != np.round(converted)) | ~(converted.abs() < MAX_INTEGER)
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 raise InputError(
@@ -266,6 +274,28 @@ def check_ctf_columns(table: pd.DataFrame, path: str | Path) -> None:
         if len(far):
             raise InputError(f"{path}: {name} of particle {int(far[0])} is {table[name].iloc[far[0]]:g} Å, beyond "
                              f"{MAX_DEFOCUS_ANGSTROM:g} Å (defocus in RELION's files is in Å)")
+
+
+def check_angles(table: pd.DataFrame, path: str | Path) -> None:
+    """Raise InputError where an angle (the pose's, the defocus's, the phase shift) lies beyond
+    :data:`MAX_ANGLE_DEGREES`, or where a particle's ``rlnCtfBfactor`` makes the CTF's envelope
+    ``exp(-B k^2 / 4)`` reach ``e^50`` or ``e^-50`` at Nyquist: values a file damaged in
+    writing holds (``1e40``), which would otherwise pass as a random angle or a CTF of zero."""
+    for name in (ANGLE_ROT, ANGLE_TILT, ANGLE_PSI, DEFOCUS_ANGLE, PHASE_SHIFT):
+        if name in table.columns:
+            values = table[name].to_numpy(dtype=np.float64)
+            far = np.flatnonzero(np.abs(values) > MAX_ANGLE_DEGREES)
+            if len(far):
+                raise InputError(f"{path}: {name} of particle {int(far[0])} is {values[far[0]]:g}°, beyond "
+                                 f"{MAX_ANGLE_DEGREES:g}° (angles in RELION's files are degrees)")
+    if CTF_BFACTOR in table.columns and IMAGE_PIXEL_SIZE in table.columns:
+        b = table[CTF_BFACTOR].to_numpy(dtype=np.float64)
+        exponent = np.abs(b) / 4 / (2 * table[IMAGE_PIXEL_SIZE].to_numpy(dtype=np.float64)) ** 2
+        far = np.flatnonzero(exponent > MAX_ENVELOPE_EXPONENT)
+        if len(far):
+            row = int(far[0])
+            raise InputError(f"{path}: {CTF_BFACTOR} of particle {row} is {b[row]:g} Å²: its CTF envelope "
+                             f"exp(-B k²/4) would be e^{-np.sign(b[row]) * exponent[row]:.0f} at Nyquist")
 
 
 def check_origins(table: pd.DataFrame, path: str | Path, box_size: int) -> None:

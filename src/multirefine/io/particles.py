@@ -27,6 +27,7 @@ from multirefine.io.columns import (
     IMAGE_PIXEL_SIZE,
     IMAGE_SIZE,
     canonicalize,
+    check_angles,
     check_ctf_columns,
     check_origins,
     check_premultiplied,
@@ -353,6 +354,7 @@ def _finish(
         stack.metadata = fill_pixel_size(stack.metadata, header)
     stack.metadata = assign_optics_groups(canonicalize(stack.metadata, path), stack._box)
     check_ctf_columns(stack.metadata, path)
+    check_angles(stack.metadata, path)
     check_premultiplied(stack.optics if stack.optics is not None else stack.metadata, path)
     if stack._box is not None:  # known without reading an image (a .cs file's may be absent)
         check_origins(stack.metadata, path, stack._box)
