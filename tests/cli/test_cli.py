@@ -488,3 +488,37 @@ def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):
     assert len(err.splitlines()) == 1, err
     assert expected in err
     assert "Traceback" not in err
+
+
+def test_particles_without_a_ctf_need_no_ctf(sim, tmp_path, capsys):
+    """RELION's choice (its --ctf): particles without CTF parameters are refused in one line
+    unless --no-ctf says to use them as they are; --no-ctf leaves a CTF the file has
+    unapplied, and kept in the tables written."""
+    from multirefine.io.columns import CTF_COLUMNS
+    from multirefine.io.star import read_particles_star, write_particles_star
+
+    source = read_particles_star(sim / "sim" / "particles.star")
+    bare = tmp_path / "no_ctf.star"
+    table = source.metadata.drop(columns=[c for c in CTF_COLUMNS if c in source.metadata.columns])
+    write_particles_star(bare, table.assign(rlnImageName=table["rlnImageName"].str.replace(
+        "@", f"@{sim}/sim/", regex=False), rlnAngleRot=0.0, rlnAngleTilt=0.0, rlnAnglePsi=0.0),
+        source.optics.drop(columns=[c for c in CTF_COLUMNS if c in source.optics.columns]))
+    models = ["--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--check"]
+    for command in (["refine", "--input", str(bare), *models], ["reconstruct", str(bare), "-o", str(tmp_path / "m.mrc")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no_ctf.star: no CTF parameters" in err and "give --no-ctf" in err
+    assert not (tmp_path / "m.mrc").exists()
+    assert main(["refine", "--input", str(bare), *models, "--no-ctf"]) == 0
+    assert "CTF no" in capsys.readouterr().out
+    assert main(["refine", "--input", str(sim / "sim" / "particles.star"), *models]) == 0
+    assert "CTF yes" in capsys.readouterr().out
+    assert main(["refine", "--input", str(sim / "sim" / "particles.star"), *models, "--no-ctf"]) == 0
+    assert "CTF no" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
+                 "--no-ctf", "--iter", "1", "--nosingle", "--j", "1", "--path", str(run)]) == 0
+    written = read_particles_star(run / "particles_01.star")
+    assert "rlnDefocusU" in written.metadata.columns or "rlnDefocusU" in written.optics.columns
+    assert main(["refine", "--continue", str(run), "--iter", "1", "--check"]) == 0
+    assert "CTF no" in capsys.readouterr().out

@@ -24,7 +24,7 @@ def resolve_continue(args: argparse.Namespace):
     from dataclasses import fields
 
     from multirefine import runfolder
-    from multirefine.io.particles import open_particles, open_usefilt
+    from multirefine.io.particles import open_particles, open_usefilt, use_ctf
     from multirefine.refine.options import RefineOptions
     from multirefine.runfolder.record import INPUT_IDENTITY, check_input_identity
     from multirefine.runfolder.records import read_convergence
@@ -62,6 +62,10 @@ def resolve_continue(args: argparse.Namespace):
     opts.device = device_and_threads(args)  # the machine's, as for a new run
     stack = open_particles(opts.input, apix=opts.apix)
     search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
+    if "no_ctf" not in saved:  # a run made before --no-ctf: it went without the CTF where there was none
+        opts.no_ctf = not stack.has_ctf
+    for particles in {stack, search_stack}:
+        use_ctf(particles, opts.no_ctf)
     check_input_identity(saved.get(INPUT_IDENTITY), stack, opts.input, run)
     state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
     if state.iteration > opts.iterations:

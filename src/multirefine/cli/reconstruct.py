@@ -26,6 +26,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class", dest="class_number", type=int, help="only particles of this rlnClassNumber")
     parser.add_argument("--sym", default="c1", help="point-group symmetry to impose (default c1)")
     parser.add_argument("--apix", type=float, help="pixel size in Å (overrides the file)")
+    parser.add_argument("--no-ctf", action="store_true", help="insert the images without CTF correction (phase-"
+                        "flipped already, or made without a CTF); needed where the particles have no CTF parameters")
     parser.add_argument("--compare", help="a map to compute the FSC against (e.g. the ground truth)")
     parser.add_argument("--batch", type=int, default=256, help="particles per batch")
 
@@ -37,13 +39,14 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.geometry.symmetry import symmetry_operators
     from multirefine.io.columns import optics_note
     from multirefine.io.maps import read_map, write_map
-    from multirefine.io.particles import open_particles
+    from multirefine.io.particles import open_particles, use_ctf
     from multirefine.refine.reconstruct import reconstruct_from_stack
 
     if args.batch < 1:
         raise InputError(f"--batch {args.batch}: expected 1 or more particles per batch")
     operators = symmetry_operators(args.sym)
     stack = open_particles(args.input, apix=args.apix)
+    use_ctf(stack, args.no_ctf)
     missing = [c for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi") if c not in stack.metadata.columns]
     if missing:
         raise InputError(f"{args.input}: no {', '.join(missing)}; reconstruct needs each particle's pose")

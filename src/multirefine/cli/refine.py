@@ -69,7 +69,7 @@ def _resolve(args: argparse.Namespace):
     from multirefine import runfolder
     from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.maps import read_map, read_maps
-    from multirefine.io.particles import open_particles, open_usefilt
+    from multirefine.io.particles import open_particles, open_usefilt, use_ctf
     from multirefine.refine.options import MAX_ITERATIONS, SIGMA_ANG_DEG, RefineOptions
     from multirefine.refine.seeding import fit_to_box
     from multirefine.runfolder.lock import LOCK_NAME
@@ -86,6 +86,8 @@ def _resolve(args: argparse.Namespace):
     auto = args.nmodels == "auto"
     stack = open_particles(args.input, apix=args.apix)
     search_stack = open_usefilt(stack, args.usefilt, apix=args.apix) if args.usefilt else stack
+    for particles in {stack, search_stack}:
+        use_ctf(particles, args.no_ctf)
     stack.check(sample=min(len(stack), 200))  # files, indices, and NaN/Inf in a sample of images
     if search_stack is not stack:
         search_stack.check(sample=min(len(stack), 200))
@@ -135,7 +137,7 @@ def _resolve(args: argparse.Namespace):
         masks=None if args.mask is None else split_list(args.mask), particle_diameter_angstrom=args.particle_diameter,
         focus_mask=args.focusmask, write_subtracted=args.write_subtracted,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
-        kmax=args.kmax if auto else None,
+        kmax=args.kmax if auto else None, no_ctf=args.no_ctf,
     )
     _check_diameter(opts.particle_diameter_angstrom, apix, box)
     masks = read_masks(opts.masks, opts.focus_mask, apix, box)

@@ -23,6 +23,7 @@ import pandas as pd
 from multirefine.errors import InputError
 from multirefine.fourier.masks import normalise_background
 from multirefine.io.columns import (
+    CTF_REQUIRED_COLUMNS,
     IMAGE_NAME,
     IMAGE_PIXEL_SIZE,
     IMAGE_SIZE,
@@ -55,6 +56,7 @@ __all__ = [
     "open_image_file",
     "open_particles",
     "open_usefilt",
+    "use_ctf",
 ]
 
 
@@ -105,6 +107,9 @@ class ParticleStack:
         # --norm: each image's background plane and SD beyond this radius (px) taken out as
         # it is read (multirefine.fourier.masks.normalise_background; None: as stored).
         self.background_radius_px = None
+        # --no-ctf: the table's CTF parameters are kept (and written out) but not applied;
+        # kept by subsets (use_ctf).
+        self.ctf_ignored = False
 
     # --- size and geometry ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -132,8 +137,8 @@ class ParticleStack:
 
     @property
     def has_ctf(self) -> bool:
-        """True when every particle has complete CTF parameters."""
-        return has_ctf(self.metadata)
+        """True when every particle has complete CTF parameters and ``--no-ctf`` was not given."""
+        return not self.ctf_ignored and has_ctf(self.metadata)
 
     # --- files -------------------------------------------------------------------------
     def _handle(self, file_id: int) -> ImageFile:
@@ -257,6 +262,7 @@ class ParticleStack:
         out.noise = self.noise
         out.intensity_column = self.intensity_column
         out.background_radius_px = self.background_radius_px
+        out.ctf_ignored = self.ctf_ignored
         return out
 
     def with_noise(self, noise) -> ParticleStack:
@@ -359,6 +365,17 @@ def _finish(
     if stack._box is not None:  # known without reading an image (a .cs file's may be absent)
         check_origins(stack.metadata, path, stack._box)
     return stack
+
+
+def use_ctf(stack: ParticleStack, no_ctf: bool) -> None:
+    """The CTF choice RELION asks for (its ``--ctf``): the particles' CTF is applied where they
+    have one; a stack without one needs ``--no-ctf`` (images phase-flipped already, or made
+    without a CTF), which also leaves a CTF the table holds unapplied. InputError otherwise."""
+    if no_ctf:
+        stack.ctf_ignored = True
+    elif not has_ctf(stack.metadata):
+        raise InputError(f"{stack.path}: no CTF parameters ({', '.join(CTF_REQUIRED_COLUMNS)}); give --no-ctf "
+                         "to use the images without CTF correction (phase-flipped already, or made without a CTF)")
 
 
 def open_particles(

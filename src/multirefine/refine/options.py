@@ -80,6 +80,7 @@ class RefineOptions:
     focus_mask: str | None = None  # --focusmask: the file as given (the run folder keeps a copy, focusmask.mrc)
     write_subtracted: bool = False  # --write-subtracted: the particles less the common outside, after the iterations
     kmax: int | None = None  # --nmodels auto: at most this many models, counted from the data; None: as given
+    no_ctf: bool = False  # --no-ctf: the particles' CTF, if they have one, not applied
 
     def __post_init__(self) -> None:
         self.validate()
