@@ -522,3 +522,26 @@ def test_particles_without_a_ctf_need_no_ctf(sim, tmp_path, capsys):
     assert "rlnDefocusU" in written.metadata.columns or "rlnDefocusU" in written.optics.columns
     assert main(["refine", "--continue", str(run), "--iter", "1", "--check"]) == 0
     assert "CTF no" in capsys.readouterr().out
+
+
+def test_a_run_needing_more_memory_than_is_left_is_refused(sim, tmp_path, capsys, monkeypatch):
+    """The memory a run will need (measured on the CPU: a base, per voxel, per voxel and model)
+    against what the machine or the job's memory limit has left: --check says both, and a
+    run that would not fit is refused in one line before anything is written."""
+    from multirefine.cli import machine
+
+    common = ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc"]
+    assert main([*common, "--check"]) == 0
+    assert "memory: about 0.4 GiB at the peak for 2 models at box 32, " in capsys.readouterr().out
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: (200 * 2**20, "what is left under this job's limit"))
+    assert main([*common, "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "0.2 GiB available (what is left under this job's limit): too little" in err
+    assert main([*common, "--path", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("MULTIREFINE_IGNORE_MEMORY", "1")
+    assert main([*common, "--check"]) == 0
+    # Each model holds at least its two half-sets' padded Fourier sums: (2D)^3 / 2 complex64 and
+    # float32 weights each, 48 bytes per voxel of the box.
+    assert machine.BYTES_PER_VOXEL_AND_MODEL >= 2 * 48
+    assert machine.available_memory_bytes() is None or machine.available_memory_bytes()[0] > 0

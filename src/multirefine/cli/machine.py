@@ -1,15 +1,29 @@
 """The machine a command runs on, as its options name it: the device, torch's threads and the
 batch size (``--device``, ``--parallel`` / ``--j``, ``--lowmem``). A new run and ``--continue``
-alike take them from the command, not from the run."""
+alike take them from the command, not from the run. And the memory a run will need, checked
+against what the machine (or the batch job's cgroup) has left (:func:`check_memory`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+from pathlib import Path
 
 from multirefine.errors import InputError
 
-__all__ = ["batch_size", "device_and_threads"]
+__all__ = ["available_memory_bytes", "batch_size", "check_memory", "device_and_threads", "peak_memory_bytes"]
+
+# A run's peak resident memory on the CPU, measured (bench/memory_peaks.py: one multi-model
+# iteration of 200 particles, K = 2 and 4 at box 64 and 128, K = 2 at box 160) and fitted by
+# least squares (within 0.5 % of each; BENCHMARKS.md, "Memory a run needs"): a base, a part per
+# voxel of the box (the reconstruction's working arrays on the padded grid) and one per voxel
+# and model (the models' padded Fourier sums, two half-sets each, and their maps).
+BASE_BYTES = 394 * 2**20
+BYTES_PER_VOXEL = 431
+BYTES_PER_VOXEL_AND_MODEL = 159
+BYTES_PER_PARTICLE_AND_MODEL = 200  # poses, scores and layers per model (not measured: from the arrays)
+BYTES_PER_PARTICLE = 600  # the metadata table, as pandas holds a RELION STAR row (not measured)
 
 
 def batch_size(args: argparse.Namespace) -> int:
@@ -37,3 +51,51 @@ def device_and_threads(args: argparse.Namespace) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here")
     return device
+
+
+def peak_memory_bytes(box: int, models: int, particles: int) -> int:
+    """The peak resident memory of a run of ``models`` models at ``box`` (the CPU's, measured)."""
+    voxels = box**3
+    return int(BASE_BYTES + voxels * (BYTES_PER_VOXEL + BYTES_PER_VOXEL_AND_MODEL * models)
+               + particles * (BYTES_PER_PARTICLE + BYTES_PER_PARTICLE_AND_MODEL * models))
+
+
+def available_memory_bytes() -> tuple[int, str] | None:
+    """What this process may still take: the smaller of the machine's available memory
+    (``MemAvailable``) and what is left under the cgroup's limit (a Slurm job's ``--mem``);
+    with where it was read. None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, "the machine's available memory"))
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            cap, used = Path(limit).read_text().strip(), int(Path(usage).read_text())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 2**60:
+            found.append((max(int(cap) - used, 0), f"what is left under this job's memory limit ({limit})"))
+    return min(found) if found else None
+
+
+def check_memory(box: int, models: int, particles: int, device: str) -> str:
+    """A line for the plan: the memory the run will need on the CPU and what is available;
+    InputError where it needs more than is available. A CUDA run's host memory is not
+    measured, so it is not refused (the device's own memory is not estimated yet)."""
+    from multirefine.errors import InputError
+
+    need = peak_memory_bytes(box, models, particles)
+    have = available_memory_bytes()
+    text = f"memory: about {need / 2**30:.1f} GiB at the peak for {models} model{'s' * (models > 1)} at box {box}"
+    if have is None:
+        return text + " (what is available could not be read)"
+    free, where = have
+    text += f", {free / 2**30:.1f} GiB available ({where})"
+    if need > free and not device.startswith("cuda") and os.environ.get("MULTIREFINE_IGNORE_MEMORY") != "1":
+        raise InputError(f"{text}: too little; use fewer models or particles binned to a smaller box "
+                         "(or set MULTIREFINE_IGNORE_MEMORY=1 to run regardless)")
+    return text

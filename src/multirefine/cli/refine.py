@@ -52,7 +52,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from multirefine.cli.continuation import resolve_continue
-from multirefine.cli.machine import batch_size, device_and_threads
+from multirefine.cli.machine import batch_size, check_memory, device_and_threads
 from multirefine.cli.masks import read_masks, saved_masks, write_masks, write_subtracted
 from multirefine.cli.refine_args import add_args, model_count, split_list
 from multirefine.errors import InputError
@@ -375,10 +375,13 @@ def main(args: argparse.Namespace) -> int:
         masks = saved_masks(opts, stack.box_size)
     else:
         stack, search_stack, maps, masks, opts = _resolve(args)
+    most = opts.n_models if opts.kmax is None else opts.kmax + 1  # --nmodels auto screens K + 1 at kmax
+    memory = check_memory(stack.box_size, most, len(stack), opts.device)
     with closing(executor_for(args.parallel)) as executor:  # a Dask client is closed on every path
         with redirect_stdout(io.StringIO()) as plan:  # printed now, and into run.log once there is one
             _print_plan(stack, opts, resume)
             print(f"particle loops: {executor.describe()}")
+            print(memory)
         print(plan.getvalue(), end="")
         if args.check:
             print("check: files, sizes, symmetries and options are consistent; nothing was run")
