@@ -252,11 +252,23 @@ def test_continue_refuses_a_damaged_run_folder(sim, tmp_path, capsys):
         "puts particles in model 7 of 2": lambda d: {**d, "table_model": np.full_like(d["table_model"], 6)},
         "radius_px is missing": lambda d: {k: v for k, v in d.items() if k != "radius_px"},
     }
-    for expected, damage in [*damages.items(), ("damaged, not readable", None), ("damaged, 0 iterations of 1", [])]:
+    parameters = json.loads((run / "0_refine_parms.json").read_text())
+    typed = {  # a 0_refine_parms.json edited by hand or damaged: said of the file, before the run
+        "0_refine_parms.json: symmetries is 'c', not a list[str]": {"symmetries": "c"},
+        "0_refine_parms.json: symmetries is ['c1', 5], not a list[str]": {"symmetries": ["c1", 5]},
+        "0_refine_parms.json: unknown symmetry 'q3'": {"symmetries": ["c1", "q3"]},
+        "0_refine_parms.json: 1 symmetries, one per model, where": {"symmetries": ["c1"]},
+        "0_refine_parms.json: iterations is 'ten', not a <class 'int'>": {"iterations": "ten"},
+        "0_refine_parms.json: --speed 0: expected 1 (fine": {"speed": 0},
+    }
+    for expected, damage in [*damages.items(), ("damaged, not readable", None), ("damaged, 0 iterations of 1", []),
+                             *typed.items()]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(run, copy)
-        if callable(damage):
+        if isinstance(damage, dict):
+            (copy / "0_refine_parms.json").write_text(json.dumps({**parameters, **damage}))
+        elif callable(damage):
             np.savez(copy / "state.npz", **damage(state))
         elif damage is None:
             (copy / "convergence.json").write_text((run / "convergence.json").read_text()[:50])
@@ -442,9 +454,15 @@ def _damaged_star_files(folder, out) -> None:
         (["reconstruct", "{tmp}/nan_defocus.star", "-o", "x.mrc"], "rlnDefocusU of particle 3 is"),
         (["reconstruct", "{tmp}/twice.star", "-o", "x.mrc"], "names the column rlnDefocusU twice"),
         (["reconstruct", "{tmp}/no_rows.star", "-o", "x.mrc"], "data_particles has no rows"),
-        (["reconstruct", "{sim}/truth.star", "-o", "{tmp}/a_file/x.mrc"], "Not a directory"),
+        (["reconstruct", "{sim}/truth.star", "-o", "{tmp}/a_file/x.mrc"], "a_file to write it in"),
         (["refine", "--input", "{sim}/particles.star", "--models", "{sim}/../map1.mrc,{sim}/../map2.mrc",
           "--path", "{tmp}/a_file/run"], "a_file/run: Not a directory"),
+        (["reconstruct", "{sim}/truth.star", "-o", "{tmp}/missing/x.mrc"], "missing/x.mrc: no folder"),
+        (["reconstruct", "{sim}/truth.star", "-o", "{tmp}"], "a folder; give a file name"),
+        (["refine", "--input", "{sim}/particles.star", "--models", "{sim}/../map1.mrc,{sim}/../map2.mrc",
+          "--path", "{tmp}/a_file"], "a_file: Not a directory"),
+        (["split", "{sim}/truth.star", "--out", "{tmp}/a_file"], "a_file"),
+        (["simulate", "{tmp}/a_file", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1"], "a_file"),
         (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--apix", "inf"], "--apix inf: expected a positive number"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "inf"], "--snr inf"),
         (["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--nmodels", "100000",
@@ -545,3 +563,52 @@ def test_a_run_needing_more_memory_than_is_left_is_refused(sim, tmp_path, capsys
     # float32 weights each, 48 bytes per voxel of the box.
     assert machine.BYTES_PER_VOXEL_AND_MODEL >= 2 * 48
     assert machine.available_memory_bytes() is None or machine.available_memory_bytes()[0] > 0
+
+
+def test_torch_out_of_memory_is_one_line(sim, tmp_path, capsys, monkeypatch):
+    """torch's CPU allocator fails with a RuntimeError (not a MemoryError): one line, rc 2,
+    nothing written; any other RuntimeError is not taken for it."""
+    import torch
+
+    from multirefine.refine import reconstruct
+
+    def too_large(*args, **kwargs):
+        return torch.empty(2**50)  # 4 PiB: refused by the allocator, as a real shortage is
+
+    monkeypatch.setattr(reconstruct, "reconstruct_from_stack", too_large)
+    assert main(["reconstruct", str(sim / "sim" / "truth.star"), "-o", str(tmp_path / "x.mrc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "multirefine reconstruct: error: out of memory (try --lowmem, a smaller box or fewer models)"
+    assert not list(tmp_path.iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(reconstruct, "reconstruct_from_stack", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["reconstruct", str(sim / "sim" / "truth.star"), "-o", str(tmp_path / "x.mrc")])
+
+
+def test_report_refuses_a_damaged_run_folder(sim, tmp_path, capsys):
+    """`multirefine report` of a run whose records are cut short, missing or lack a key: one
+    line naming the file (or the folder), and nothing of the run changed."""
+    import shutil
+
+    run = _tiny_run(sim, tmp_path)
+    capsys.readouterr()
+    convergence = (run / "convergence.json").read_text()
+    for name, damage, expected in (
+        ("convergence.json", convergence[:50], "convergence.json: damaged, not readable"),
+        ("0_refine_parms.json", '{"symmetries": "c"', "0_refine_parms.json: damaged, not readable"),
+        ("convergence.json", '[{"iteration": 1}]', "its records lack what a run writes (KeyError: 'particles_"),
+        ("convergence.json", None, "no convergence.json; not a run folder"),
+    ):
+        damaged = tmp_path / "damaged"
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.copytree(run, damaged)
+        (damaged / name).unlink() if damage is None else (damaged / name).write_text(damage)
+        before = {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+        assert main(["report", str(damaged)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()} == before

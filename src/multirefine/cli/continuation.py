@@ -24,6 +24,7 @@ def resolve_continue(args: argparse.Namespace):
     from dataclasses import fields
 
     from multirefine import runfolder
+    from multirefine.geometry.symmetry import parse_symmetry
     from multirefine.io.particles import open_particles, open_usefilt, use_ctf
     from multirefine.refine.options import RefineOptions
     from multirefine.runfolder.record import INPUT_IDENTITY, check_input_identity
@@ -45,9 +46,14 @@ def resolve_continue(args: argparse.Namespace):
         saved = json.loads(parameters.read_text())
         saved.setdefault("split_merge", False)  # a run made before split and merge existed goes on without it
         known = {f.name for f in fields(RefineOptions)}
-        opts = RefineOptions(**{key: value for key, value in saved.items() if key in known})
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"{parameters}: not readable ({exc})") from None
+        options = {key: value for key, value in saved.items() if key in known}
+        _check_types(options, parameters)
+        options["symmetries"] = [parse_symmetry(s) for s in options["symmetries"]]
+        opts = RefineOptions(**options)
+    except InputError as exc:  # a value out of range, or an unknown symmetry: said of the file
+        raise InputError(str(exc) if str(exc).startswith(str(parameters)) else f"{parameters}: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise InputError(f"{parameters}: not readable ({type(exc).__name__}: {exc})") from None
     opts.path = str(run)
     if args.iter is not None:
         opts.iterations, opts.until_settled = args.iter, False
@@ -70,7 +76,35 @@ def resolve_continue(args: argparse.Namespace):
     state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
     if state.iteration > opts.iterations:
         raise InputError(f"--iter {opts.iterations}: the run {run} has done {state.iteration} iterations already")
+    if len(state.maps) != opts.n_models:
+        raise InputError(f"{parameters}: {opts.n_models} symmetries, one per model, where {run / runfolder.STATE} "
+                         f"holds {len(state.maps)} models")
     history = read_convergence(run / runfolder.CONVERGENCE)
     if len(history) < state.iteration:
         raise InputError(f"{run / runfolder.CONVERGENCE}: damaged, {len(history)} iterations of {state.iteration}")
     return stack, search_stack, opts, state, history
+
+
+def _check_types(options: dict, parameters: Path) -> None:
+    """InputError where a saved option is not of its field's type (a hand-edited or damaged
+    ``0_refine_parms.json``): said here, naming it, not as a failure deep in the run."""
+    import types
+    import typing
+
+    from multirefine.refine.options import RefineOptions
+
+    def fits(value, hint) -> bool:
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType):
+            return any(fits(value, a) for a in args)
+        if origin is list:
+            return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+        if hint is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return hint is type(None) and value is None or hint is not type(None) and isinstance(value, hint)
+
+    for name, hint in typing.get_type_hints(RefineOptions).items():
+        if name in options and not fits(options[name], hint):
+            raise InputError(f"{parameters}: {name} is {options[name]!r}, not a {hint}")

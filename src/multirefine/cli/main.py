@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"multirefine {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+            raise
         print(f"multirefine {args.command}: error: out of memory (try --lowmem, a smaller box or fewer models)",
               file=sys.stderr)
         return 2
@@ -119,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocators fail with a RuntimeError, not a MemoryError: on the CPU one that says
+    so, on CUDA its subclass ``torch.OutOfMemoryError``."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -44,6 +44,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise InputError(f"--batch {args.batch}: expected 1 or more particles per batch")
+    output = Path(args.output)
+    if output.is_dir() or not output.absolute().parent.is_dir():  # said now, not after the work
+        raise InputError(f"-o {output}: " + ("a folder; give a file name" if output.is_dir()
+                                             else f"no folder {output.absolute().parent} to write it in"))
     operators = symmetry_operators(args.sym)
     stack = open_particles(args.input, apix=args.apix)
     use_ctf(stack, args.no_ctf)

@@ -25,5 +25,10 @@ def main(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise InputError(f"{run}: no such run folder")
-    print(f"report: {write_report(run)}")
+    try:
+        out = write_report(run)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a record of the run lacks what it should hold
+        raise InputError(f"{run}: a damaged run folder, its records lack what a run writes "
+                         f"({type(exc).__name__}: {exc})") from None
+    print(f"report: {out}")
     return 0

@@ -127,10 +127,10 @@ def _single_runs(run: Path, k: int, iteration: int) -> dict[int, list[dict]]:
     for m in range(1, k + 1):
         folder = run / runfolder.model_folder_name(m)
         path, marker = folder / runfolder.CONVERGENCE, folder / runfolder.MODEL_FINISHED
-        if marker.exists() and json.loads(marker.read_text()).get("after_iteration") != iteration:
+        if marker.exists() and runfolder.read_json(marker).get("after_iteration") != iteration:
             continue
         if path.exists():
-            found[m] = json.loads(path.read_text())
+            found[m] = runfolder.read_json(path)
     return found
 
 
@@ -267,7 +267,7 @@ def _models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: in
     for m in range(1, k + 1):
         path = run / runfolder.model_folder_name(m) / runfolder.MASKED_FSC
         if m in singles and path.exists():
-            masked[m] = json.loads(path.read_text())["resolution_0143_angstrom"]
+            masked[m] = runfolder.read_json(path)["resolution_0143_angstrom"]
     for m in range(k):
         single = singles.get(m + 1)
         rows.append([
@@ -296,7 +296,7 @@ def _noise_section(run: Path, figures: Path) -> list[str]:
     path = run / runfolder.NOISE
     if not path.exists():
         return []
-    noise = json.loads(path.read_text())
+    noise = runfolder.read_json(path)
     plot_noise_spectra(noise, figures / "noise.png")
     text = ("<p>Noise power per Fourier shell of each optics group, from the images' backgrounds (relative "
             "units); every frequency of the score and the reconstruction is weighted by its inverse.</p>")
@@ -308,7 +308,7 @@ def _count_section(run: Path, figures: Path) -> list[str]:
     path = run / runfolder.NMODELS
     if not path.exists():
         return []
-    count = json.loads(path.read_text())
+    count = runfolder.read_json(path)
     plot_model_count(count, figures / runfolder.NMODELS_FIGURE)
     rows = "".join(
         f"<tr><td>{s['models']}</td><td>{'-' if s['split'] is None else s['split']}</td><td>"
@@ -426,7 +426,7 @@ def _singles_section(run: Path, singles: dict[int, list[dict]], figures: Path) -
     for m, single in singles.items():
         fsc_path = run / runfolder.model_folder_name(m) / f"fsc_{single[-1]['iteration']:02d}.json"
         if fsc_path.exists():
-            fsc = json.loads(fsc_path.read_text())
+            fsc = runfolder.read_json(fsc_path)
             curves.append(fsc["half_map_fsc"][0])
             names.append(m)
             shells = fsc["shell_frequency_per_angstrom"]
@@ -451,9 +451,9 @@ def write_report(run: str | Path) -> Path:
     convergence_path = run / runfolder.CONVERGENCE
     if not convergence_path.exists():
         raise InputError(f"{run}: no {runfolder.CONVERGENCE}; not a run folder, or no iteration has finished")
-    stats = json.loads(convergence_path.read_text())
+    stats = runfolder.read_json(convergence_path)
     parms_path = run / runfolder.PARAMETERS
-    parms = json.loads(parms_path.read_text()) if parms_path.exists() else {}
+    parms = runfolder.read_json(parms_path) if parms_path.exists() else {}
     last = stats[-1]
     iteration, k = last["iteration"], len(last["particles_per_model"])
     figures = run / FIGURES
@@ -489,7 +489,7 @@ def update_report(run: str | Path, iteration: int) -> None:
     """After an iteration's files are written: its figures (``convergence.png``,
     ``fsc_II.png``, from ``convergence.json`` and ``fsc_II.json``) and the report."""
     run = Path(run)
-    plot_convergence(json.loads((run / runfolder.CONVERGENCE).read_text()), run / runfolder.CONVERGENCE_FIGURE)
-    fsc = json.loads((run / runfolder.fsc_name(iteration)).read_text())
+    plot_convergence(runfolder.read_json(run / runfolder.CONVERGENCE), run / runfolder.CONVERGENCE_FIGURE)
+    fsc = runfolder.read_json(run / runfolder.fsc_name(iteration))
     plot_fsc(fsc, run / runfolder.fsc_figure_name(iteration), f"iteration {iteration}")
     write_report_safely(run)

@@ -32,6 +32,7 @@ from multirefine.runfolder.names import (
     next_free_path,
     particles_iterations,
     particles_name,
+    read_json,
     write_json,
 )
 
@@ -62,5 +63,6 @@ __all__ = [
     "next_free_path",
     "particles_iterations",
     "particles_name",
+    "read_json",
     "write_json",
 ]

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from multirefine.errors import InputError
 from multirefine.io.atomic import atomic_path
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "next_free_path",
     "particles_iterations",
     "particles_name",
+    "read_json",
     "write_json",
 ]
 
@@ -125,6 +127,14 @@ def mask_name(model: int) -> str:
 
 def model_folder_name(model: int) -> str:
     return f"model_{model:02d}"
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run folder; InputError naming it where it is cut short or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: damaged, not readable ({exc})") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:
