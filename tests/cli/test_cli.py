@@ -472,7 +472,8 @@ def _damaged_star_files(folder, out) -> None:
             (["--speed", "11"], "--speed 11: expected 1"), (["--shrink", "0"], "--shrink 0"),
             (["--targetres", "0"], "--targetres 0.0"), (["--max-shift", "-3"], "--max-shift -3.0"),
             (["--mass", "-50"], "--mass -50,-50: expected kDa"), (["--mass", "1e6,10"], "--mass 1e+06,10"),
-            (["--device", "tpu"], "--device tpu: expected cpu"), (["--nmodels", "3"], "--nmodels with --models"))),
+            (["--device", "tpu"], "--device tpu: expected cpu"), (["--seed", "-1"], "--seed -1: expected 0"),
+            (["--max-shift", "17"], "--max-shift 17: beyond half the particles' box (32 px)"), (["--nmodels", "3"], "--nmodels with --models"))),
         (["refine", "--input", "{sim}/particles.star", "--models", "{tmp}/coarse.mrc,{sim}/../map1.mrc", "--check"],
          "coarse.mrc: 32 px at 100 Å/px span 3200 Å"),
         *((["refine", "--input", "{sim}/particles.star", "--model", "{sim}/../map1.mrc", "--check", *extra], expected)
@@ -612,3 +613,39 @@ def test_report_refuses_a_damaged_run_folder(sim, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
         assert {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()} == before
+
+
+def test_a_full_disk_or_a_folder_without_permission_is_one_line(sim, tmp_path, capsys, monkeypatch):
+    """The file system's errors, made here as the kernel gives them (the tests may run as root,
+    whom permissions do not stop): one line with the path and the reason, rc 2; a new run
+    that had not finished an iteration leaves no folder."""
+    import errno
+    from pathlib import Path
+
+    from multirefine.runfolder import writer
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(writer, "write_map", full)
+    run = tmp_path / "run"
+    assert main(["refine", "--input", str(sim / "sim" / "particles.star"), "--models",
+                 f"{sim}/map1.mrc,{sim}/map2.mrc", "--iter", "1", "--nosingle", "--j", "1", "--path", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("_01.mrc: No space left on device"), err
+    assert not run.exists()
+    mkdir = Path.mkdir
+
+    def denied(self, *args, **kwargs):
+        if self.name == "denied":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    for argv in (["split", str(sim / "sim" / "truth.star"), "--out", str(tmp_path / "denied")],
+                 ["simulate", str(tmp_path / "denied"), "--maps", f"{sim}/map1.mrc", "--n", "10", "--snr", "1"],
+                 ["refine", "--input", str(sim / "sim" / "particles.star"), "--models", f"{sim}/map1.mrc,{sim}/map2.mrc",
+                  "--path", str(tmp_path / "denied")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.endswith("denied: Permission denied"), (argv, err)

@@ -139,7 +139,7 @@ def _resolve(args: argparse.Namespace):
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
         kmax=args.kmax if auto else None, no_ctf=args.no_ctf,
     )
-    _check_diameter(opts.particle_diameter_angstrom, apix, box)
+    _check_against_box(opts, apix, box)
     masks = read_masks(opts.masks, opts.focus_mask, apix, box)
     return stack, search_stack, maps, masks, opts
 
@@ -159,10 +159,15 @@ def _masses(text: str | None, k: int) -> list[float] | None:
     return mass  # (a stack with no pixel size anywhere is refused when it is opened, --mass or not)
 
 
-def _check_diameter(diameter: float | None, apix: float, box: int) -> None:
+def _check_against_box(opts, apix: float, box: int) -> None:
+    """The options that must fit the particles' box: the particle's diameter, the largest shift."""
+    diameter = opts.particle_diameter_angstrom
     if diameter is not None and diameter > box * apix:
         raise InputError(f"--particle-diameter {diameter:g}: wider than the particles' box ({box} px at {apix:g} Å/px "
                          f"= {box * apix:g} Å)")
+    if opts.max_shift_px > box / 2:
+        raise InputError(f"--max-shift {opts.max_shift_px:g}: beyond half the particles' box ({box} px): the "
+                         "particle would be shifted out of its image")
 
 
 def _has_poses(metadata) -> bool:
@@ -186,7 +191,7 @@ def _remove_unfinished(path: Path, created: bool) -> None:
         print(f"{path}: the unfinished run could not be removed ({exc})", file=sys.stderr)
         return
     print(f"{path}: {'removed' if created else 'emptied'}, the run stopped before its first iteration finished "
-          "(nothing to --continue)", file=sys.stderr)
+          "(nothing to --continue)")  # on stdout: the error that stopped it is stderr's one line
 
 
 def _writers(opts, stack):

@@ -153,6 +153,8 @@ class RefineOptions:
             self._validate_count()
         if not (math.isfinite(self.max_shift_px) and self.max_shift_px >= 0):
             raise InputError(f"--max-shift {self.max_shift_px}: expected pixels, 0 or more")
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"--seed {self.seed}: expected 0 to 2^32 - 1")
 
     def _validate_count(self) -> None:
         """``--nmodels auto``: one starting map, one symmetry, mask and mass for every model
