@@ -16,12 +16,12 @@ __all__ = ["available_memory_bytes", "batch_size", "check_memory", "device_and_t
 
 # A run's peak resident memory on the CPU, measured (bench/memory_peaks.py: one multi-model
 # iteration of 200 particles, K = 2 and 4 at box 64 and 128, K = 2 at box 160) and fitted by
-# least squares (within 0.5 % of each; BENCHMARKS.md, "Memory a run needs"): a base, a part per
+# least squares (within 3 % of each; BENCHMARKS.md, "Memory a run needs"): a base, a part per
 # voxel of the box (the reconstruction's working arrays on the padded grid) and one per voxel
 # and model (the models' padded Fourier sums, two half-sets each, and their maps).
-BASE_BYTES = 394 * 2**20
-BYTES_PER_VOXEL = 431
-BYTES_PER_VOXEL_AND_MODEL = 159
+BASE_BYTES = 390 * 2**20
+BYTES_PER_VOXEL = 261
+BYTES_PER_VOXEL_AND_MODEL = 160
 BYTES_PER_PARTICLE_AND_MODEL = 200  # poses, scores and layers per model (not measured: from the arrays)
 BYTES_PER_PARTICLE = 600  # the metadata table, as pandas holds a RELION STAR row (not measured)
 

@@ -190,12 +190,13 @@ def inverse_ssnr_from_fsc(fsc_halves: np.ndarray, floor: float = 1e-3, ceiling: 
     return np.clip(inverse, floor, ceiling)
 
 
-def radial_index_3d_half(size: int, device=None) -> torch.Tensor:
-    """Shell index ``round(|k|)`` of every voxel of a centred half volume ``(P, P, P//2+1)``."""
-    k = torch.arange(size, device=device, dtype=torch.float32) - size // 2
-    kx = torch.arange(size // 2 + 1, device=device, dtype=torch.float32)
-    z, y, x = torch.meshgrid(k, k, kx, indexing="ij")
-    return torch.round(torch.sqrt(x**2 + y**2 + z**2)).long()
+def radial_index_3d_half(size: int, device=None, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Shell index ``round(|k|)`` of every voxel of a centred half volume ``(P, P, P//2+1)``
+    (computed by broadcasting: one float array of the volume's size, not three)."""
+    k2 = (torch.arange(size, device=device, dtype=torch.float32) - size // 2) ** 2
+    kx2 = torch.arange(size // 2 + 1, device=device, dtype=torch.float32) ** 2
+    radius = (kx2[None, None, :] + k2[None, :, None]) + k2[:, None, None]  # x^2 + y^2 + z^2, in that order
+    return radius.sqrt_().round_().to(dtype)
 
 
 def soft_mask_outside_sphere(
@@ -235,23 +236,32 @@ def reconstruct_volume(
     """
     size = data.shape[-3]
     device = data.device
-    shells = radial_index_3d_half(size, device=device)
-    shells_box = torch.div(shells, pad, rounding_mode="floor")  # shell of the unpadded box
     n_shells = box_size // 2 + 1
-    inside = shells < pad * box_size // 2
-    sums = torch.zeros(n_shells, device=device).index_add_(0, shells_box[inside], weight[inside])
-    counts = torch.zeros(n_shells, device=device).index_add_(
-        0, shells_box[inside], torch.ones_like(weight[inside])
-    )
+    # Each voxel's shell of the unpadded box; voxels at or beyond its Nyquist (round(|k|) >=
+    # pad * D / 2) go to a spill shell, n_shells, that nothing is read from. Sums over all
+    # voxels, in their order, equal sums over the voxels inside: no masked copies are made.
+    shells = radial_index_3d_half(size, device=device, dtype=torch.int32)
+    spill = shells >= pad * box_size // 2
+    shells = torch.div(shells, pad, rounding_mode="floor").masked_fill_(spill, n_shells).flatten()
+    sums = torch.zeros(n_shells + 1, device=device).index_add_(0, shells, weight.flatten())[:n_shells]
+    counts = torch.bincount(shells, minlength=n_shells + 1)[:n_shells].to(torch.float32)
     relative = torch.as_tensor(np.asarray(inverse_ssnr), dtype=torch.float32, device=device)
-    per_shell = relative * sums / counts.clamp(min=1)
-    reg = per_shell[shells_box.clamp(max=n_shells - 1)]
-    denominator = weight + reg
-    ft = torch.where(inside & (denominator > 0), data / denominator.clamp(min=1e-30), 0)
+    per_shell = torch.cat([relative * sums / counts.clamp(min=1), torch.zeros(1, device=device)])
+    denominator = per_shell[shells].view_as(weight).add_(weight)  # weight + the shell's regulariser
+    keep = denominator > 0
+    keep.logical_and_(~spill)
+    del shells, spill
+    ft = data / denominator.clamp_(min=1e-30)
+    del denominator
+    ft.masked_fill_(~keep, 0)
+    del keep
     ft = torch.fft.ifftshift(ft, dim=(-3, -2))
     vol = torch.fft.irfftn(ft, s=(size, size, size), dim=(-3, -2, -1))
-    vol = torch.fft.fftshift(vol, dim=(-3, -2, -1))
+    del ft
+    # The centred box of fftshift(vol), gathered from vol directly (fftshift's out[i] is
+    # in[(i - size // 2) % size]): no shifted copy of the whole padded volume.
     start = size // 2 - box_size // 2
-    vol = vol[start : start + box_size, start : start + box_size, start : start + box_size]
+    rows = (torch.arange(start, start + box_size, device=device) - size // 2) % size
+    vol = vol.index_select(0, rows).index_select(1, rows).index_select(2, rows)
     vol = vol / gridding_correction(box_size, size, device)
     return soft_mask_outside_sphere(vol, mask_radius)
