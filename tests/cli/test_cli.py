@@ -649,3 +649,26 @@ def test_a_full_disk_or_a_folder_without_permission_is_one_line(sim, tmp_path, c
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.endswith("denied: Permission denied"), (argv, err)
+
+
+def test_available_memory_is_the_tightest_limit_less_what_is_not_cache(tmp_path):
+    """A batch job's memory: MemAvailable, and each limit of the process's cgroup and its
+    parents (v2 memory.max, v1 memory.limit_in_bytes) less the memory in use that is not page
+    cache (anon, total_rss): the smallest, with where it was read."""
+    from multirefine.cli.machine import available_memory_bytes
+
+    gib = 2**30
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/meminfo").write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
+    (tmp_path / "proc/self/cgroup").write_text("0::/slurm/job_7/step_0\n")
+    for folder, limit, anon in (("slurm", "max", 1), ("slurm/job_7", str(10 * gib), 3), ("slurm/job_7/step_0", "max", 2)):
+        (tmp_path / "sys/fs/cgroup" / folder).mkdir(parents=True)
+        (tmp_path / "sys/fs/cgroup" / folder / "memory.max").write_text(limit + "\n")
+        (tmp_path / "sys/fs/cgroup" / folder / "memory.stat").write_text(f"anon {anon * gib}\nfile {20 * gib}\n")
+    free, where = available_memory_bytes(tmp_path)
+    assert free == 7 * gib and where.endswith("slurm/job_7")  # 10 GiB less 3 GiB in use; the cache not counted
+    (tmp_path / "proc/self/cgroup").write_text("4:memory:/job_8\n0::/\n")  # cgroup v1
+    (tmp_path / "sys/fs/cgroup/memory/job_8").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/memory/job_8/memory.limit_in_bytes").write_text(str(60 * gib))
+    (tmp_path / "sys/fs/cgroup/memory/job_8/memory.stat").write_text(f"cache {30 * gib}\ntotal_rss {5 * gib}\n")
+    assert available_memory_bytes(tmp_path) == (40 * gib, "the machine's available memory")

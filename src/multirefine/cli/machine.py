@@ -60,34 +60,55 @@ def peak_memory_bytes(box: int, models: int, particles: int) -> int:
                + particles * (BYTES_PER_PARTICLE + BYTES_PER_PARTICLE_AND_MODEL * models))
 
 
-def available_memory_bytes() -> tuple[int, str] | None:
+def available_memory_bytes(root: Path = Path("/")) -> tuple[int, str] | None:
     """What this process may still take: the smaller of the machine's available memory
-    (``MemAvailable``) and what is left under the cgroup's limit (a Slurm job's ``--mem``);
-    with where it was read. None where neither can be read (not Linux)."""
+    (``MemAvailable``) and what is left under the tightest memory limit of this process's
+    cgroup and its parents (a Slurm job's ``--mem``, a container's), its page cache not
+    counted as used; with where it was read. None where neither can be read (not Linux)."""
     found = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 found.append((int(line.split()[1]) * 1024, "the machine's available memory"))
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            cap, used = Path(limit).read_text().strip(), int(Path(usage).read_text())
-        except (OSError, ValueError):
-            continue
-        if cap.isdigit() and int(cap) < 2**60:
-            found.append((max(int(cap) - used, 0), f"what is left under this job's memory limit ({limit})"))
+    for folder, limit_name, used_key in _cgroup_memory_folders(root):
+        while True:
+            try:
+                limit = Path(folder, limit_name).read_text().strip()
+                stat = dict(line.split() for line in Path(folder, "memory.stat").read_text().splitlines())
+                if limit.isdigit() and int(limit) < 2**60:
+                    left = max(int(limit) - int(stat[used_key]), 0)
+                    found.append((left, f"what is left under the memory limit of {folder}"))
+            except (OSError, ValueError, KeyError):
+                pass
+            if folder.parent == folder or folder.name in ("cgroup", "memory"):
+                break
+            folder = folder.parent
     return min(found) if found else None
+
+
+def _cgroup_memory_folders(root: Path) -> list[tuple[Path, str, str]]:
+    """This process's memory cgroup folders (v2 and v1) with the name of their limit and the
+    ``memory.stat`` key of the memory in use that is not cache."""
+    out = []
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and controllers == "":
+            out.append((root / "sys/fs/cgroup" / path.lstrip("/"), "memory.max", "anon"))
+        elif "memory" in controllers.split(","):
+            out.append((root / "sys/fs/cgroup/memory" / path.lstrip("/"), "memory.limit_in_bytes", "total_rss"))
+    return out
 
 
 def check_memory(box: int, models: int, particles: int, device: str) -> str:
     """A line for the plan: the memory the run will need on the CPU and what is available;
     InputError where it needs more than is available. A CUDA run's host memory is not
     measured, so it is not refused (the device's own memory is not estimated yet)."""
-    from multirefine.errors import InputError
-
     need = peak_memory_bytes(box, models, particles)
     have = available_memory_bytes()
     text = f"memory: about {need / 2**30:.1f} GiB at the peak for {models} model{'s' * (models > 1)} at box {box}"
