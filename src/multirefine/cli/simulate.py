@@ -108,6 +108,12 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--n {args.n}: expected a positive number of particles")
     if args.apix is not None and not (math.isfinite(args.apix) and args.apix > 0):
         raise InputError(f"--apix {args.apix}: expected a positive number of Å per pixel")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: expected 0 or more")
+    if args.maps and ("box" in args.given or "res" in args.given):
+        raise InputError("--box and --res make maps from --pdb; with --maps the maps' own box and resolution are used")
+    if args.pdb and not (8 <= args.box <= 1024 and (args.res is None or math.isfinite(args.res) and args.res > 0)):
+        raise InputError(f"--box {args.box} --res {args.res}: expected a box of 8 to 1024 px and a resolution in Å")
     if args.pdb:
         specs = args.pdb.split(",")
         apix = 1.5 if args.apix is None else args.apix
