@@ -29,6 +29,9 @@ ORDERS = {
     "i2": 60,
     "i3": 60,
     "I4": 60,
+    "tet": 12,
+    "oct": 24,
+    "icos": 60,
 }
 
 
@@ -104,9 +107,38 @@ def test_parse_symmetry() -> None:
     assert parse_symmetry("o") == "O"
     assert parse_symmetry("I2") == "I"
     assert parse_symmetry("i4") == "I4"
+    assert (parse_symmetry("icos"), parse_symmetry("OCT"), parse_symmetry("tet")) == ("I4", "O", "TET")
 
 
-@pytest.mark.parametrize("bad", ["q5", "c0", "c", "icos", "oct", "d2x", "", "I5", "c-1"])
+def _eman2_group(table: list[tuple[float, float, float]]) -> np.ndarray:
+    from multirefine.geometry.conversions import eman_to_matrix
+
+    a = np.asarray(table, dtype=np.float64)
+    return eman_to_matrix(a[:, 0], a[:, 1], a[:, 2])
+
+
+def _same_set(g: np.ndarray, h: np.ndarray) -> bool:
+    return len(g) == len(h) and all(np.abs(h - m).max(axis=(1, 2)).min() < 1e-4 for m in g)
+
+
+def test_eman2_names_are_eman2s_groups() -> None:
+    """EMAN2's groups as its libEM/symmetry.cpp lists them, (az, alt, phi) per operator (icos
+    with its 90° turn about z: az + 90, phi - 90), made matrices by EMAN2's Transform: as sets,
+    icos is I4, oct is O and tet is TET (RELION's T turned 180° about z, not T)."""
+    five, l1, l2 = (0, 288, 216, 144, 72), 63.4349, 116.5651
+    icos = ([(0, 0, p) for p in five] + [(a, l1, p) for a in (0, 72, 144, 216, 288) for p in (36, 324, 252, 180, 108)]
+            + [(a, l2, p) for a in (36, 108, 180, 252, 324) for p in five] + [(0, 180, p) for p in five])
+    quarter = (0, 90, 180, 270)
+    octa = [(0, 0, p) for p in quarter] + [(a, 90, p) for a in quarter for p in quarter] + [(0, 180, p) for p in quarter]
+    tet = [(0, 0, p) for p in (0, 120, 240)] + [(a, 109.4712, p) for a in (0, 120, 240) for p in (60, 180, 300)]
+    assert _same_set(_eman2_group([(a + 90, b, p - 90) for a, b, p in icos]), symmetry_operators("icos"))
+    assert _same_set(_eman2_group(octa), symmetry_operators("oct"))
+    assert _same_set(_eman2_group(tet), symmetry_operators("tet"))
+    assert not _same_set(_eman2_group(tet), symmetry_operators("t"))
+    assert not _same_set(_eman2_group(icos), symmetry_operators("icos"))  # the 90° turn is EMAN2's
+
+
+@pytest.mark.parametrize("bad", ["q5", "c0", "c", "icos2", "octa", "d2x", "", "I5", "c-1"])
 def test_unknown_symmetry_raises(bad: str) -> None:
     with pytest.raises(
         InputError, match=f"unknown symmetry '{bad}'.*expected c<n>, d<n>, t, o or i"
@@ -134,7 +166,7 @@ def test_symmetry_equivalent_pose_is_a_times_r() -> None:
         np.testing.assert_allclose(proj, ref, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", ["c1", "c7", "d3", "t", "o", "i", "i3"])
+@pytest.mark.parametrize("name", ["c1", "c7", "d3", "t", "o", "i", "i3", "tet"])
 def test_asymmetric_unit_holds_one_mate_of_each_direction(name: str) -> None:
     ops = symmetry_operators(name)
     d = _random_directions(2000, seed=1)

@@ -18,8 +18,12 @@ name      order  generators (axes in map ``(x, y, z)``)
 ``I4``    60     5-fold about (2, 0, 1)/sqrt(5), 2-fold about (1, 0, g)/|.|
 ========  =====  ==========================================================================
 
-EMAN2's ``tet``/``oct``/``icos`` put their axes elsewhere and are not accepted: use the RELION
-name and check the map's orientation.
+EMAN2's names (``libEM/symmetry.cpp``, its groups as tables of ``(az, alt, phi)``, each made a
+matrix by :func:`multirefine.geometry.conversions.eman_to_matrix` and compared as a set with
+these; ``tests/geometry/test_symmetry.py``): ``icos`` (a 5-fold on z, EMAN2's 90° turn about z
+included) is ``I4`` and ``oct`` is ``O``, to the last digit; ``tet`` (a 3-fold on z) is RELION's
+``T`` turned 180° about z, its 2-fold about ``(0, -sqrt(2/3), sqrt(1/3))``, kept as its own
+group ``TET``. A map refined with ``--sym icos`` lies as EMAN2's does.
 
 Symmetry operators ``R`` (``(n, 3, 3)``, rotation matrices acting on map coordinates, identity
 first) leave the map unchanged: ``V(R x) = V(x)``. With the pose matrix ``A`` of
@@ -65,14 +69,16 @@ _ASU_TIEBREAK_DIRECTION = np.array([0.5623, -0.3119, 0.7659]) / np.linalg.norm(
     [0.5623, -0.3119, 0.7659]
 )
 
-_NAME_ERROR = "expected c<n>, d<n>, t, o or i (also i1, i2, i3, i4), e.g. c1, d7, i"
+_NAME_ERROR = "expected c<n>, d<n>, t, o or i (also i1, i2, i3, i4; EMAN2's tet, oct, icos), e.g. c1, d7, i"
+_EMAN2_NAMES = {"ICOS": "I4", "OCT": "O", "TET": "TET"}  # EMAN2's setting of each group (module docstring)
 
 
 def parse_symmetry(name: str) -> str:
     """Check a symmetry name; return it canonical: ``"C7"``, ``"D3"``, ``"T"``, ``"O"``, ``"I"``.
 
     Case and surrounding blanks are ignored; ``I2`` is RELION's default ``I`` and becomes ``"I"``;
-    ``I1``, ``I3``, ``I4`` stay. Raises :class:`~multirefine.errors.InputError` otherwise.
+    ``I1``, ``I3``, ``I4`` stay; EMAN2's ``icos`` becomes ``"I4"``, ``oct`` ``"O"``, ``tet``
+    ``"TET"`` (module docstring). Raises :class:`~multirefine.errors.InputError` otherwise.
     """
     if not isinstance(name, str):
         raise InputError(f"unknown symmetry {name!r}: {_NAME_ERROR}")
@@ -82,6 +88,8 @@ def parse_symmetry(name: str) -> str:
         return f"{m.group(1)}{int(m.group(2))}"
     if s in ("T", "O", "I", "I1", "I3", "I4"):
         return s
+    if s in _EMAN2_NAMES:
+        return _EMAN2_NAMES[s]
     if s == "I2":
         return "I"
     raise InputError(f"unknown symmetry {name!r}: {_NAME_ERROR}")
@@ -107,6 +115,11 @@ def _generators(canonical: str) -> list[tuple[int, np.ndarray]]:
         return [
             (3, np.array([0.0, 0.0, 1.0])),
             (2, np.array([0.0, np.sqrt(2 / 3), np.sqrt(1 / 3)])),
+        ]
+    if canonical == "TET":  # EMAN2's: T turned 180 degrees about z
+        return [
+            (3, np.array([0.0, 0.0, 1.0])),
+            (2, np.array([0.0, -np.sqrt(2 / 3), np.sqrt(1 / 3)])),
         ]
     if canonical == "O":
         return [(3, np.array([1.0, 1.0, 1.0])), (4, np.array([0.0, 0.0, 1.0]))]
@@ -137,7 +150,7 @@ def _expected_order(canonical: str) -> int:
         return int(canonical[1:])
     if kind == "D":
         return 2 * int(canonical[1:])
-    return {"T": 12, "O": 24}.get(canonical, 60)
+    return {"T": 12, "TET": 12, "O": 24}.get(canonical, 60)
 
 
 @functools.lru_cache(maxsize=64)
