@@ -42,7 +42,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ctf", action="store_true", help="use the images without CTF correction (phase-flipped "
                    "already, or made without a CTF); needed where the particles have no CTF parameters")
     p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")
-    p.add_argument("--targetres", type=float, help="search resolution in Å (default: automatic, from the FSC)")
+    p.add_argument("--targetres", type=float, help="search resolution in Å, held in every iteration (default: "
+                   "automatic, from the FSC); e2refinemulti's is the resolution aimed at, which sets its steps")
     p.add_argument("--speed", type=int, default=5, help="1 (fine angular steps) .. 10 (coarse); default 5")
     p.add_argument("--sep", type=int, default=1, help="each particle goes into its N best orientations of its model, weight 1/N (default 1)")
     p.add_argument("--hypotheses", type=int, default=0, metavar="N",
@@ -50,7 +51,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    "refined on its own), weighted by their posteriors, as RELION marginalises over poses (default 0: its best)")
     p.add_argument("--classkeep", type=float, default=0.85, help="fraction of particles kept in class averages")
     p.add_argument("--classiter", type=int, default=0, help="rounds of re-aligning particles to their class average (default 0)")
-    p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles in its map (default 0.9)")
+    p.add_argument("--m3dkeep", type=float, default=0.9, help="fraction of each model's particles, best-scored first, "
+                   "in its map (default 0.9); e2refinemulti's keeps that fraction of the class averages")
     p.add_argument("--shrink", type=int, default=1, help="limit the search to the band a box shrunk by N would hold")
     p.add_argument("--nosingle", action="store_true", help="stop after the multi-model iterations (default: then "
                    "refine each model's particles on their own, gold standard, into model_MM/)")
