@@ -678,3 +678,25 @@ def test_available_memory_is_the_tightest_limit_less_what_is_not_cache(tmp_path)
     (tmp_path / "sys/fs/cgroup/memory/job_8/memory.limit_in_bytes").write_text(str(60 * gib))
     (tmp_path / "sys/fs/cgroup/memory/job_8/memory.stat").write_text(f"cache {30 * gib}\ntotal_rss {5 * gib}\n")
     assert available_memory_bytes(tmp_path) == (40 * gib, "the machine's available memory")
+
+
+def test_lst_writes_each_models_particles_for_eman2(sim, tmp_path, capsys):
+    """--lst: each model's particles also as an EMAN2 list beside its STAR file, the same
+    images in the same order (read back by the project's EMAN2 reader, from another folder);
+    a finished run gets them from --continue --lst."""
+    import shutil
+
+    from multirefine.io.star import read_particles_star
+
+    run = _tiny_run(sim, tmp_path)
+    assert not list(run.glob("*.lst"))
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, copy)
+    assert main(["refine", "--continue", str(copy), "--iter", "1", "--lst", "--j", "1"]) == 0
+    for m in (1, 2):
+        star = read_particles_star(copy / f"particles_model_{m:02d}.star").metadata
+        lst = copy / f"particles_model_{m:02d}.lst"
+        assert lst.read_text().startswith("#LST\n")
+        back = open_particles(lst)
+        assert len(back) == len(star) > 0
+        np.testing.assert_array_equal(back[:], open_particles(copy / f"particles_model_{m:02d}.star")[:])

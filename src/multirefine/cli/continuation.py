@@ -15,7 +15,7 @@ __all__ = ["CONTINUE_OPTIONS", "resolve_continue"]
 
 # What --continue may change; every other option is the run's (0_refine_parms.json).
 CONTINUE_OPTIONS = ("iter", "single", "nosingle", "singleiter", "singleres", "parallel", "j", "device", "lowmem", "check",
-                    "verbose", "write_subtracted")
+                    "verbose", "write_subtracted", "lst")
 
 
 def resolve_continue(args: argparse.Namespace):
@@ -38,7 +38,7 @@ def resolve_continue(args: argparse.Namespace):
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise InputError(f"--continue {run}: {flags} cannot change (the run keeps its {runfolder.PARAMETERS}); "
                          "only --iter, --single, --nosingle, --singleiter, --singleres, --parallel (--j), --device, "
-                         "--lowmem and --write-subtracted can")
+                         "--lowmem, --write-subtracted and --lst can")
     parameters = run / runfolder.PARAMETERS
     if not parameters.is_file():
         raise InputError(f"--continue {run}: {parameters} not found; not a multirefine run folder")
@@ -63,6 +63,7 @@ def resolve_continue(args: argparse.Namespace):
     if "singleres" in given:
         opts.single_start_resolution_angstrom = args.singleres
     opts.write_subtracted = opts.write_subtracted or args.write_subtracted  # a finished run's, written now
+    opts.write_lst = opts.write_lst or args.lst
     opts.validate()
     opts.batch_size = batch_size(args)  # like the device, this command's: --lowmem or not
     opts.device = device_and_threads(args)  # the machine's, as for a new run

@@ -137,7 +137,7 @@ def _resolve(args: argparse.Namespace):
         masks=None if args.mask is None else split_list(args.mask), particle_diameter_angstrom=args.particle_diameter,
         focus_mask=args.focusmask, write_subtracted=args.write_subtracted,
         single_iterations=args.singleiter, single_start_resolution_angstrom=args.singleres,
-        kmax=args.kmax if auto else None, no_ctf=args.no_ctf,
+        kmax=args.kmax if auto else None, no_ctf=args.no_ctf, write_lst=args.lst,
     )
     _check_against_box(opts, apix, box)
     masks = read_masks(opts.masks, opts.focus_mask, apix, box)
@@ -215,7 +215,8 @@ def _writers(opts, stack):
         written = None if not mass else (lambda volume: normalize_by_mass(volume, mass[m - 1], apix))
         return ModelFolder(path / runfolder.model_folder_name(m), apix, stack.optics, written, stack.image_files_for)
 
-    run = RunWriter(path, apix, stack.optics, opts.n_models, written_maps, update_report, stack.image_files_for)
+    run = RunWriter(path, apix, stack.optics, opts.n_models, written_maps, update_report, stack.image_files_for,
+                    lst=opts.write_lst)
     return run, model_folder, lambda: write_report_safely(path)
 
 

@@ -39,6 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="run folder (default: the next free multi_NN)")
     p.add_argument("--mass", help="molecular mass in kDa, one or one per model: threshold 1 encloses it")
     p.add_argument("--apix", type=float, help="pixel size in Å (overrides the particle file)")
+    p.add_argument("--lst", action="store_true", help="also write each model's particles as an EMAN2 list, "
+                   "particles_model_MM.lst, beside particles_model_MM.star (for e2refine_easy --input)")
     p.add_argument("--no-ctf", action="store_true", help="use the images without CTF correction (phase-flipped "
                    "already, or made without a CTF); needed where the particles have no CTF parameters")
     p.add_argument("--usefilt", help="a filtered stack, 1:1 with --input, used for the search only")

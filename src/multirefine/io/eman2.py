@@ -34,6 +34,7 @@ padded to that length; or plain ``#LST``): one particle per line,
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ __all__ = [
     "read_eman2_projection_transforms",
     "read_eman2_volumes",
     "read_lst",
+    "write_lst",
 ]
 
 _IMAGES = "MDF/images"
@@ -288,6 +290,20 @@ def read_eman2_volumes(path: str | Path) -> tuple[list[np.ndarray], float | None
 
 
 _LST_LINE = re.compile(r"^\s*(-?\d+)\t([^\t]+?)\s*(?:\t(.*))?$")
+
+
+def write_lst(path: str | Path, image_names: pd.Series, image_files: Mapping[str, str] | None = None) -> None:
+    """Write particles as an EMAN2 plain list (``#LST``): a line ``index<TAB>file`` per particle,
+    ``index`` 0-based in its file, from RELION's ``N@file`` names (``image_files``: the file
+    part to write for each one read, e.g. relative to the list's folder; None: as they are)."""
+    from multirefine.io.atomic import atomic_path
+    from multirefine.io.images import parse_image_names
+
+    files, file_ids, indices = parse_image_names(image_names, Path(path))
+    written = [files[i] if image_files is None else image_files.get(files[i], files[i]) for i in range(len(files))]
+    lines = ["#LST"] + [f"{index}\t{written[f]}" for f, index in zip(file_ids, indices)]
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
 
 
 def read_lst(path: str | Path) -> list[LstEntry]:

@@ -81,6 +81,7 @@ class RefineOptions:
     write_subtracted: bool = False  # --write-subtracted: the particles less the common outside, after the iterations
     kmax: int | None = None  # --nmodels auto: at most this many models, counted from the data; None: as given
     no_ctf: bool = False  # --no-ctf: the particles' CTF, if they have one, not applied
+    write_lst: bool = False  # --lst: each model's particles also as an EMAN2 list, particles_model_MM.lst
 
     def __post_init__(self) -> None:
         self.validate()

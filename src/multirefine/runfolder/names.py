@@ -40,6 +40,7 @@ __all__ = [
     "joined_particles_name",
     "map_name",
     "model_folder_name",
+    "model_lst_name",
     "model_particles_name",
     "next_free_path",
     "particles_iterations",
@@ -107,6 +108,11 @@ def fsc_figure_name(iteration: int) -> str:
 
 def model_particles_name(model: int) -> str:
     return f"particles_model_{model:02d}.star"
+
+
+def model_lst_name(model: int) -> str:
+    """``--lst``: a model's particles as an EMAN2 list, beside its STAR file."""
+    return f"particles_model_{model:02d}.lst"
 
 
 def joined_particles_name(models: list[int]) -> str:

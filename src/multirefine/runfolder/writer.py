@@ -30,6 +30,7 @@ import pandas as pd
 import starfile
 
 from multirefine.io.atomic import atomic_path
+from multirefine.io.eman2 import write_lst
 from multirefine.io.maps import write_map, write_stack
 from multirefine.io.star import write_particles_star
 from multirefine.runfolder import names
@@ -64,8 +65,9 @@ class RunWriter:
     def __init__(self, path: str | Path, pixel_size: float, optics: pd.DataFrame | None, n_models: int,
                  written_maps: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
                  after: Callable[[Path, int], None] | None = None,
-                 image_files: ImageFilesFor | None = None) -> None:
+                 image_files: ImageFilesFor | None = None, lst: bool = False) -> None:
         self.path, self.pixel_size, self.optics, self.n_models = Path(path), pixel_size, optics, n_models
+        self.lst = lst  # --lst: each model's particles also as an EMAN2 list
         self.written_maps = written_maps or (lambda maps: maps)
         self.after = after
         self._image_files = _ImageFiles(image_files, self.path)
@@ -98,12 +100,16 @@ class RunWriter:
         save_state(out / names.STATE, record.state)
 
     def finish(self, table: pd.DataFrame) -> None:
-        """Each model's particles of the last assignment, ``particles_model_MM.star``, and the
+        """Each model's particles of the last assignment, ``particles_model_MM.star`` (and with
+        ``--lst`` ``particles_model_MM.lst``, EMAN2's list of the same images), and the
         particles in no map (``--junk``: ``rlnClassNumber`` 0), ``particles_junk.star``; where
         there are none, an earlier attempt's junk file is removed."""
         classes = table["rlnClassNumber"].to_numpy()
         for m_index in range(1, self.n_models + 1):
             self._write_particles(self.path / names.model_particles_name(m_index), table[classes == m_index])
+            if self.lst:
+                write_lst(self.path / names.model_lst_name(m_index), table["rlnImageName"][classes == m_index],
+                          self._image_files())
         junk = self.path / names.JUNK_PARTICLES
         if (classes == 0).any():
             self._write_particles(junk, table[classes == 0])
