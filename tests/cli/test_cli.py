@@ -262,12 +262,14 @@ def test_continue_refuses_a_damaged_run_folder(sim, tmp_path, capsys):
         "0_refine_parms.json: --speed 0: expected 1 (fine": {"speed": 0},
     }
     for expected, damage in [*damages.items(), ("damaged, not readable", None), ("damaged, 0 iterations of 1", []),
-                             *typed.items()]:
+                             *typed.items(), ("state.npz: not readable", b"cut")]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(run, copy)
         if isinstance(damage, dict):
             (copy / "0_refine_parms.json").write_text(json.dumps({**parameters, **damage}))
+        elif isinstance(damage, bytes):  # state.npz cut short, as by a full disk before atomic writes
+            (copy / "state.npz").write_bytes((run / "state.npz").read_bytes()[:500])
         elif callable(damage):
             np.savez(copy / "state.npz", **damage(state))
         elif damage is None:

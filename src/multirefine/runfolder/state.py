@@ -13,6 +13,7 @@ are read back as tuples of those arrays in that order.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def load_state(path: Path, n: int, box: int) -> RunState:
     try:
         with np.load(path) as f:
             data = {key: f[key] for key in f.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # cut short: not a zip archive any more
         raise InputError(f"{path}: not readable ({exc})") from None
     if int(data.get("version", 0)) != VERSION:
         raise InputError(
