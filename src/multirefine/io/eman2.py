@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from multirefine.errors import InputError
+from multirefine.io.atomic import atomic_path
 from multirefine.io.columns import (
     AMPLITUDE_CONTRAST,
     CTF_BFACTOR,
@@ -296,12 +297,10 @@ def write_lst(path: str | Path, image_names: pd.Series, image_files: Mapping[str
     """Write particles as an EMAN2 plain list (``#LST``): a line ``index<TAB>file`` per particle,
     ``index`` 0-based in its file, from RELION's ``N@file`` names (``image_files``: the file
     part to write for each one read, e.g. relative to the list's folder; None: as they are)."""
-    from multirefine.io.atomic import atomic_path
-    from multirefine.io.images import parse_image_names
-
-    files, file_ids, indices = parse_image_names(image_names, Path(path))
-    written = [files[i] if image_files is None else image_files.get(files[i], files[i]) for i in range(len(files))]
-    lines = ["#LST"] + [f"{index}\t{written[f]}" for f, index in zip(file_ids, indices)]
+    lines = ["#LST"]
+    for name in image_names.astype(str):  # checked when read: "N@file", N from 1
+        number, _, file = name.partition("@")
+        lines.append(f"{int(number) - 1}\t{file if image_files is None else image_files.get(file, file)}")
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 
