@@ -441,6 +441,10 @@ def _damaged_star_files(folder, out) -> None:
         (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--class", "9"], "rlnClassNumber 9"),
         (["simulate", "{tmp}/out", "--maps", "{tmp}/nan.mrc", "--n", "10", "--snr", "1"], "nan.mrc"),
         (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "-1"], "--snr"),
+        (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--beamtilt", "1"],
+         "--beamtilt 1.0: expected X,Y in mrad"),
+        (["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", "--even-zernike", "1,inf"],
+         "--even-zernike 1.0,inf: expected numbers"),
         (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1"], "none.pdb"),
         (["split", "{tmp}/missing.star"], "missing.star"),
         (["split", "{sim}/particles.star", "--out", "{tmp}/s"], "no rlnClassNumber column"),
@@ -549,6 +553,39 @@ def test_particles_without_a_ctf_need_no_ctf(sim, tmp_path, capsys):
     assert "rlnDefocusU" in written.metadata.columns or "rlnDefocusU" in written.optics.columns
     assert main(["refine", "--continue", str(run), "--iter", "1", "--check"]) == 0
     assert "CTF no" in capsys.readouterr().out
+
+
+def test_beam_tilt_is_applied_and_a_run_made_before_goes_on_without_it(sim, tmp_path, capsys):
+    """Beam tilt in data_optics: refine says it applies it; a run made before the aberrations
+    were applied (its 0_refine_parms.json without "aberrations") continues without them, as it
+    ran, and says so; a magnification correction is refused in one line."""
+    import json
+
+    from multirefine.io.star import read_particles_star, write_particles_star
+
+    source = read_particles_star(sim / "sim" / "particles.star")
+    tilted = tmp_path / "tilted.star"
+    table = source.metadata.assign(rlnImageName=source.metadata["rlnImageName"].str.replace("@", f"@{sim}/sim/",
+                                                                                             regex=False))
+    write_particles_star(tilted, table, source.optics.assign(rlnBeamTiltX=0.4, rlnBeamTiltY=-0.3))
+    run = tmp_path / "run"
+    common = ["--models", f"{sim}/map1.mrc,{sim}/map2.mrc", "--nosingle", "--j", "1"]
+    assert main(["refine", "--input", str(tilted), *common, "--iter", "1", "--path", str(run)]) == 0
+    assert "optics applied as RELION 3.1 applies them: beam tilt up to 0.5 mrad" in capsys.readouterr().out
+    parms = run / "0_refine_parms.json"
+    saved = json.loads(parms.read_text())
+    assert saved["aberrations"] is True
+    del saved["aberrations"]
+    parms.write_text(json.dumps(saved))
+    assert main(["refine", "--continue", str(run), "--iter", "1", "--check"]) == 0
+    assert "optics not applied (this run was made before they were, and goes on as it ran): beam tilt" in \
+        capsys.readouterr().out
+    magnified = tmp_path / "magnified.star"
+    write_particles_star(magnified, table, source.optics.assign(rlnMagMat00=1.01, rlnMagMat01=0.0, rlnMagMat10=0.0,
+                                                                rlnMagMat11=1.0))
+    assert main(["refine", "--input", str(magnified), *common, "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "magnified.star: rlnMagMat00-11 hold a magnification correction" in err
 
 
 def test_a_run_needing_more_memory_than_is_left_is_refused(sim, tmp_path, capsys, monkeypatch):

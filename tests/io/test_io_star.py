@@ -210,22 +210,30 @@ def test_six_optics_groups_lookup(testdata: Path) -> None:
         open_particles(testdata / "relion31.6opticsgroups.star")
 
 
-def test_optics_the_ctf_does_not_model_are_named_and_premultiplied_data_refused(testdata: Path, tmp_path: Path) -> None:
+def test_optics_aberrations_are_named_magnification_and_premultiplied_data_refused(testdata: Path, tmp_path: Path) -> None:
     """RELION's CtfRefine writes beam tilt, Zernike terms and magnification matrices into the
-    optics table: the CTF here leaves them out, and says so (refine prints it with its plan),
-    with the largest values of the file; a file without them says nothing. Images multiplied by
-    their CTF already (rlnCtfDataAreCtfPremultiplied 1) are refused in one line."""
-    from multirefine.io.columns import unmodelled_optics
+    optics table. The first three are applied (multirefine.fourier.aberrations) and named, with
+    the largest tilt, by the line refine and reconstruct print; a file without them says nothing.
+    A magnification correction is not modelled: refine and reconstruct refuse it in one line
+    (use_ctf), as they refuse images multiplied by their CTF already (rlnCtfDataAreCtfPremultiplied 1)."""
+    from multirefine.io.columns import applied_optics, optics_note
+    from multirefine.io.particles import use_ctf
 
     six = read_particles_star(testdata / "relion31.6opticsgroups.star")
-    said = unmodelled_optics(six.optics)
-    # group 6: tilt (-1.288, 2.447) mrad, 2.77 mrad; group 4's matrix: singular values 1.033, 1.007
-    assert said == ["beam tilt up to 2.8 mrad", "odd Zernike terms", "even Zernike terms",
-                    "a magnification correction (rlnMagMat) up to 3.3 %"]
-    assert unmodelled_optics(read_particles_star(testdata / "relion31.star").optics) == []
+    # group 6: tilt (-1.288, 2.447) mrad, 2.77 mrad
+    assert applied_optics(six.optics) == ["beam tilt up to 2.8 mrad", "odd Zernike terms", "even Zernike terms"]
+    assert optics_note(six.optics).startswith("optics applied as RELION 3.1 applies them: beam tilt")
+    assert optics_note(read_particles_star(testdata / "relion31.star").optics) == ""
     flat = six.optics.assign(rlnBeamTiltX=0.0, rlnBeamTiltY=0.0, rlnOddZernike="[0,0,0]", rlnEvenZernike="[]",
                              rlnMagMat00=1.0, rlnMagMat01=0.0, rlnMagMat10=0.0, rlnMagMat11=1.0)
-    assert unmodelled_optics(flat) == []
+    assert applied_optics(flat) == []
+    stack = open_particles(testdata / "relion31.6opticsgroups.star", check_files=False)
+    # group 4's matrix: singular values 1.033, 1.007
+    with pytest.raises(InputError, match=r"6opticsgroups\.star: rlnMagMat00-11 hold a magnification correction "
+                                         r"of up to 3\.3 %.*remove those columns"):
+        use_ctf(stack, False)
+    stack.optics = stack.optics.drop(columns=["rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"])
+    use_ctf(stack, False)
     text = (testdata / "relion31.6opticsgroups.star").read_text()
     premultiplied = text.replace("196 2 0 0.657334", "196 2 1 0.657334")
     assert premultiplied != text

@@ -71,8 +71,10 @@ def resolve_continue(args: argparse.Namespace):
     search_stack = open_usefilt(stack, opts.usefilt, apix=opts.apix) if opts.usefilt else stack
     if "no_ctf" not in saved:  # a run made before --no-ctf: it went without the CTF where there was none
         opts.no_ctf = not stack.has_ctf
+    if "aberrations" not in saved:  # a run made before beam tilt and Zernike terms were applied
+        opts.aberrations = False
     for particles in {stack, search_stack}:
-        use_ctf(particles, opts.no_ctf)
+        use_ctf(particles, opts.no_ctf, opts.aberrations)
     check_input_identity(saved.get(INPUT_IDENTITY), stack, opts.input, run)
     state = load_state(run / runfolder.STATE, len(stack), stack.box_size)
     if state.iteration > opts.iterations:

@@ -230,7 +230,7 @@ def _print_plan(stack, opts, resume) -> None:
            and resume is None else f"{opts.n_models} models ({opts.seeding})")
         + f", symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
-    if note := optics_note(stack.optics):  # said, not silently dropped (RELION's CtfRefine writes them)
+    if stack.has_ctf and (note := optics_note(stack.optics if stack.optics is not None else stack.metadata, stack.aberrations)):  # RELION's CtfRefine writes them
         print(note)
     if opts.masks:
         print(f"solvent mask{'s' if len(opts.masks) > 1 else ''}: {', '.join(opts.masks)}"

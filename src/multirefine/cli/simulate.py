@@ -76,6 +76,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                       help="relative shares of empty boxes, blob aggregates and broken particles "
                            "in the junk (default 1,1,1)")
     real.add_argument("--defocus", help="defocus range MIN,MAX in µm (default 1,2.5)")
+    real.add_argument("--beamtilt", help="beam tilt X,Y in mrad (rlnBeamTiltX/Y in data_optics; default none)")
+    real.add_argument("--odd-zernike", help="odd Zernike coefficients, comma-separated, in RELION's order "
+                                            "(rlnOddZernike; default none)")
+    real.add_argument("--even-zernike", help="even Zernike coefficients, comma-separated, in RELION's order "
+                                             "(rlnEvenZernike; default none)")
 
 
 def _maps_from_pdb(specs: list[str], box: int, apix: float, res: float) -> list[np.ndarray]:
@@ -147,6 +152,9 @@ def main(args: argparse.Namespace) -> int:
         ramp_sd_noise_sigmas_per_box=args.ramp_sd,
         junk_fraction=args.junk,
         junk_kind_weights=dict(zip(JUNK_KINDS, junk_mix, strict=True)),
+        beam_tilt_mrad=_floats(args.beamtilt, "--beamtilt") if args.beamtilt else [0.0, 0.0],
+        odd_zernike=_floats(args.odd_zernike, "--odd-zernike") if args.odd_zernike else [],
+        even_zernike=_floats(args.even_zernike, "--even-zernike") if args.even_zernike else [],
         **defocus,
     )
     with progress_bar(args.n, "simulating particles") as advance:

@@ -44,13 +44,15 @@ def calculate_ctf_2d(
     box_size: int,
     phase_shift_deg: torch.Tensor | float = 0.0,
     bfactor_angstrom2: torch.Tensor | float = 0.0,
+    gamma_offset: torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """CTF on the rfft grid of a ``D x D`` image.
 
     Every parameter is a tensor of shape ``(...)`` (broadcast together, or a float);
     the result is ``(..., D, D//2+1)`` float32 in the layout of
-    :func:`multirefine.fourier.fft.rfft2_centered`.
+    :func:`multirefine.fourier.fft.rfft2_centered`. ``gamma_offset`` ``(..., D, D//2+1)``
+    (radians; even aberrations, :mod:`multirefine.fourier.aberrations`) is added to ``chi``.
     """
     params = torch.broadcast_tensors(
         *(
@@ -83,5 +85,7 @@ def calculate_ctf_2d(
         - torch.atan(q / torch.sqrt(1 - q**2))
         - torch.deg2rad(phase)
     )
+    if gamma_offset is not None:
+        chi = chi + gamma_offset.to(chi)
     ctf = -torch.sin(chi) * torch.exp(-0.25 * bfac * k2)
     return ctf.to(torch.float32)

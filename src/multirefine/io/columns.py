@@ -77,15 +77,17 @@ __all__ = [
     "SPHERICAL_ABERRATION",
     "STRING_COLUMNS",
     "VOLTAGE",
+    "applied_optics",
     "canonicalize",
     "check_angles",
     "check_ctf_columns",
+    "check_optics",
     "check_origins",
     "check_premultiplied",
     "has_ctf",
     "optics_note",
+    "relion_list",
     "require_columns",
-    "unmodelled_optics",
 ]
 
 # --- images -------------------------------------------------------------------------------
@@ -325,39 +327,67 @@ def check_premultiplied(table: pd.DataFrame | None, path: str | Path) -> None:
                          "multirefine needs the images as recorded")
 
 
-def unmodelled_optics(table: pd.DataFrame | None) -> list[str]:
-    """What an optics table holds that the CTF here does not model, in words (empty: nothing):
-    beam tilt, odd and even Zernike terms and magnification corrections (RELION's CtfRefine)."""
+BEAM_TILT = ("rlnBeamTiltX", "rlnBeamTiltY")  # mrad
+ZERNIKE = ("rlnOddZernike", "rlnEvenZernike")  # RELION lists: [c0,c1,...]
+MAG_MATRIX = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
+
+
+def relion_list(value: object) -> list[float]:
+    """A RELION list value (``[0.1,0,2.5]``) as numbers; ValueError where a term is not one."""
+    terms = [float(t) for t in str(value).strip().strip("[]").split(",") if t.strip()]
+    if not all(np.isfinite(terms)):
+        raise ValueError(f"{value}: a term is not finite")
+    return terms
+
+
+def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
+    """Raise InputError where an optics group's aberrations cannot be used: a Zernike list or
+    beam tilt that is not numbers, or a magnification correction (``rlnMagMat``, RELION's
+    CtfRefine) that departs from the identity by more than 0.01 %: multirefine does not model
+    it (:mod:`multirefine.fourier.aberrations`) and does not drop it unsaid."""
+    if table is None:
+        return
+    for name in ZERNIKE:
+        for value in table[name] if name in table.columns else ():
+            try:
+                relion_list(value)
+            except ValueError:
+                raise InputError(f"{path}: {name} is {value!r}; expected a list of numbers such as "
+                                 "[0.012,-0.003]") from None
+    for name in BEAM_TILT:
+        if name in table.columns and not np.isfinite(pd.to_numeric(table[name], errors="coerce")).all():
+            raise InputError(f"{path}: {name} holds a value that is not a number (mrad)")
+    if set(MAG_MATRIX) <= set(table.columns):
+        m = table[list(MAG_MATRIX)].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy().reshape(-1, 2, 2)
+        off = np.abs(np.linalg.svd(m, compute_uv=False) - 1).max(initial=0)  # scale and anisotropy
+        if off > 1e-4:
+            raise InputError(f"{path}: rlnMagMat00-11 hold a magnification correction of up to {100 * off:.2g} % "
+                             "(RELION's CtfRefine), which multirefine does not model; remove those columns from "
+                             "data_optics to use the images without it")
+
+
+def applied_optics(table: pd.DataFrame | None) -> list[str]:
+    """The aberrations an optics table holds, in words (empty: none): beam tilt, odd and even
+    Zernike terms, applied as RELION applies them (:mod:`multirefine.fourier.aberrations`)."""
     if table is None:
         return []
     said = []
-    if {"rlnBeamTiltX", "rlnBeamTiltY"} <= set(table.columns):
-        tilt = np.hypot(pd.to_numeric(table["rlnBeamTiltX"], errors="coerce"),
-                        pd.to_numeric(table["rlnBeamTiltY"], errors="coerce")).fillna(0).to_numpy()
+    if set(BEAM_TILT) & set(table.columns):
+        tilt = np.hypot(*(pd.to_numeric(table[c], errors="coerce").fillna(0).to_numpy() if c in table.columns
+                          else np.zeros(len(table)) for c in BEAM_TILT))
         if tilt.max(initial=0) > 0:
             said.append(f"beam tilt up to {tilt.max():.2g} mrad")
-    for name, what in (("rlnOddZernike", "odd"), ("rlnEvenZernike", "even")):
-        if name in table.columns and any(_nonzero_list(v) for v in table[name]):
+    for name, what in zip(ZERNIKE, ("odd", "even")):
+        if name in table.columns and any(any(relion_list(v)) for v in table[name]):
             said.append(f"{what} Zernike terms")
-    mag = ["rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"]
-    if set(mag) <= set(table.columns):
-        m = table[mag].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy().reshape(-1, 2, 2)
-        off = np.abs(np.linalg.svd(m, compute_uv=False) - 1).max(initial=0)  # scale and anisotropy
-        if off > 1e-4:
-            said.append(f"a magnification correction (rlnMagMat) up to {100 * off:.2g} %")
     return said
 
 
-def optics_note(table: pd.DataFrame | None) -> str:
-    """The line that says what :func:`unmodelled_optics` finds ("" where it finds nothing)."""
-    said = unmodelled_optics(table)
-    return f"optics not modelled here (the CTF is without them): {', '.join(said)}" if said else ""
-
-
-def _nonzero_list(value: object) -> bool:
-    """A RELION list value (``[0.1,0,2.5]``) with a term that is not 0."""
-    terms = [t for t in str(value).strip("[] ").split(",") if t.strip()]
-    try:
-        return any(float(t) != 0 for t in terms)
-    except ValueError:
-        return True
+def optics_note(table: pd.DataFrame | None, applied: bool = True) -> str:
+    """The line that says which aberrations :func:`applied_optics` finds ("" where none), and
+    whether they are applied (not in a run made before they were, continued as it ran)."""
+    said = applied_optics(table)
+    if not said:
+        return ""
+    return (f"optics applied as RELION 3.1 applies them: {', '.join(said)}" if applied else
+            f"optics not applied (this run was made before they were, and goes on as it ran): {', '.join(said)}")

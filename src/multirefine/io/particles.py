@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from typing_extensions import Self
 
 from multirefine.errors import InputError
 from multirefine.fourier.masks import normalise_background
@@ -30,6 +31,7 @@ from multirefine.io.columns import (
     canonicalize,
     check_angles,
     check_ctf_columns,
+    check_optics,
     check_origins,
     check_premultiplied,
     has_ctf,
@@ -110,6 +112,9 @@ class ParticleStack:
         # --no-ctf: the table's CTF parameters are kept (and written out) but not applied;
         # kept by subsets (use_ctf).
         self.ctf_ignored = False
+        # The optics groups' beam tilt and Zernike terms applied with the CTF (RELION 3.1's
+        # model, multirefine.refine.batch.load_batch); False in a run made before they were.
+        self.aberrations = True
 
     # --- size and geometry ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -263,6 +268,7 @@ class ParticleStack:
         out.intensity_column = self.intensity_column
         out.background_radius_px = self.background_radius_px
         out.ctf_ignored = self.ctf_ignored
+        out.aberrations = self.aberrations
         return out
 
     def with_noise(self, noise) -> ParticleStack:
@@ -314,7 +320,7 @@ class ParticleStack:
         """Drop the open image files (they close once no read uses them)."""
         self._open.clear()
 
-    def __enter__(self) -> ParticleStack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -367,10 +373,15 @@ def _finish(
     return stack
 
 
-def use_ctf(stack: ParticleStack, no_ctf: bool) -> None:
+def use_ctf(stack: ParticleStack, no_ctf: bool, aberrations: bool = True) -> None:
     """The CTF choice RELION asks for (its ``--ctf``): the particles' CTF is applied where they
-    have one; a stack without one needs ``--no-ctf`` (images phase-flipped already, or made
-    without a CTF), which also leaves a CTF the table holds unapplied. InputError otherwise."""
+    have one, with their optics groups' beam tilt and Zernike terms (unless ``aberrations`` is
+    False: a run made before they were); a stack without one needs ``--no-ctf`` (images
+    phase-flipped already, or made without a CTF), which also leaves a CTF the table holds
+    unapplied. InputError otherwise, and where the optics hold what is not modelled
+    (:func:`multirefine.io.columns.check_optics`)."""
+    check_optics(stack.optics if stack.optics is not None else stack.metadata, stack.path)
+    stack.aberrations = aberrations
     if no_ctf:
         stack.ctf_ignored = True
     elif not has_ctf(stack.metadata):

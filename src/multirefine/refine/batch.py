@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multirefine.fourier.ctf import calculate_ctf_2d
+from multirefine.fourier.aberrations import aberration_phase_2d, odd_with_beam_tilt
+from multirefine.fourier.ctf import calculate_ctf_2d, electron_wavelength_angstrom
 from multirefine.fourier.fft import rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
 
-__all__ = ["ParticleBatch", "ctf_for_rows", "load_batch", "origins_px_for_rows", "rotations_for_rows", "sweep"]
+__all__ = ["ParticleBatch", "aberrations_for_rows", "ctf_for_rows", "load_batch", "origins_px_for_rows", "rotations_for_rows", "sweep"]
 
 
 def _column(rows: pd.DataFrame, name: str, default: float | None = None) -> torch.Tensor:
@@ -30,9 +31,11 @@ def _column(rows: pd.DataFrame, name: str, default: float | None = None) -> torc
     return torch.tensor(rows[name].to_numpy(dtype=np.float64))
 
 
-def ctf_for_rows(rows: pd.DataFrame, box_size: int, device=None) -> torch.Tensor:
-    """CTFs ``(n, D, D//2+1)`` for the rows of a particle table (RELION columns)."""
+def ctf_for_rows(rows: pd.DataFrame, box_size: int, device=None, even_phase: torch.Tensor | None = None) -> torch.Tensor:
+    """CTFs ``(n, D, D//2+1)`` for the rows of a particle table (RELION columns); ``even_phase``
+    (the rows' even aberrations, :func:`aberrations_for_rows`) is added to their phase."""
     return calculate_ctf_2d(
+        gamma_offset=even_phase,
         defocus_u_angstrom=_column(rows, "rlnDefocusU"),
         defocus_v_angstrom=_column(rows, "rlnDefocusV"),
         defocus_angle_deg=_column(rows, "rlnDefocusAngle", 0.0),
@@ -45,6 +48,45 @@ def ctf_for_rows(rows: pd.DataFrame, box_size: int, device=None) -> torch.Tensor
         box_size=box_size,
         device=device,
     )
+
+
+def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The rows' odd and even aberration phases ``(n, D, D//2+1)`` float32 (radians), each None
+    where no row has any: beam tilt (``rlnBeamTiltX/Y``) folded into ``rlnOddZernike``, and
+    ``rlnEvenZernike`` (:mod:`multirefine.fourier.aberrations`). An image is multiplied by
+    ``exp(i odd)``; ``even`` adds to its CTF's phase."""
+    from multirefine.io.columns import BEAM_TILT, ZERNIKE
+
+    if not (set(BEAM_TILT) | set(ZERNIKE)) & set(rows.columns):
+        return None, None
+    keys = [c for c in (*BEAM_TILT, *ZERNIKE, "rlnSphericalAberration", "rlnVoltage", "rlnImagePixelSize")
+            if c in rows.columns]
+    table = rows[keys].astype(str)
+    _, first, inverse = np.unique(table.agg("|".join, axis=1).to_numpy(), return_index=True, return_inverse=True)
+    phases: dict[bool, list[torch.Tensor | None]] = {True: [], False: []}
+    for at in first:
+        row = table.iloc[at].to_dict()
+        odd, even = (_listed(row.get(name, "[]")) for name in ZERNIKE)
+        tilt = [float(row.get(name, 0.0)) for name in BEAM_TILT]
+        if any(tilt):
+            odd = odd_with_beam_tilt(odd, *tilt, float(row["rlnSphericalAberration"]),
+                                     float(electron_wavelength_angstrom(float(row["rlnVoltage"]))))
+        apix = float(row["rlnImagePixelSize"])
+        for is_odd, coefficients in ((True, odd), (False, even)):
+            phases[is_odd].append(aberration_phase_2d(coefficients, is_odd, box_size, apix, device).float()
+                                  if any(coefficients) else None)
+    index = torch.as_tensor(inverse.reshape(-1), device=device)
+    return tuple(None if all(p is None for p in phases[is_odd]) else
+                 torch.stack([torch.zeros((box_size, box_size // 2 + 1), device=device) if p is None else p
+                              for p in phases[is_odd]])[index]
+                 for is_odd in (True, False))
+
+
+def _listed(value: str) -> list[float]:
+    from multirefine.io.columns import relion_list
+
+    return relion_list(value) if value not in ("nan", "None", "") else []
 
 
 def rotations_for_rows(rows: pd.DataFrame, device=None) -> torch.Tensor:
@@ -79,7 +121,12 @@ def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> 
     if center:
         shift = origins_px_for_rows(rows, stack.pixel_size_angstrom).to(device)
         images_ft = shift_images_ft(images_ft, shift)
-    ctf = ctf_for_rows(rows, stack.box_size, device=device) if stack.has_ctf else None
+    ctf = None
+    if stack.has_ctf:  # the aberrations are part of the CTF's model: RELION's (ObservationModel)
+        odd, even = aberrations_for_rows(rows, stack.box_size, device) if stack.aberrations else (None, None)
+        ctf = ctf_for_rows(rows, stack.box_size, device=device, even_phase=even)
+        if odd is not None:  # the image's odd phases taken off, as relion_reconstruct does
+            images_ft = images_ft * torch.polar(torch.ones_like(odd), -odd)
     column = getattr(stack, "intensity_column", None)
     if column is not None and column in rows.columns:  # --scale: each particle's intensity
         scale = torch.as_tensor(rows[column].to_numpy(copy=True), dtype=torch.float32, device=device)[:, None, None]

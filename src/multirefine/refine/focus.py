@@ -35,7 +35,12 @@ import torch
 from multirefine.fourier.fft import irfft2_centered
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
-from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows, rotations_for_rows
+from multirefine.refine.batch import (
+    aberrations_for_rows,
+    ctf_for_rows,
+    origins_px_for_rows,
+    rotations_for_rows,
+)
 from multirefine.refine.scoring import Band, band_phase_ramp, band_slices, particle_terms
 
 __all__ = ["common_outside", "focused_scores", "outside_weights", "shared_pose", "subtracted_images"]
@@ -101,8 +106,11 @@ def subtracted_images(stack, table, outside: np.ndarray, rows: np.ndarray, inten
     box, apix = stack.box_size, stack.pixel_size_angstrom
     ft = extract_central_slices(prepare_volume_ft(torch.from_numpy(outside)), rotations_for_rows(meta), box)
     ft = shift_images_ft(ft, -origins_px_for_rows(meta, apix))  # to where the particle lies in its image
-    if stack.has_ctf:
-        ft = ft * ctf_for_rows(meta, box)
+    if stack.has_ctf:  # as the images hold it: the even aberrations in the CTF, the odd ones' phase
+        odd, even = aberrations_for_rows(meta, box) if stack.aberrations else (None, None)
+        ft = ft * ctf_for_rows(meta, box, even_phase=even)
+        if odd is not None:
+            ft = ft * torch.polar(torch.ones_like(odd), odd)
     if intensity_column is not None and intensity_column in meta.columns:
         ft = ft * torch.as_tensor(meta[intensity_column].to_numpy(copy=True), dtype=torch.float32)[:, None, None]
     images = torch.as_tensor(np.asarray(stack[rows]), dtype=torch.float32)

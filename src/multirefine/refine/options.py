@@ -82,6 +82,7 @@ class RefineOptions:
     kmax: int | None = None  # --nmodels auto: at most this many models, counted from the data; None: as given
     no_ctf: bool = False  # --no-ctf: the particles' CTF, if they have one, not applied
     write_lst: bool = False  # --lst: each model's particles also as an EMAN2 list, particles_model_MM.lst
+    aberrations: bool = True  # beam tilt and Zernike terms applied (False: a run made before they were)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -22,6 +22,7 @@ from multirefine.fourier.fft import (
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import euler_to_matrix
+from multirefine.refine.batch import aberrations_for_rows
 from multirefine.simulate.noise import (
     check_noise_table,
     noise_power_shape,
@@ -92,6 +93,11 @@ class SimulationParameters:
     # The pieces broken particles show (drawn): class, unit normal (x, y, z) and offset in px
     # from the box centre of the plane; the side the normal points to is kept.
     junk_fragment_pieces: list[dict] = field(default_factory=list)
+    # Optics: beam tilt (x, y) in mrad and RELION's odd and even Zernike coefficients
+    # (multirefine.fourier.aberrations), written to data_optics as RELION's CtfRefine writes them.
+    beam_tilt_mrad: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    odd_zernike: list[float] = field(default_factory=list)
+    even_zernike: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         def finite(value: float) -> bool:
@@ -128,6 +134,11 @@ class SimulationParameters:
             raise InputError(
                 f"--junk-mix {shown}: expected 3 non-negative shares ({', '.join(JUNK_KINDS)}), not all 0"
             )
+        for option, values in (("--beamtilt", self.beam_tilt_mrad), ("--odd-zernike", self.odd_zernike),
+                               ("--even-zernike", self.even_zernike)):
+            if not all(finite(v) for v in values) or (option == "--beamtilt" and len(values) != 2):
+                raise InputError(f"{option} {','.join(map(str, values))}: expected "
+                                 + ("X,Y in mrad" if option == "--beamtilt" else "numbers (RELION's coefficients)"))
         if not self.noise_spectrum_table:
             self.noise_spectrum_table = read_noise_spectrum(self.noise_spectrum)
         else:
@@ -196,8 +207,21 @@ def _draw_truth(params: SimulationParameters, box_size: int, rng: np.random.Gene
             "rlnAnglePsi": psi,
             "rlnOriginXAngst": -displacement[:, 0] * params.pixel_size_angstrom,
             "rlnOriginYAngst": -displacement[:, 1] * params.pixel_size_angstrom,
+            **_optics_columns(params, n),
         }
     )
+
+
+def _optics_columns(params: SimulationParameters, n: int) -> dict[str, object]:
+    """The aberration columns the parameters ask for (none where they ask for none)."""
+    columns: dict[str, object] = {}
+    if any(params.beam_tilt_mrad):
+        columns.update(rlnBeamTiltX=np.full(n, float(params.beam_tilt_mrad[0])),
+                       rlnBeamTiltY=np.full(n, float(params.beam_tilt_mrad[1])))
+    for name, values in (("rlnOddZernike", params.odd_zernike), ("rlnEvenZernike", params.even_zernike)):
+        if any(values):
+            columns[name] = ["[" + ",".join(f"{v:.9g}" for v in values) + "]"] * n
+    return columns
 
 
 def _draw_realism(params: SimulationParameters, truth: pd.DataFrame, box_size: int) -> dict[int, np.ndarray]:
@@ -322,7 +346,9 @@ def _clean_images(
     bfactor = col("rlnCtfBfactor")
     if bfactor_angstrom2:
         bfactor = bfactor + bfactor_angstrom2
+    odd, even = aberrations_for_rows(truth, box_size)
     ctf = calculate_ctf_2d(
+        gamma_offset=even,
         defocus_u_angstrom=col("rlnDefocusU"),
         defocus_v_angstrom=col("rlnDefocusV"),
         defocus_angle_deg=col("rlnDefocusAngle"),
@@ -334,6 +360,8 @@ def _clean_images(
         bfactor_angstrom2=bfactor,
         box_size=box_size,
     )
+    if odd is not None:  # what the odd aberrations do to an image: its phases shifted
+        ctf = ctf * torch.polar(torch.ones_like(odd), odd)
     return irfft2_centered(ft * ctf, box_size)
 
 
