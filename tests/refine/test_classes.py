@@ -52,7 +52,7 @@ def _class_of_particles(atoms_map, n=24, psi_error_deg=3.0, shift_error_px=1.5, 
                           "rlnAnglePsi": psi + rng.uniform(-psi_error_deg, psi_error_deg, n),
                           "rlnOriginXAngst": shifts[:, 0] + rng.uniform(-shift_error_px, shift_error_px, n),
                           "rlnOriginYAngst": shifts[:, 1] + rng.uniform(-shift_error_px, shift_error_px, n),
-                          "rlnLogLikeliContribution": 1.0})
+                          "mrSearchScore": 1.0})
     reference_pose = torch.as_tensor(euler_to_matrix(np.array([30.0]), np.array([60.0]), np.array([0.0])), dtype=torch.float32)
     reference = irfft2_centered(extract_central_slices(volume_ft, reference_pose, 32)[0], 32).numpy()
     return ArrayStack(images), table, reference

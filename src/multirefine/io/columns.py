@@ -74,6 +74,7 @@ __all__ = [
     "POSE_COLUMNS",
     "RANDOM_SUBSET",
     "REQUIRED_IMAGE_COLUMNS",
+    "SEARCH_SCORE",
     "SPHERICAL_ABERRATION",
     "STRING_COLUMNS",
     "VOLTAGE",
@@ -138,6 +139,9 @@ POSE_COLUMNS: tuple[str, ...] = (ANGLE_ROT, ANGLE_TILT, ANGLE_PSI, ORIGIN_X_ANGS
 CLASS_NUMBER = "rlnClassNumber"  # 1-based
 MAX_VALUE_PROB_DISTRIBUTION = "rlnMaxValueProbDistribution"  # posterior of the chosen class/pose
 RANDOM_SUBSET = "rlnRandomSubset"  # half set, 1 or 2
+# The search score of a particle's pose in its model (higher is better): the project's own
+# quantity under its own name, not RELION's rlnLogLikeliContribution (a marginal log-likelihood).
+SEARCH_SCORE = "mrSearchScore"
 
 # --- optics -------------------------------------------------------------------------------
 OPTICS_GROUP = "rlnOpticsGroup"  # 1-based

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from typing_extensions import Self
 
 from multirefine.errors import InputError
 from multirefine.fourier.masks import normalise_background
@@ -320,7 +319,7 @@ class ParticleStack:
         """Drop the open image files (they close once no read uses them)."""
         self._open.clear()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ParticleStack:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from multirefine.geometry.euler import matrix_to_euler
+from multirefine.io.columns import SEARCH_SCORE
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.batch import origins_px_for_rows, rotations_for_rows, sweep
 from multirefine.refine.choice import FoldChooser, FoldMaps, LastReconstruction, fold_shards
@@ -70,7 +71,7 @@ def assignment_table(
     table["rlnOriginXAngst"] = shifts_px[:, 0] * pixel_size
     table["rlnOriginYAngst"] = shifts_px[:, 1] * pixel_size
     table["rlnMaxValueProbDistribution"] = posterior
-    table["rlnLogLikeliContribution"] = score
+    table[SEARCH_SCORE] = score
     table["rlnRandomSubset"] = halves
     return table
 

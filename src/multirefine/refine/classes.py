@@ -23,6 +23,7 @@ from multirefine.fourier.fft import irfft2_centered, rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
 from multirefine.geometry.grids import projection_directions
+from multirefine.io.columns import SEARCH_SCORE
 from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows
 from multirefine.runfolder.names import CLASS_PARTICLES
 
@@ -200,7 +201,7 @@ def class_averages(
     """Averages ``(C, D, D)`` of the non-empty classes and a table of them (RELION columns).
 
     ``table``: one row per (particle, pose) entry: ``rlnClassNumber``, angles, origins,
-    ``rlnLogLikeliContribution`` as the score; its index holds the particle's row in
+    ``mrSearchScore`` (:data:`~multirefine.io.columns.SEARCH_SCORE`) as the score; its index holds the particle's row in
     ``stack`` (a particle may appear more than once, ``--sep``), ``weights`` (default 1)
     the entry's weight in the average.
 
@@ -213,7 +214,7 @@ def class_averages(
     n = len(table)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     classes = assign_classes(table, grid_rot, grid_tilt)
-    keep = _keep_best(classes, table["rlnLogLikeliContribution"].to_numpy(), classkeep)
+    keep = _keep_best(classes, table[SEARCH_SCORE].to_numpy(), classkeep)
     box = stack.box_size
     used = np.unique(classes)
     slot = np.searchsorted(used, classes)

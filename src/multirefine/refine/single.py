@@ -50,6 +50,7 @@ from multirefine.fourier.masks import flatten_solvent
 from multirefine.fourier.projection import prepare_volume_ft
 from multirefine.geometry.euler import rotation_change_deg
 from multirefine.geometry.symmetry import symmetry_operators
+from multirefine.io.columns import SEARCH_SCORE
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.assignment import assignment_table
 from multirefine.refine.batch import sweep
@@ -402,6 +403,6 @@ def consensus_refinement(opts: RefineOptions, stack, search_stack, start_map: np
                            "consensus, ", executor, union(masks))
     log.info("consensus: %d iterations, resolution %.1f Å (FSC 0.143, independent half maps)", len(result.stats),
              result.resolution_0143_angstrom)
-    table = result.table.drop(columns=["rlnClassNumber", "rlnMaxValueProbDistribution", "rlnLogLikeliContribution"])
+    table = result.table.drop(columns=["rlnClassNumber", "rlnMaxValueProbDistribution", SEARCH_SCORE])
     posed = stack.with_metadata(table)
     return posed, (posed if search_stack is stack else search_stack.with_metadata(table)), result.full_map
