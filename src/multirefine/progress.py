@@ -54,11 +54,18 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
-class StageProgress:
-    """``progress(label, total) -> advance(n)``: one bar per stage, each closing the last."""
+class StageProgress(logging.Filter):
+    """``progress(label, total) -> advance(n)``: one bar per stage, each closing the last. A
+    bar also ends before any log line is written (a filter on the root logger's handlers while
+    it is open), so a line never follows a bar's text on the same line."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._bar = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.close()
+        return True
 
     def __call__(self, label: str, total: int) -> Callable[[int], None]:
         self.close()
@@ -69,9 +76,13 @@ class StageProgress:
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, desc=label, unit="ptcl", leave=False)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self)
         return self._bar.update
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+            bar, self._bar = self._bar, None
+            bar.close()
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(self)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,15 +222,18 @@ def normalised(log_likelihood: np.ndarray) -> np.ndarray:
 
 
 def cross_validated(search_stack, plan: SearchPlan, last: LastReconstruction, found,
-                    fold_maps: FoldMaps, settings: SweepSettings, executor: Executor | None = None) -> np.ndarray:
+                    fold_maps: FoldMaps, settings: SweepSettings, executor: Executor | None = None,
+                    advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Each particle's log-likelihood in every model ``(n, K)`` at its pose there, against the
-    maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each)."""
+    maps of ``last`` rebuilt without its fold (``executor``: a shard of rows each; ``advance``:
+    a progress bar's, told each batch's size)."""
     executor = executor or InProcess()
     shards = fold_shards(len(search_stack), executor.parts, settings.batch_size)
     rotations, shifts = found.model_rotations, found.model_shifts
     if fold_maps.focus is not None:  # one pose per particle for the focused choice
         rotations, shifts = shared_pose(rotations, shifts, found.model_scores)
-    parts = executor.map(choice_rows, shards, search_stack, plan, last, rotations, shifts, fold_maps, settings)
+    parts = executor.map(choice_rows, shards, search_stack, plan, last, rotations, shifts, fold_maps, settings,
+                         advance=advance, sizes=[len(s) for s in shards])
     return log_likelihoods(np.concatenate(parts), found.image_power, float(plan.band.weight.sum()), settings.score)
 
 

@@ -13,6 +13,7 @@ the best ``classkeep`` fraction of each class (by score) is averaged, as EMAN2's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
 from multirefine.geometry.grids import projection_directions
 from multirefine.io.columns import SEARCH_SCORE
-from multirefine.refine.batch import ctf_for_rows, origins_px_for_rows
+from multirefine.refine.batch import aberrations_for_rows, ctf_for_rows, origins_px_for_rows
 from multirefine.runfolder.names import CLASS_PARTICLES
 
 __all__ = ["assign_classes", "class_averages", "iteration_averages", "rotate_images"]
@@ -60,12 +61,15 @@ def assign_classes(table: pd.DataFrame, grid_rot: list[np.ndarray], grid_tilt: l
 
 
 def _centred_images(stack, part: pd.DataFrame) -> torch.Tensor:
-    """The particles of ``part`` (index = rows of ``stack``) read and centred by their origins."""
+    """The particles of ``part`` (index = rows of ``stack``) read and centred by their origins,
+    their odd aberrations' phases taken off (:func:`~multirefine.refine.batch.aberrations_for_rows`;
+    the even ones are left out of the averages' CTFs, which are turned with the images)."""
     images = torch.as_tensor(np.asarray(stack[part.index.to_numpy()]), dtype=torch.float32)
-    return irfft2_centered(
-        shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom)),
-        stack.box_size,
-    )
+    ft = shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom))
+    odd = aberrations_for_rows(part, stack.box_size)[0] if stack.has_ctf and stack.aberrations else None
+    if odd is not None:
+        ft = ft * torch.polar(torch.ones_like(odd), -odd)
+    return irfft2_centered(ft, stack.box_size)
 
 
 def _turned_images(
@@ -109,9 +113,11 @@ def _average(
     extra_psi: np.ndarray,
     extra_shift: np.ndarray,
     batch_size: int,
+    advance: Callable[[int], None],
 ) -> torch.Tensor:
     """The Wiener-filtered averages ``(C, D, D//2+1)`` of the kept entries (``slot``: each
-    entry's class among the ``n_classes`` non-empty ones), turned into their classes' frames."""
+    entry's class among the ``n_classes`` non-empty ones), turned into their classes' frames;
+    ``advance`` is told each batch's size (and those left out once done)."""
     box = stack.box_size
     numerator = torch.zeros((n_classes, box, box // 2 + 1), dtype=torch.complex64)
     denominator = torch.zeros((n_classes, box, box // 2 + 1))
@@ -124,6 +130,8 @@ def _average(
         weight = torch.as_tensor(weights[rows], dtype=torch.float32)[:, None, None]
         numerator.index_add_(0, index, weight * turned * ctf)
         denominator.index_add_(0, index, weight * ctf**2)
+        advance(len(rows))
+    advance(len(keep) - len(rows_kept))
     epsilon = 0.1 * denominator.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     return numerator / (denominator + epsilon)
 
@@ -138,6 +146,7 @@ def _realign(
     psi_range_deg: float,
     max_shift_px: float,
     batch_size: int,
+    advance: Callable[[int], None],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One round of re-aligning every entry to its class average: five in-plane angles
     within ``psi_range_deg`` of its current correction, each at its best shift within
@@ -158,6 +167,7 @@ def _realign(
             score[rows[better]] = s[better]
             best_psi[rows[better]] = extra_psi[rows[better]] + offset
             best_shift[rows[better]] = extra_shift[rows[better]] + shift[better]
+        advance(len(rows))
     return best_psi, best_shift, score
 
 
@@ -197,6 +207,7 @@ def class_averages(
     psi_range_deg: float = 4.0,
     max_shift_px: float = 2.0,
     weights: np.ndarray | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Averages ``(C, D, D)`` of the non-empty classes and a table of them (RELION columns).
 
@@ -209,7 +220,8 @@ def class_averages(
     their poses, i.e. to the reference projection), that many rounds of re-aligning every
     entry to its class average (in-plane angle within ``psi_range_deg``, shift within
     ``max_shift_px``, by normalised cross-correlation) and averaging again; ``classkeep``
-    then selects by that correlation.
+    then selects by that correlation. ``advance`` (a progress bar's, of ``len(table) * (1 + 2 *
+    classiter)`` entries) is told each batch's size.
     """
     n = len(table)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -219,13 +231,14 @@ def class_averages(
     used = np.unique(classes)
     slot = np.searchsorted(used, classes)
     extra_psi, extra_shift = np.zeros(n), np.zeros((n, 2))
-    averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size)
+    advance = advance or (lambda _: None)
+    averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size, advance)
     for _ in range(classiter):
         extra_psi, extra_shift, score = _realign(
-            stack, table, slot, averages_ft, extra_psi, extra_shift, psi_range_deg, max_shift_px, batch_size
+            stack, table, slot, averages_ft, extra_psi, extra_shift, psi_range_deg, max_shift_px, batch_size, advance
         )
         keep = _keep_best(classes, score, classkeep)
-        averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size)
+        averages_ft = _average(stack, table, slot, len(used), w, keep, extra_psi, extra_shift, batch_size, advance)
     averages = irfft2_centered(averages_ft, box).numpy()
     return averages.astype(np.float32), _class_table(grid_rot, grid_tilt, used, classes, keep, w)
 
@@ -256,7 +269,9 @@ def _align_by_correlation(
 
 
 def iteration_averages(stack, tables: list[pd.DataFrame], symmetries: list[str], step_deg: float, classkeep: float,
-                       classiter: int, psi_range_deg: float, max_shift_px: float) -> tuple[np.ndarray, pd.DataFrame]:
+                       classiter: int, psi_range_deg: float, max_shift_px: float,
+                       progress: Callable[[str, int], Callable[[int], None]] | None = None,
+                       label: str = "class averages") -> tuple[np.ndarray, pd.DataFrame]:
     """An iteration's class averages (:func:`class_averages`) over each model's projection
     directions at ``step_deg``: from the particle table, or from ``tables`` of ``--sep``'s
     layers (each entry weighted 1 / their number). Entries are indexed by their row in the stack."""
@@ -265,6 +280,7 @@ def iteration_averages(stack, tables: list[pd.DataFrame], symmetries: list[str],
     if len(tables) > 1:
         entries = pd.concat([t.reset_index(drop=True) for t in tables])
         weights = np.full(len(entries), 1 / len(tables))
+    advance = progress(label, len(entries) * (1 + 2 * classiter)) if progress else None
     return class_averages(stack, entries, [d[0] for d in directions], [d[1] for d in directions], classkeep,
                           classiter=classiter, psi_range_deg=psi_range_deg, max_shift_px=max_shift_px,
-                          weights=weights)
+                          weights=weights, advance=advance)

@@ -181,7 +181,8 @@ def count_models(opts: RefineOptions, stack, search_stack, start_map: np.ndarray
         done = _search_and_choose(run_k, start.Current(maps, band_res, [], model=model, last=last), iteration)
         chosen = done.chosen
         fixed = FixedPoses(run_k.stack, run_k.search_stack, done.plan, run_k.halves, chosen.made.maps,
-                           run_k.operators, run_k.masks, done.fold_maps, run_k.settings, opts.m3dkeep, executor)
+                           run_k.operators, run_k.masks, done.fold_maps, run_k.settings, opts.m3dkeep, executor,
+                           progress, "counting models")
         return fixed.classified(chosen.model, chosen.found, made=chosen.made, layers=chosen.layers), fixed
 
     def confirm(trial: Classified, grown: FixedPoses) -> tuple[Classified, FixedPoses]:
@@ -316,7 +317,8 @@ def _choose_and_reconstruct(run: start.Run, current: start.Current, plan: Search
     if (opts.split_merge and not opts.soft and not (spread and opts.sep > 1) and k >= MIN_MODELS
             and split_merge_due(iteration, opts.iterations, current.stats, moved)):
         fixed = FixedPoses(run.stack, run.search_stack, plan, run.halves, maps, run.operators, run.masks, fold_maps,
-                           run.settings, opts.m3dkeep, run.executor)
+                           run.settings, opts.m3dkeep, run.executor, run.progress,
+                           f"iteration {iteration}: split and merge")
         winner, chosen.trial = split_and_merge(fixed, found, model, layers, made, iteration)
         chosen.model, chosen.found, chosen.layers, chosen.made = winner.model, winner.found, winner.layers, winner.made
         chosen.confidence = normalised(winner.log_likelihood)
@@ -343,7 +345,8 @@ def _record(run: start.Run, current: start.Current, plan: SearchPlan, chosen: _C
         ]
     averages, class_table = iteration_averages(
         stack, [table] if not chosen.spread else chosen.layer_tables, opts.symmetries, plan.coarse_step_deg,
-        opts.classkeep, opts.classiter, plan.fine_step_deg, plan.shift_step_px)
+        opts.classkeep, opts.classiter, plan.fine_step_deg, plan.shift_step_px, run.progress,
+        f"iteration {iteration}: class averages")
     changed = None if current.model is None else float(np.mean(current.model != model))
     stat = IterationStats(
         iteration, time.perf_counter() - started, plan.band_resolution_angstrom, plan.coarse_step_deg,

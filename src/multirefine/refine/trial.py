@@ -13,6 +13,7 @@ winner (:class:`Classified`: assignment, layers, maps, scores) and the trial's r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -121,6 +122,9 @@ class FixedPoses:
     settings: SweepSettings
     m3dkeep: float
     executor: Executor | None = None
+    # A bar per stage of each assignment made (Run.progress), and the stages' label
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    label: str = "at fixed poses"
 
     def classified(self, model: np.ndarray, found: Searched, made: Reconstruction | None = None,
                    layers: list[Layer] | None = None) -> Classified:
@@ -131,9 +135,11 @@ class FixedPoses:
                                  n_pixels=float(self.plan.band.weight.sum()))
             _, stacks = layer_stacks(self.stack, layers, self.halves, apix)
             made = reconstruct_models(self.stack, layers, stacks, self.halves, self.maps, self.operators, self.masks,
-                                      self.m3dkeep, torch.device(self.settings.device), None, "", self.executor)
+                                      self.m3dkeep, torch.device(self.settings.device), self.progress,
+                                      f"{self.label}: reconstruct", self.executor)
+        advance = self.progress(f"{self.label}: model choice", len(model)) if self.progress else None
         log_likelihood = cross_validated(self.search_stack, self.plan, made.last, found, self.fold_maps,
-                                         self.settings, self.executor)
+                                         self.settings, self.executor, advance)
         return Classified(model, found, layers, made, log_likelihood)
 
     def with_copy_of(self, m: int, current: Classified) -> tuple[FixedPoses, Searched]:
