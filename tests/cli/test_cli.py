@@ -722,7 +722,7 @@ def test_available_memory_is_the_tightest_limit_less_what_is_not_cache(tmp_path)
 def test_lst_writes_each_models_particles_for_eman2(sim, tmp_path, capsys):
     """--lst: each model's particles also as an EMAN2 list beside its STAR file, the same
     images in the same order (read back by the project's EMAN2 reader, from another folder);
-    a finished run gets them from --continue --lst."""
+    a finished run gets them from --continue --lst, and its last maps as EMAN2 HDF."""
     import shutil
 
     from multirefine.io.star import read_particles_star
@@ -739,3 +739,6 @@ def test_lst_writes_each_models_particles_for_eman2(sim, tmp_path, capsys):
         back = open_particles(lst)
         assert len(back) == len(star) > 0
         np.testing.assert_array_equal(back[:], open_particles(copy / f"particles_model_{m:02d}.star")[:])
+        mrc, hdf = read_map(copy / f"threed_01_{m:02d}.mrc"), read_map(copy / f"threed_01_{m:02d}.hdf")
+        np.testing.assert_array_equal(hdf[0], mrc[0])
+        assert hdf[1] == pytest.approx(mrc[1])

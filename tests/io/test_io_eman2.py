@@ -179,3 +179,16 @@ def test_hdf_stack_cut_short_while_read(tmp_path: Path) -> None:
         f.truncate(path.stat().st_size // 2)
     with pytest.raises(InputError, match=r"p\.hdf: cut short while this command read it"):
         stack[[2]]
+
+
+def test_a_map_written_as_eman2_hdf_reads_back(tmp_path: Path) -> None:
+    from multirefine.io.eman2 import is_eman2_hdf, write_eman2_map
+    from multirefine.io.maps import read_map
+
+    volume = np.random.default_rng(0).normal(size=(12, 12, 12)).astype(np.float32)
+    write_eman2_map(tmp_path / "m.hdf", volume, 1.7)
+    assert is_eman2_hdf(tmp_path / "m.hdf")
+    back, apix = read_map(tmp_path / "m.hdf")
+    np.testing.assert_array_equal(back, volume)
+    assert apix == pytest.approx(1.7)
+    assert not list(tmp_path.glob("*.tmp*"))

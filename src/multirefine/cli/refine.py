@@ -360,8 +360,25 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
         if opts.single:
             _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
                                              report, masks.solvent), path)
+        if opts.write_lst:
+            _eman2_maps(path, opts, last.iteration)
     finally:
         progress.close()
+
+
+def _eman2_maps(path: Path, opts, iteration: int) -> None:
+    """``--lst``: the last multi-model maps and each model's own final map also as EMAN2 HDF
+    (``threed_II_MM.hdf``, ``model_MM/threed_final.hdf``) beside their MRC files."""
+    from multirefine import runfolder
+    from multirefine.io.eman2 import write_eman2_map
+    from multirefine.io.maps import read_map
+
+    maps = [path / runfolder.map_name(iteration, m) for m in range(1, opts.n_models + 1)]
+    maps += [path / runfolder.model_folder_name(m) / "threed_final.mrc" for m in range(1, opts.n_models + 1)]
+    for mrc in maps:
+        if mrc.exists():
+            volume, apix = read_map(mrc)
+            write_eman2_map(mrc.with_suffix(".hdf"), volume, apix or opts.apix or 1.0)
 
 
 def main(args: argparse.Namespace) -> int:

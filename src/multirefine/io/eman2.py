@@ -71,6 +71,7 @@ __all__ = [
     "read_eman2_projection_transforms",
     "read_eman2_volumes",
     "read_lst",
+    "write_eman2_map",
     "write_lst",
 ]
 
@@ -291,6 +292,20 @@ def read_eman2_volumes(path: str | Path) -> tuple[list[np.ndarray], float | None
 
 
 _LST_LINE = re.compile(r"^\s*(-?\d+)\t([^\t]+?)\s*(?:\t(.*))?$")
+
+
+def write_eman2_map(path: str | Path, volume: np.ndarray, apix_angstrom: float) -> None:
+    """Write one map ``(D, D, D)`` as an EMAN2 HDF5 file of one image (the layout above, with
+    ``EMAN.apix_x/y/z`` and ``EMAN.nx/ny/nz``), atomically."""
+    data = np.ascontiguousarray(volume, dtype=np.float32)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        images = fh.create_group(_IMAGES)
+        images.attrs["imageid_max"] = np.array([0], dtype=np.int32)
+        image = images.create_group("0")
+        image.create_dataset("image", data=data)
+        for axis, size in zip("xyz", data.shape[::-1]):
+            image.attrs[f"EMAN.apix_{axis}"] = np.array([float(apix_angstrom)], dtype=np.float32)
+            image.attrs[f"EMAN.n{axis}"] = np.array([size], dtype=np.int32)
 
 
 def write_lst(path: str | Path, image_names: pd.Series, image_files: Mapping[str, str] | None = None) -> None:
