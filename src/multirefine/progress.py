@@ -1,5 +1,5 @@
-"""Progress of each stage: a bar on the terminal (tqdm on stderr), or with ``-v 2`` a log
-line per batch (for a cluster job's log, where there is no terminal); otherwise silent.
+"""Progress of each stage: a bar on the terminal (tqdm on stderr); where stderr is not a
+terminal (a cluster job's log), a line when the stage ends, or with ``-v 2`` a line per batch.
 
 ``-v N`` (EMAN2's ``--verbose``): 0, the default, logs what was resolved, a line per
 iteration and warnings; 1 adds each iteration's search grid and the time of each stage
@@ -26,6 +26,26 @@ def logging_level(verbose: int) -> int:
     return logging.INFO if verbose <= 0 else logging.DEBUG if verbose == 1 else BATCH
 
 
+class _Counted:
+    """``advance(n)`` that counts and logs one line (the stage, its particles, its time) once
+    the total is reached, or at :meth:`done` if it was not."""
+
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.description, self.count, self.started = total, description, 0, time.perf_counter()
+        self.logged = False
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        if self.count >= self.total:
+            self.done()
+
+    def done(self) -> None:
+        if self.count and not self.logged:
+            self.logged = True
+            log.info("%s: %d particles in %.1f s", self.description, min(self.count, self.total),
+                     time.perf_counter() - self.started)
+
+
 def _logged(total: int, description: str) -> Callable[[int], None]:
     """``advance(n)`` that logs the particles done so far and the time since the stage began."""
     done, started = 0, time.perf_counter()
@@ -41,12 +61,14 @@ def _logged(total: int, description: str) -> Callable[[int], None]:
 @contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``: a log line per call at ``-v 2``, else a bar on an interactive
-    stderr, else nothing."""
+    stderr, else a line once the stage is done."""
     if log.isEnabledFor(BATCH):
         yield _logged(total, description)
         return
     if not sys.stderr.isatty():
-        yield lambda n: None
+        counted = _Counted(total, description)
+        yield counted
+        counted.done()
         return
     from tqdm import tqdm
 
@@ -62,6 +84,7 @@ class StageProgress(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._bar = None
+        self._counted: _Counted | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         self.close()
@@ -72,7 +95,8 @@ class StageProgress(logging.Filter):
         if log.isEnabledFor(BATCH):
             return _logged(total, label)
         if not sys.stderr.isatty():
-            return lambda n: None
+            self._counted = _Counted(total, label)
+            return self._counted
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, desc=label, unit="ptcl", leave=False)
@@ -81,6 +105,9 @@ class StageProgress(logging.Filter):
         return self._bar.update
 
     def close(self) -> None:
+        if self._counted is not None:
+            counted, self._counted = self._counted, None
+            counted.done()
         if self._bar is not None:
             bar, self._bar = self._bar, None
             bar.close()

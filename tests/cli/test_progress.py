@@ -62,3 +62,19 @@ def test_every_stage_over_the_particles_has_a_bar(three_states, monkeypatch):
     for stage in ("search", "reconstruct", "class averages", "split and merge: reconstruct",
                   "split and merge: model choice"):
         assert f"iteration 3: {stage}" in labels, labels
+
+
+def test_without_a_terminal_each_stage_is_one_line(monkeypatch, caplog):
+    """Where stderr is not a terminal (a cluster job's log), a stage is one line once it is done."""
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    caplog.set_level(logging.INFO)
+    progress = StageProgress()
+    advance = progress("iteration 2: reconstruct", 100)
+    advance(60)
+    assert not caplog.records
+    advance(40)
+    progress("iteration 2: class averages", 10)(3)
+    progress.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("iteration 2: reconstruct: 100 particles in ")
+    assert lines[1].startswith("iteration 2: class averages: 3 particles in "), lines
