@@ -42,8 +42,11 @@ class _Counted:
     def done(self) -> None:
         if self.count and not self.logged:
             self.logged = True
-            log.info("%s: %d particles in %.1f s", self.description, min(self.count, self.total),
-                     time.perf_counter() - self.started)
+            seconds = time.perf_counter() - self.started
+            if self.count >= self.total:
+                log.info("%s: %d particles in %.1f s", self.description, self.total, seconds)
+            else:  # stopped before the end
+                log.info("%s: %d of %d particles in %.1f s", self.description, self.count, self.total, seconds)
 
 
 def _logged(total: int, description: str) -> Callable[[int], None]:
@@ -71,24 +74,21 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
         counted.done()
         return
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with tqdm(total=total, desc=description, unit="ptcl", leave=False) as bar:
+    with tqdm(total=total, desc=description, unit="ptcl", leave=False) as bar, logging_redirect_tqdm():
         yield bar.update
 
 
-class StageProgress(logging.Filter):
-    """``progress(label, total) -> advance(n)``: one bar per stage, each closing the last. A
-    bar also ends before any log line is written (a filter on the root logger's handlers while
-    it is open), so a line never follows a bar's text on the same line."""
+class StageProgress:
+    """``progress(label, total) -> advance(n)``: one bar per stage, each closing the last. While
+    a bar is open, log lines go through tqdm (``logging_redirect_tqdm``): each is written on a
+    line of its own above the bar, never glued onto it."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._bar = None
+        self._redirect = None
         self._counted: _Counted | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.close()
-        return True
 
     def __call__(self, label: str, total: int) -> Callable[[int], None]:
         self.close()
@@ -98,10 +98,11 @@ class StageProgress(logging.Filter):
             self._counted = _Counted(total, label)
             return self._counted
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         self._bar = tqdm(total=total, desc=label, unit="ptcl", leave=False)
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(self)
+        self._redirect = logging_redirect_tqdm()
+        self._redirect.__enter__()
         return self._bar.update
 
     def close(self) -> None:
@@ -109,7 +110,6 @@ class StageProgress(logging.Filter):
             counted, self._counted = self._counted, None
             counted.done()
         if self._bar is not None:
-            bar, self._bar = self._bar, None
+            bar, redirect, self._bar, self._redirect = self._bar, self._redirect, None, None
+            redirect.__exit__(None, None, None)
             bar.close()
-            for handler in logging.getLogger().handlers:
-                handler.removeFilter(self)

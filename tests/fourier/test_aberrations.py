@@ -82,6 +82,11 @@ def test_rows_get_their_optics_groups_phases():
     assert torch.equal(odd[0], odd[2]) and odd[0].abs().max() > 0 and odd[1].abs().max() == 0
     assert torch.allclose(even[0], aberration_phase_2d([0, 0.5], False, 16, 1.0).float())
     assert aberrations_for_rows(pd.DataFrame([base]), 16) == (None, None)
+    # As RELION: where a tilt column is, every group gets the tilt folded in, so a group without
+    # tilt has its terms 3 and 4 set to 0; a missing value is no tilt
+    coma = pd.DataFrame([{**base, "rlnBeamTiltX": np.nan, "rlnOddZernike": "[0,0,0,0.5,0.5]"}])
+    odd, even = aberrations_for_rows(coma, 16)
+    assert odd is None and even is None
 
 
 @pytest.mark.parametrize("value", ["[0.1,x]", "[nan]"])

@@ -337,7 +337,8 @@ MAG_MATRIX = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 
 
 def relion_list(value: object) -> list[float]:
-    """A RELION list value (``[0.1,0,2.5]``) as numbers; ValueError where a term is not one."""
+    """A RELION list value (``[0.1,0,2.5]``; empty: ``[]``) as numbers; ValueError where a term
+    is not one."""
     terms = [float(t) for t in str(value).strip().strip("[]").split(",") if t.strip()]
     if not all(np.isfinite(terms)):
         raise ValueError(f"{value}: a term is not finite")
@@ -352,17 +353,19 @@ def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
     if table is None:
         return
     for name in ZERNIKE:
-        for value in table[name] if name in table.columns else ():
+        for value in pd.unique(table[name].dropna()) if name in table.columns else ():
             try:
                 relion_list(value)
             except ValueError:
                 raise InputError(f"{path}: {name} is {value!r}; expected a list of numbers such as "
                                  "[0.012,-0.003]") from None
     for name in BEAM_TILT:
-        if name in table.columns and not np.isfinite(pd.to_numeric(table[name], errors="coerce")).all():
+        if name in table.columns and not np.isfinite(pd.to_numeric(table[name], errors="coerce").fillna(0)).all():
             raise InputError(f"{path}: {name} holds a value that is not a number (mrad)")
-    if set(MAG_MATRIX) <= set(table.columns):
-        m = table[list(MAG_MATRIX)].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy().reshape(-1, 2, 2)
+    if set(MAG_MATRIX) & set(table.columns):
+        matrix = pd.DataFrame({c: table[c] if c in table.columns else float(c[-2] == c[-1]) for c in MAG_MATRIX})
+        matrix = matrix.apply(pd.to_numeric, errors="coerce").fillna(0).drop_duplicates()
+        m = matrix.to_numpy().reshape(-1, 2, 2)
         off = np.abs(np.linalg.svd(m, compute_uv=False) - 1).max(initial=0)  # scale and anisotropy
         if off > 1e-4:
             raise InputError(f"{path}: rlnMagMat00-11 hold a magnification correction of up to {100 * off:.2g} % "

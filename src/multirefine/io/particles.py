@@ -379,7 +379,8 @@ def use_ctf(stack: ParticleStack, no_ctf: bool, aberrations: bool = True) -> Non
     phase-flipped already, or made without a CTF), which also leaves a CTF the table holds
     unapplied. InputError otherwise, and where the optics hold what is not modelled
     (:func:`multirefine.io.columns.check_optics`)."""
-    check_optics(stack.optics if stack.optics is not None else stack.metadata, stack.path)
+    if aberrations:  # a run made before they were applied goes on as it ran
+        check_optics(stack.metadata, stack.path)  # with each group's values copied to its particles
     stack.aberrations = aberrations
     if no_ctf:
         stack.ctf_ignored = True

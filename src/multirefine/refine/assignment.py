@@ -63,7 +63,7 @@ def assignment_table(
 ) -> pd.DataFrame:
     """The input table with this iteration's assignment in RELION's columns."""
     rot, tilt, psi = matrix_to_euler(rotations)
-    table = metadata.copy()
+    table = metadata.drop(columns=["rlnLogLikeliContribution"], errors="ignore")  # another program's, stale here
     table["rlnClassNumber"] = model + 1
     table["rlnAngleRot"] = rot
     table["rlnAngleTilt"] = tilt

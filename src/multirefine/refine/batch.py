@@ -7,6 +7,7 @@ physics (:mod:`multirefine.fourier`, tensors). Images are centred by their origi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -56,37 +57,38 @@ def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None
     where no row has any: beam tilt (``rlnBeamTiltX/Y``) folded into ``rlnOddZernike``, and
     ``rlnEvenZernike`` (:mod:`multirefine.fourier.aberrations`). An image is multiplied by
     ``exp(i odd)``; ``even`` adds to its CTF's phase."""
-    from multirefine.io.columns import BEAM_TILT, ZERNIKE
+    from multirefine.io.columns import BEAM_TILT, ZERNIKE, relion_list
 
     if not (set(BEAM_TILT) | set(ZERNIKE)) & set(rows.columns):
         return None, None
     keys = [c for c in (*BEAM_TILT, *ZERNIKE, "rlnSphericalAberration", "rlnVoltage", "rlnImagePixelSize")
             if c in rows.columns]
-    table = rows[keys].astype(str)
+    table = rows[keys].fillna({**dict.fromkeys(BEAM_TILT, 0.0), **dict.fromkeys(ZERNIKE, "[]")}).astype(str)
     _, first, inverse = np.unique(table.agg("|".join, axis=1).to_numpy(), return_index=True, return_inverse=True)
+    tilted = bool(set(BEAM_TILT) & set(keys))  # RELION folds a tilt into every group where the column is
     phases: dict[bool, list[torch.Tensor | None]] = {True: [], False: []}
     for at in first:
         row = table.iloc[at].to_dict()
-        odd, even = (_listed(row.get(name, "[]")) for name in ZERNIKE)
-        tilt = [float(row.get(name, 0.0)) for name in BEAM_TILT]
-        if any(tilt):
-            odd = odd_with_beam_tilt(odd, *tilt, float(row["rlnSphericalAberration"]),
+        odd, even = (relion_list(row.get(name, "[]")) for name in ZERNIKE)
+        if tilted:
+            odd = odd_with_beam_tilt(odd, *(float(row.get(name, 0.0)) for name in BEAM_TILT),
+                                     float(row["rlnSphericalAberration"]),
                                      float(electron_wavelength_angstrom(float(row["rlnVoltage"]))))
-        apix = float(row["rlnImagePixelSize"])
         for is_odd, coefficients in ((True, odd), (False, even)):
-            phases[is_odd].append(aberration_phase_2d(coefficients, is_odd, box_size, apix, device).float()
-                                  if any(coefficients) else None)
+            phases[is_odd].append(_phase(tuple(coefficients), is_odd, box_size, float(row["rlnImagePixelSize"]),
+                                         str(device or "cpu")) if any(coefficients) else None)
     index = torch.as_tensor(inverse.reshape(-1), device=device)
     return tuple(None if all(p is None for p in phases[is_odd]) else
-                 torch.stack([torch.zeros((box_size, box_size // 2 + 1), device=device) if p is None else p
-                              for p in phases[is_odd]])[index]
+                 torch.stack([torch.zeros((box_size, box_size // 2 + 1), dtype=torch.float32, device=device)
+                              if p is None else p for p in phases[is_odd]])[index]
                  for is_odd in (True, False))
 
 
-def _listed(value: str) -> list[float]:
-    from multirefine.io.columns import relion_list
-
-    return relion_list(value) if value not in ("nan", "None", "") else []
+@functools.lru_cache(maxsize=256)
+def _phase(coefficients: tuple[float, ...], odd: bool, box_size: int, pixel_size_angstrom: float,
+           device: str) -> torch.Tensor:
+    """One optics group's phase map, float32, computed once (every batch of its particles uses it)."""
+    return aberration_phase_2d(list(coefficients), odd, box_size, pixel_size_angstrom, device).float()
 
 
 def rotations_for_rows(rows: pd.DataFrame, device=None) -> torch.Tensor:
