@@ -89,6 +89,22 @@ def test_rows_get_their_optics_groups_phases():
     assert odd is None and even is None
 
 
+def test_a_turned_images_phase_is_the_phase_turned():
+    """Turned by 90° in its plane (class averages turn images by their psi, the CTF's defocus angle
+    with them), an image's even phase at k is the unturned one's at k rotated by -90°: (ky, -kx)."""
+    coefficients = [0.3, 1.0, -2.0, 0.5, 0.2, 0.7, -0.4]
+    box = 16
+    plain = aberration_phase_2d(coefficients, False, box, 1.0)
+    turned = aberration_phase_2d(coefficients, False, box, 1.0, turned_deg=torch.tensor([90.0]))[0]
+    for kx, ky in ((3, 2), (5, 4), (1, 7), (6, 0), (0, 3)):
+        assert -box // 2 < -kx < box // 2 and ky >= 0  # (ky, -kx) must be in the half grid: ky >= 0
+        assert turned[ky % box, kx].item() == pytest.approx(plain[(-kx) % box, ky].item(), abs=1e-9)
+    rows = pd.DataFrame({"rlnSphericalAberration": [2.7] * 2, "rlnVoltage": [300.0] * 2, "rlnImagePixelSize": [1.0] * 2,
+                         "rlnEvenZernike": ["[" + ",".join(map(str, coefficients)) + "]"] * 2})
+    _, even = aberrations_for_rows(rows, box, turned_deg=np.array([0.0, 90.0]))
+    assert torch.allclose(even[0], plain.float()) and torch.allclose(even[1], turned.float())
+
+
 @pytest.mark.parametrize("value", ["[0.1,x]", "[nan]"])
 def test_a_zernike_list_that_is_not_numbers_is_refused(value, tmp_path):
     from multirefine.errors import InputError

@@ -88,12 +88,19 @@ def odd_with_beam_tilt(odd: list[float], tilt_x_mrad: float, tilt_y_mrad: float,
 
 
 def aberration_phase_2d(coefficients: list[float], odd: bool, box_size: int, pixel_size_angstrom: float,
-                        device: torch.device | str | None = None) -> torch.Tensor:
+                        device: torch.device | str | None = None, turned_deg: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """The phase (radians) ``(D, D//2+1)`` float64 of odd or even Zernike ``coefficients`` on
-    the rfft grid of a ``D x D`` image (:func:`multirefine.fourier.fft.frequency_grid_2d`)."""
+    the rfft grid of a ``D x D`` image (:func:`multirefine.fourier.fft.frequency_grid_2d`).
+    With ``turned_deg`` ``(n,)``: ``(n, D, D//2+1)``, the phase of each image turned in its
+    plane by that angle (the same turn as adding it to the CTF's defocus angle): the phase at
+    ``k`` is the unturned one's at ``k`` rotated by minus the angle."""
     kx, ky = frequency_grid_2d(box_size, device=device, dtype=torch.float64)
     size = box_size * pixel_size_angstrom
     kx, ky = kx / size, ky / size
+    if turned_deg is not None:
+        a = torch.deg2rad(torch.as_tensor(turned_deg, dtype=torch.float64, device=kx.device))[:, None, None]
+        kx, ky = kx * torch.cos(a) + ky * torch.sin(a), -kx * torch.sin(a) + ky * torch.cos(a)
     phase = torch.zeros_like(kx)
     for i, c in enumerate(coefficients):
         if c:

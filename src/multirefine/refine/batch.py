@@ -51,12 +51,13 @@ def ctf_for_rows(rows: pd.DataFrame, box_size: int, device=None, even_phase: tor
     )
 
 
-def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None
+def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None, turned_deg: np.ndarray | None = None
                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The rows' odd and even aberration phases ``(n, D, D//2+1)`` float32 (radians), each None
     where no row has any: beam tilt (``rlnBeamTiltX/Y``) folded into ``rlnOddZernike``, and
     ``rlnEvenZernike`` (:mod:`multirefine.fourier.aberrations`). An image is multiplied by
-    ``exp(i odd)``; ``even`` adds to its CTF's phase."""
+    ``exp(i odd)``; ``even`` adds to its CTF's phase. ``turned_deg`` ``(n,)``: each row's phases
+    for its image turned in its plane by that angle (class averages)."""
     from multirefine.io.columns import BEAM_TILT, ZERNIKE, relion_list
 
     if not (set(BEAM_TILT) | set(ZERNIKE)) & set(rows.columns):
@@ -66,22 +67,26 @@ def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None
     table = rows[keys].fillna({**dict.fromkeys(BEAM_TILT, 0.0), **dict.fromkeys(ZERNIKE, "[]")}).astype(str)
     _, first, inverse = np.unique(table.agg("|".join, axis=1).to_numpy(), return_index=True, return_inverse=True)
     tilted = bool(set(BEAM_TILT) & set(keys))  # RELION folds a tilt into every group where the column is
-    phases: dict[bool, list[torch.Tensor | None]] = {True: [], False: []}
-    for at in first:
+    inverse = inverse.reshape(-1)
+    out: dict[bool, torch.Tensor | None] = {True: None, False: None}
+    for group, at in enumerate(first):
         row = table.iloc[at].to_dict()
         odd, even = (relion_list(row.get(name, "[]")) for name in ZERNIKE)
         if tilted:
             odd = odd_with_beam_tilt(odd, *(float(row.get(name, 0.0)) for name in BEAM_TILT),
                                      float(row["rlnSphericalAberration"]),
                                      float(electron_wavelength_angstrom(float(row["rlnVoltage"]))))
+        apix, members = float(row["rlnImagePixelSize"]), torch.as_tensor(np.nonzero(inverse == group)[0], device=device)
         for is_odd, coefficients in ((True, odd), (False, even)):
-            phases[is_odd].append(_phase(tuple(coefficients), is_odd, box_size, float(row["rlnImagePixelSize"]),
-                                         str(device or "cpu")) if any(coefficients) else None)
-    index = torch.as_tensor(inverse.reshape(-1), device=device)
-    return tuple(None if all(p is None for p in phases[is_odd]) else
-                 torch.stack([torch.zeros((box_size, box_size // 2 + 1), dtype=torch.float32, device=device)
-                              if p is None else p for p in phases[is_odd]])[index]
-                 for is_odd in (True, False))
+            if not any(coefficients):
+                continue
+            if out[is_odd] is None:
+                out[is_odd] = torch.zeros((len(rows), box_size, box_size // 2 + 1), dtype=torch.float32, device=device)
+            out[is_odd][members] = (
+                _phase(tuple(coefficients), is_odd, box_size, apix, str(device or "cpu")) if turned_deg is None else
+                aberration_phase_2d(coefficients, is_odd, box_size, apix, device,
+                                    torch.as_tensor(np.asarray(turned_deg)[members.cpu().numpy()])).float())
+    return out[True], out[False]
 
 
 @functools.lru_cache(maxsize=256)

@@ -63,7 +63,7 @@ def assign_classes(table: pd.DataFrame, grid_rot: list[np.ndarray], grid_tilt: l
 def _centred_images(stack, part: pd.DataFrame) -> torch.Tensor:
     """The particles of ``part`` (index = rows of ``stack``) read and centred by their origins,
     their odd aberrations' phases taken off (:func:`~multirefine.refine.batch.aberrations_for_rows`;
-    the even ones are left out of the averages' CTFs, which are turned with the images)."""
+    the even ones are in their CTFs, :func:`_turned_images`)."""
     images = torch.as_tensor(np.asarray(stack[part.index.to_numpy()]), dtype=torch.float32)
     ft = shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom))
     odd = aberrations_for_rows(part, stack.box_size)[0] if stack.has_ctf and stack.aberrations else None
@@ -87,7 +87,8 @@ def _turned_images(
     if stack.has_ctf:
         turned_rows = part.copy()
         turned_rows["rlnDefocusAngle"] = part["rlnDefocusAngle"].to_numpy() + psi
-        ctf = ctf_for_rows(turned_rows, box)
+        even = aberrations_for_rows(part, box, turned_deg=psi)[1] if stack.aberrations else None
+        ctf = ctf_for_rows(turned_rows, box, even_phase=even)
     else:
         ctf = torch.ones(turned.shape)
     return turned, ctf
