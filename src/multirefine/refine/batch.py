@@ -65,9 +65,11 @@ def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None, turned_
     keys = [c for c in (*BEAM_TILT, *ZERNIKE, "rlnSphericalAberration", "rlnVoltage", "rlnImagePixelSize")
             if c in rows.columns]
     table = rows[keys].fillna({**dict.fromkeys(BEAM_TILT, 0.0), **dict.fromkeys(ZERNIKE, "[]")}).astype(str)
-    _, first, inverse = np.unique(table.agg("|".join, axis=1).to_numpy(), return_index=True, return_inverse=True)
+    inverse = table.groupby(keys, sort=False).ngroup().to_numpy()  # groups numbered as they first appear
+    first = np.unique(inverse, return_index=True)[1]
     tilted = bool(set(BEAM_TILT) & set(keys))  # RELION folds a tilt into every group where the column is
-    inverse = inverse.reshape(-1)
+    if turned_deg is None:  # one phase map per group, gathered for the rows
+        groups = {True: [], False: []}
     out: dict[bool, torch.Tensor | None] = {True: None, False: None}
     for group, at in enumerate(first):
         row = table.iloc[at].to_dict()
@@ -76,16 +78,25 @@ def aberrations_for_rows(rows: pd.DataFrame, box_size: int, device=None, turned_
             odd = odd_with_beam_tilt(odd, *(float(row.get(name, 0.0)) for name in BEAM_TILT),
                                      float(row["rlnSphericalAberration"]),
                                      float(electron_wavelength_angstrom(float(row["rlnVoltage"]))))
-        apix, members = float(row["rlnImagePixelSize"]), torch.as_tensor(np.nonzero(inverse == group)[0], device=device)
+        apix = float(row["rlnImagePixelSize"])
         for is_odd, coefficients in ((True, odd), (False, even)):
+            if turned_deg is None:
+                groups[is_odd].append(_phase(tuple(coefficients), is_odd, box_size, apix, str(device or "cpu"))
+                                      if any(coefficients) else None)
+                continue
             if not any(coefficients):
                 continue
             if out[is_odd] is None:
                 out[is_odd] = torch.zeros((len(rows), box_size, box_size // 2 + 1), dtype=torch.float32, device=device)
-            out[is_odd][members] = (
-                _phase(tuple(coefficients), is_odd, box_size, apix, str(device or "cpu")) if turned_deg is None else
-                aberration_phase_2d(coefficients, is_odd, box_size, apix, device,
-                                    torch.as_tensor(np.asarray(turned_deg)[members.cpu().numpy()])).float())
+            members = np.nonzero(inverse == group)[0]
+            out[is_odd][torch.as_tensor(members, device=device)] = aberration_phase_2d(
+                coefficients, is_odd, box_size, apix, device, torch.as_tensor(np.asarray(turned_deg)[members])).float()
+    if turned_deg is None:
+        index = torch.as_tensor(np.array(inverse, dtype=np.int64), device=device)
+        zero = torch.zeros((box_size, box_size // 2 + 1), dtype=torch.float32, device=device)
+        for is_odd, phases in groups.items():
+            if any(p is not None for p in phases):
+                out[is_odd] = torch.stack([zero if p is None else p for p in phases])[index]
     return out[True], out[False]
 
 
