@@ -48,7 +48,7 @@ __all__ = ["GROWTH_MIN_GAIN", "GROWTH_MIN_MODEL", "GROWTH_MIN_PARTICLES", "GROWT
 
 log = logging.getLogger(__name__)
 
-GROWTH_ROUNDS = 16  # rounds of classification at fixed poses given to each split
+GROWTH_ROUNDS = 8  # rounds of classification at fixed poses given to each split
 GROWTH_MIN_PARTICLES = 100  # a model is tried split only if each half would hold 50 or more
 # A split whose settled assignment leaves any model with fewer particles is not counted: such a
 # model's map is kept as it was (multirefine.refine.layers.reconstruct_models), not rebuilt
@@ -94,7 +94,7 @@ def _split(fixed: FixedPoses, current: Classified, m: int, rng: np.random.Genera
     model = current.model.copy()
     rows = np.nonzero(model == m)[0]
     model[rng.choice(rows, len(rows) // 2, replace=False)] = current.log_likelihood.shape[1]  # the new last model
-    return grown.settle(grown.classified(model, found), GROWTH_ROUNDS, best_of=lambda c: c.mixture), grown
+    return grown.settle(grown.classified(model, found), GROWTH_ROUNDS), grown
 
 
 def _merged(fixed: FixedPoses, trial: Classified, m: int) -> Classified:

@@ -156,21 +156,17 @@ class FixedPoses:
         )
         return grown, found.of_models([*range(found.model_scores.shape[1]), m])
 
-    def settle(self, start: Classified, rounds: int, best_of: Callable[[Classified], float] | None = None) -> Classified:
+    def settle(self, start: Classified, rounds: int) -> Classified:
         """``rounds`` rounds of hard classification at fixed poses from ``start`` (each particle
         to its best model by cross-validated score, then the maps made again), fewer if nothing
-        moves; a round costs one reconstruction and one scoring of every particle, no search.
-        Returns the last round's assignment, or with ``best_of`` the one (``start`` among them)
-        where it is highest: hard rounds need not raise a mixture's likelihood."""
-        current = best = start
+        moves; a round costs one reconstruction and one scoring of every particle, no search."""
+        current = start
         for _ in range(rounds):
             model = current.log_likelihood.argmax(axis=1)
             if np.array_equal(model, current.model):
                 break
             current = self.classified(model, current.found)
-            if best_of is not None and best_of(current) > best_of(best):
-                best = current
-        return current if best_of is None else best
+        return current
 
 
 def split_and_merge(fixed: FixedPoses, found: Searched, model: np.ndarray, layers: list[Layer],
