@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         rows = np.nonzero(stack.metadata["rlnClassNumber"].to_numpy() == args.class_number)[0]
         if len(rows) == 0:
             raise InputError(f"{args.input}: no particle has rlnClassNumber {args.class_number}")
-    if stack.has_ctf and (note := optics_note(stack.optics if stack.optics is not None else stack.metadata)):
+    if stack.has_ctf and (note := optics_note(stack.metadata)):
         print(note)
     compare = read_map(args.compare)[0] if args.compare else None
     if compare is not None and compare.shape[-1] != stack.box_size:

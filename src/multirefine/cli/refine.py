@@ -230,7 +230,7 @@ def _print_plan(stack, opts, resume) -> None:
            and resume is None else f"{opts.n_models} models ({opts.seeding})")
         + f", symmetry {','.join(opts.symmetries)}; device {opts.device}"
     )
-    if stack.has_ctf and (note := optics_note(stack.optics if stack.optics is not None else stack.metadata, stack.aberrations)):  # RELION's CtfRefine writes them
+    if stack.has_ctf and (note := optics_note(stack.metadata, stack.aberrations)):  # RELION's CtfRefine writes them
         print(note)
     if opts.masks:
         print(f"solvent mask{'s' if len(opts.masks) > 1 else ''}: {', '.join(opts.masks)}"
@@ -361,24 +361,23 @@ def _run(opts, stack, search_stack, maps, masks, resume, history, executor, crea
             _print_singles(refine_each_model(opts, stack, search_stack, multi, progress, executor, model_folder,
                                              report, masks.solvent), path)
         if opts.write_lst:
-            _eman2_maps(path, opts, last.iteration)
+            _eman2_maps(path, opts.n_models, last.iteration, stack.pixel_size_angstrom)
     finally:
         progress.close()
 
 
-def _eman2_maps(path: Path, opts, iteration: int) -> None:
+def _eman2_maps(path: Path, n_models: int, iteration: int, apix: float) -> None:
     """``--lst``: the last multi-model maps and each model's own final map also as EMAN2 HDF
     (``threed_II_MM.hdf``, ``model_MM/threed_final.hdf``) beside their MRC files."""
     from multirefine import runfolder
     from multirefine.io.eman2 import write_eman2_map
     from multirefine.io.maps import read_map
 
-    maps = [path / runfolder.map_name(iteration, m) for m in range(1, opts.n_models + 1)]
-    maps += [path / runfolder.model_folder_name(m) / "threed_final.mrc" for m in range(1, opts.n_models + 1)]
+    maps = [path / runfolder.map_name(iteration, m) for m in range(1, n_models + 1)]
+    maps += [path / runfolder.model_folder_name(m) / "threed_final.mrc" for m in range(1, n_models + 1)]
     for mrc in maps:
         if mrc.exists():
-            volume, apix = read_map(mrc)
-            write_eman2_map(mrc.with_suffix(".hdf"), volume, apix or opts.apix or 1.0)
+            write_eman2_map(mrc.with_suffix(".hdf"), read_map(mrc)[0], apix)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "even_index_to_mn",
     "odd_index_to_mn",
     "odd_with_beam_tilt",
+    "shift_phases",
     "zernike_cartesian",
 ]
 
@@ -107,3 +108,9 @@ def aberration_phase_2d(coefficients: list[float], odd: bool, box_size: int, pix
             m, n = odd_index_to_mn(i) if odd else even_index_to_mn(i)
             phase = phase + c * zernike_cartesian(m, n, kx, ky)
     return phase
+
+
+def shift_phases(ft: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``ft * exp(i phase)``: an image transform with odd aberrations' phases put on (``phase``)
+    or taken off (``-phase``)."""
+    return ft * torch.polar(torch.ones_like(phase), phase)

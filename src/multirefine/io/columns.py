@@ -374,8 +374,9 @@ def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
 
 
 def applied_optics(table: pd.DataFrame | None) -> list[str]:
-    """The aberrations an optics table holds, in words (empty: none): beam tilt, odd and even
-    Zernike terms, applied as RELION applies them (:mod:`multirefine.fourier.aberrations`)."""
+    """The aberrations a table holds (optics, or particles with their groups' values), in words
+    (empty: none): beam tilt, odd and even Zernike terms, applied as RELION applies them
+    (:mod:`multirefine.fourier.aberrations`)."""
     if table is None:
         return []
     said = []
@@ -385,7 +386,7 @@ def applied_optics(table: pd.DataFrame | None) -> list[str]:
         if tilt.max(initial=0) > 0:
             said.append(f"beam tilt up to {tilt.max():.2g} mrad")
     for name, what in zip(ZERNIKE, ("odd", "even")):
-        if name in table.columns and any(any(relion_list(v)) for v in table[name]):
+        if name in table.columns and any(any(relion_list(v)) for v in pd.unique(table[name].dropna())):
             said.append(f"{what} Zernike terms")
     return said
 

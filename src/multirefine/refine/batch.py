@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multirefine.fourier.aberrations import aberration_phase_2d, odd_with_beam_tilt
+from multirefine.fourier.aberrations import aberration_phase_2d, odd_with_beam_tilt, shift_phases
 from multirefine.fourier.ctf import calculate_ctf_2d, electron_wavelength_angstrom
 from multirefine.fourier.fft import rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
@@ -144,7 +144,7 @@ def load_batch(stack, indices: np.ndarray, device=None, center: bool = True) -> 
         odd, even = aberrations_for_rows(rows, stack.box_size, device) if stack.aberrations else (None, None)
         ctf = ctf_for_rows(rows, stack.box_size, device=device, even_phase=even)
         if odd is not None:  # the image's odd phases taken off, as relion_reconstruct does
-            images_ft = images_ft * torch.polar(torch.ones_like(odd), -odd)
+            images_ft = shift_phases(images_ft, -odd)
     column = getattr(stack, "intensity_column", None)
     if column is not None and column in rows.columns:  # --scale: each particle's intensity
         scale = torch.as_tensor(rows[column].to_numpy(copy=True), dtype=torch.float32, device=device)[:, None, None]

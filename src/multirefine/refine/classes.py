@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from multirefine.fourier.aberrations import shift_phases
 from multirefine.fourier.fft import irfft2_centered, rfft2_centered
 from multirefine.fourier.shift import shift_images_ft
 from multirefine.geometry.euler import viewing_direction
@@ -68,7 +69,7 @@ def _centred_images(stack, part: pd.DataFrame) -> torch.Tensor:
     ft = shift_images_ft(rfft2_centered(images), origins_px_for_rows(part, stack.pixel_size_angstrom))
     odd = aberrations_for_rows(part, stack.box_size)[0] if stack.has_ctf and stack.aberrations else None
     if odd is not None:
-        ft = ft * torch.polar(torch.ones_like(odd), -odd)
+        ft = shift_phases(ft, -odd)
     return irfft2_centered(ft, stack.box_size)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from multirefine.fourier.aberrations import shift_phases
 from multirefine.fourier.fft import irfft2_centered
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
@@ -110,7 +111,7 @@ def subtracted_images(stack, table, outside: np.ndarray, rows: np.ndarray, inten
         odd, even = aberrations_for_rows(meta, box) if stack.aberrations else (None, None)
         ft = ft * ctf_for_rows(meta, box, even_phase=even)
         if odd is not None:
-            ft = ft * torch.polar(torch.ones_like(odd), odd)
+            ft = shift_phases(ft, odd)
     if intensity_column is not None and intensity_column in meta.columns:
         ft = ft * torch.as_tensor(meta[intensity_column].to_numpy(copy=True), dtype=torch.float32)[:, None, None]
     images = torch.as_tensor(np.asarray(stack[rows]), dtype=torch.float32)

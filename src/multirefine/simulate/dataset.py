@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from multirefine.errors import InputError
+from multirefine.fourier.aberrations import shift_phases
 from multirefine.fourier.ctf import calculate_ctf_2d
 from multirefine.fourier.fft import (
     irfft2_centered,
@@ -361,7 +362,7 @@ def _clean_images(
         box_size=box_size,
     )
     if odd is not None:  # what the odd aberrations do to an image: its phases shifted
-        ctf = ctf * torch.polar(torch.ones_like(odd), odd)
+        ctf = shift_phases(ctf, odd)
     return irfft2_centered(ft * ctf, box_size)
 
 
