@@ -197,7 +197,23 @@ def test_one_run_folder_takes_one_refine_at_a_time(sim, tmp_path, capsys):
     with FolderLock(run):
         assert main(["refine", "--continue", str(run), "--iter", "2"]) == 2
         assert "in use by process" in capsys.readouterr().err
+        assert main([*common, "--iter", "1", "--nosingle", "--path", str(run)]) == 2  # a new run on a busy folder
+        assert "in use by process" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # Held by another process: its pid named.
+    import subprocess
+    import sys
+
+    hold = ("import sys, time\nfrom multirefine.runfolder.lock import FolderLock\n"
+            "with FolderLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["refine", "--continue", str(run), "--iter", "2"]) == 2
+        assert f"in use by process {holder.pid} on " in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(sim, tmp_path):
@@ -502,6 +518,19 @@ def _damaged_star_files(folder, out) -> None:
          "--box 3 --res None: expected a box of 8 to 1024 px"),
         (["simulate", "{tmp}/out", "--pdb", "{tmp}/none.pdb", "--n", "10", "--snr", "1", "--apix", "-2"],
          "--apix -2.0"),
+        (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--sym", "c5000"], "a 5000-fold axis; expected at most"),
+        (["refine", "--input", "{sim}/particles.star", "--models", "{sim}/../map1.mrc,{sim}/../map2.mrc", "--check",
+          "--sym", "c1000000,c1"], "a 1000000-fold axis"),
+        (["reconstruct", "{sim}/truth.star", "-o", "x.mrc", "--apix", "1e30"],
+         "--apix 1e+30: expected a positive number of Å per pixel, up to 1000"),
+        *((["simulate", "{tmp}/out", "--maps", "{sim}/../map1.mrc", "--n", "10", "--snr", "1", *extra], expected)
+          for extra, expected in (
+            (["--max-shift", "-1"], "--max-shift -1: expected 0 or more, under half the box (32 px)"),
+            (["--max-shift", "1e9"], "--max-shift 1e+09: expected 0 or more"),
+            (["--beamtilt", "1e40,0"], "expected a beam tilt within 100 mrad"),
+            (["--odd-zernike", "1e40"], "--odd-zernike 1e+40: a phase of"),
+            (["--even-zernike", "0,1e40"], "expected one within 1000"),
+            (["--n", "100000000000"], "GiB for the particles' table"))),
     ],
 )
 def test_bad_input_gives_one_line_error(sim, tmp_path, capsys, argv, expected):

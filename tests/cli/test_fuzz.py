@@ -63,6 +63,36 @@ def _column_cases(lines: list[str]) -> list[tuple[str, str]]:
     return cases
 
 
+# Optics values no microscope has (or a damaged file holds): each given in the optics row, or
+# added as a column; every one must be refused.
+OPTICS_BAD = {"_rlnVoltage": ("-1", "0", "1e40"), "_rlnAmplitudeContrast": ("-1", "1e40"),
+              "_rlnSphericalAberration": ("1e40",), "_rlnImagePixelSize": ("-1", "0", "1e40"),
+              "_rlnImageSize": ("-1", "0", "1e40")}
+OPTICS_ADDED = {"_rlnBeamTiltX": "1e40", "_rlnOddZernike": "[1e40,0,0]", "_rlnEvenZernike": "[0,1e40]"}
+
+
+def _optics_cases(lines: list[str]) -> list[tuple[str, str]]:
+    """The optics row given each of :data:`OPTICS_BAD`'s values, or a column of
+    :data:`OPTICS_ADDED` (beam tilt, Zernike terms) with a damaged value."""
+    end = next(i for i, line in enumerate(lines) if line.strip() == "data_particles")
+    header = [i for i, line in enumerate(lines[:end]) if line.startswith("_rln")]
+    row = max(header) + 1
+    cases = []
+    for c, i in enumerate(header):
+        name = lines[i].split()[0]
+        for value in OPTICS_BAD.get(name, ()):
+            bad, fields = list(lines), lines[row].split()
+            fields[c] = value
+            bad[row] = " ".join(fields) + "\n"
+            cases.append((f"optics {name} {value}", "".join(bad)))
+    for name, value in OPTICS_ADDED.items():
+        bad = list(lines)
+        bad[row] = lines[row].rstrip("\n") + f" {value}\n"
+        bad.insert(row, f"{name} #{len(header) + 1}\n")
+        cases.append((f"optics {name} {value}", "".join(bad)))
+    return cases
+
+
 def _cut_cases(text: str, rng: np.random.Generator, n: int = 12) -> list[tuple[str, str]]:
     """The file cut at ``n`` places spread over it (a copy interrupted, a disk full)."""
     at = sorted(set(rng.integers(1, len(text) - 1, n).tolist()))
@@ -73,7 +103,8 @@ def _star_cases(valid: Path) -> list[tuple[str, bytes]]:
     lines = _star_lines(valid)
     text = "".join(lines)
     rng = np.random.default_rng(SEED)
-    cases = [(name, t.encode()) for name, t in (*_column_cases(lines), *_cut_cases(text, rng))]
+    cases = [(name, t.encode()) for name, t in (*_column_cases(lines), *_optics_cases(lines),
+                                                 *_cut_cases(text, rng))]
     cases.append(("a byte that is not UTF-8", text.encode()[:500] + b"\xff\xfe" + text.encode()[500:]))
     cases.append(("empty", b""))
     cases.append(("the optics table only", text[: text.index("data_particles")].encode()))
@@ -90,6 +121,8 @@ def _must_refuse(case: str) -> bool:
     """The cases no command may accept: a value that is not a number, a column a reconstruction
     needs missing, a defocus or origin far beyond the physical, a damaged file."""
     name, _, value = case.partition(" ")
+    if case.startswith("optics "):
+        return True
     if case.endswith("in row 4"):
         value = value.split()[0]
         return (value in NOT_A_NUMBER or (value == "1e40" and ("Defocus" in name and "Angle" not in name
@@ -152,7 +185,7 @@ def _map_cases(valid: Path) -> list[tuple[str, np.ndarray | bytes, float]]:
     return [
         ("a map with a NaN", nan, 1.5), ("an all-zero map", np.zeros_like(good), 1.5),
         ("a constant map", np.full_like(good, 3.0), 1.5), ("a map of box 20", good[2:22, 2:22, 2:22], 1.5),
-        ("a map at 100 Å/px", good, 100.0), ("a map at 0 Å/px", good, 0.0),
+        ("a map at 100 Å/px", good, 100.0), ("a map at 0 Å/px", good, 0.0), ("a map at 0.01 Å/px", good, 0.01),
         ("a map with Inf", np.where(good > good.max() / 2, np.inf, good).astype(np.float32), 1.5),
         ("a map file cut in its header", raw[:500], 0.0), ("a map file cut in its data", raw[:1024 + 4000], 0.0),
         ("a map file that is text", b"not a map\n" * 40, 0.0),

@@ -145,3 +145,38 @@ def test_stack_writer_incomplete_or_failing(tmp_path: Path) -> None:
         out.write(0, np.zeros((5, 9, 9)))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["s.mrcs"]
+
+
+def test_stack_writer_on_a_full_disk_is_an_error_before_any_image(tmp_path: Path, monkeypatch) -> None:
+    """A memory-mapped stack on a disk that fills while it is written ends the process with
+    SIGBUS; its blocks are reserved first, so a full disk is an OSError naming the stack, and
+    neither the stack nor its temporary file is left."""
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space left") as raised:
+        MrcStackWriter(tmp_path / "s.mrcs", 1000, 64, 1.0)
+    assert raised.value.filename == str(tmp_path / "s.mrcs")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no")))
+    write_stack(tmp_path / "s.mrcs", np.ones((2, 8, 8), np.float32), 1.0)  # a file system that cannot reserve
+    with mrcfile.open(tmp_path / "s.mrcs") as written:
+        assert written.data.shape == (2, 8, 8)
+
+
+def test_a_failed_write_reports_its_own_error_where_the_temporary_cannot_be_removed(tmp_path: Path, monkeypatch):
+    """On a read-only file system removing the temporary fails too; the error said is the
+    write's, naming the file asked for, not its hidden temporary."""
+    from multirefine.io.atomic import atomic_path
+
+    def refuse(self, missing_ok=False):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OSError, match="Read-only") as raised, atomic_path(tmp_path / "x.mrc") as tmp:
+        raise OSError(30, "Read-only file system", str(tmp))
+    assert raised.value.filename == str(tmp_path / "x.mrc")

@@ -36,6 +36,10 @@ def test_a_scheduler_file_that_never_appears_is_one_error(tmp_path, monkeypatch)
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 0.5)
     with pytest.raises(InputError, match="no scheduler file there after 0.5 s"):
         cluster.DaskCluster(str(tmp_path / "scheduler.json"))
+    for text in ("", "not json", "[1, 2]", '{"type": "Scheduler"}'):  # being written, or not one
+        (tmp_path / "scheduler.json").write_text(text)
+        with pytest.raises(InputError, match=r"not a scheduler file \(JSON with an address\) after 0.5 s"):
+            cluster.DaskCluster(str(tmp_path / "scheduler.json"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ example:
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ def main(args: argparse.Namespace) -> int:
     if output.is_dir() or not output.absolute().parent.is_dir():  # said now, not after the work
         raise InputError(f"-o {output}: " + ("a folder; give a file name" if output.is_dir()
                                              else f"no folder {output.absolute().parent} to write it in"))
+    if not os.access(output.absolute().parent, os.W_OK | os.X_OK):  # read-only: said now too
+        raise InputError(f"-o {output}: the folder {output.absolute().parent} cannot be written")
     operators = symmetry_operators(args.sym)
     stack = open_particles(args.input, apix=args.apix)
     use_ctf(stack, args.no_ctf)

@@ -72,7 +72,7 @@ def _resolve(args: argparse.Namespace):
     from multirefine.io.particles import open_particles, open_usefilt, use_ctf
     from multirefine.refine.options import MAX_ITERATIONS, SIGMA_ANG_DEG, RefineOptions
     from multirefine.refine.seeding import fit_to_box
-    from multirefine.runfolder.lock import LOCK_NAME
+    from multirefine.runfolder.lock import LOCK_NAME, refuse_if_held
 
     if args.input is None:
         raise InputError("no particles: give --input (or --continue RUN)")
@@ -121,6 +121,7 @@ def _resolve(args: argparse.Namespace):
     device = device_and_threads(args)
     path = Path(args.path) if args.path else runfolder.next_free_path(".")
     if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):  # a lock: said when it is taken
+        refuse_if_held(path)  # a run started a moment before on the same --path
         raise InputError(f"--path {path}: the folder exists and is not empty; its files would be replaced (choose another)")
     opts = RefineOptions(
         input=str(args.input), path=str(path), symmetries=symmetries,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from multirefine.errors import InputError
+from multirefine.io.columns import MAX_PIXEL_SIZE_ANGSTROM
 from multirefine.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,26 @@ def _maps_from_files(paths: list[str], apix: float | None) -> tuple[list[np.ndar
     return maps, float(apix)
 
 
+BYTES_PER_PARTICLE = 1024  # the truth table's row and what simulating a batch holds, generously
+
+
+def _check_memory(n: int) -> None:
+    from multirefine.cli.machine import available_memory_bytes
+
+    available = available_memory_bytes()
+    if available is not None and n * BYTES_PER_PARTICLE > available[0]:
+        raise InputError(f"--n {n}: about {n * BYTES_PER_PARTICLE / 2**30:.0f} GiB for the particles' table, more "
+                         f"than {available[1]} ({available[0] / 2**30:.1f} GiB)")
+
+
 def main(args: argparse.Namespace) -> int:
     from multirefine.simulate import JUNK_KINDS, SimulationParameters, simulate_dataset
 
     if args.n <= 0:
         raise InputError(f"--n {args.n}: expected a positive number of particles")
-    if args.apix is not None and not (math.isfinite(args.apix) and args.apix > 0):
-        raise InputError(f"--apix {args.apix}: expected a positive number of Å per pixel")
+    if args.apix is not None and not (math.isfinite(args.apix) and 0 < args.apix <= MAX_PIXEL_SIZE_ANGSTROM):
+        raise InputError(f"--apix {args.apix}: expected a positive number of Å per pixel, up to "
+                         f"{MAX_PIXEL_SIZE_ANGSTROM:g}")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: expected 0 or more")
     if args.maps and ("box" in args.given or "res" in args.given):
@@ -132,6 +146,10 @@ def main(args: argparse.Namespace) -> int:
     if len(junk_mix) != len(JUNK_KINDS):
         kinds = ", ".join(JUNK_KINDS)
         raise InputError(f"--junk-mix {args.junk_mix}: expected {len(JUNK_KINDS)} shares ({kinds})")
+    box = maps[0].shape[-1]
+    if not 0 <= args.max_shift < box / 2:
+        raise InputError(f"--max-shift {args.max_shift:g}: expected 0 or more, under half the box ({box} px)")
+    _check_memory(args.n)
     defocus = {}
     if args.defocus is not None:
         values = _floats(args.defocus, "--defocus")
@@ -157,8 +175,15 @@ def main(args: argparse.Namespace) -> int:
         even_zernike=_floats(args.even_zernike, "--even-zernike") if args.even_zernike else [],
         **defocus,
     )
-    with progress_bar(args.n, "simulating particles") as advance:
-        truth = simulate_dataset(Path(args.out), maps, params, progress=advance)
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        with progress_bar(args.n, "simulating particles") as advance:
+            truth = simulate_dataset(out, maps, params, progress=advance)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder this command made, left empty by its failure
+        raise
     counts = truth["rlnClassNumber"].value_counts().sort_index()
     print(
         f"wrote {len(truth)} particles "

@@ -22,7 +22,7 @@ terms 0 and 1 gain ``2 c ty`` and ``2 c tx``, and terms 3 and 4 are *set* to ``c
 2e4 |k|^2 (k . t)`` (Cs in mm): the textbook coma of a tilted beam.
 
 Anisotropic magnification (``rlnMagMat``) is not modelled here (see
-:func:`multirefine.io.columns.check_magnification`).
+:func:`multirefine.io.columns.check_optics`).
 """
 
 from __future__ import annotations

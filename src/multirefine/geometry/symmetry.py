@@ -53,6 +53,7 @@ from multirefine.errors import InputError
 
 __all__ = [
     "ASU_REFERENCE_DIRECTION",
+    "MAX_ORDER",
     "in_asymmetric_unit",
     "parse_symmetry",
     "symmetry_operators",
@@ -69,6 +70,7 @@ _ASU_TIEBREAK_DIRECTION = np.array([0.5623, -0.3119, 0.7659]) / np.linalg.norm(
     [0.5623, -0.3119, 0.7659]
 )
 
+MAX_ORDER = 120  # the largest n of Cn and Dn taken: rings in the PDB reach about 40
 _NAME_ERROR = "expected c<n>, d<n>, t, o or i (also i1, i2, i3, i4; EMAN2's tet, oct, icos), e.g. c1, d7, i"
 _EMAN2_NAMES = {"ICOS": "I4", "OCT": "O", "TET": "TET"}  # EMAN2's setting of each group (module docstring)
 
@@ -85,6 +87,9 @@ def parse_symmetry(name: str) -> str:
     s = name.strip().upper()
     m = re.fullmatch(r"([CD])0*([1-9][0-9]*)", s)
     if m:
+        if int(m.group(2)) > MAX_ORDER:
+            raise InputError(f"symmetry {name!r}: a {int(m.group(2))}-fold axis; expected at most {MAX_ORDER} "
+                             "(each operator is a pass over every map)")
         return f"{m.group(1)}{int(m.group(2))}"
     if s in ("T", "O", "I", "I1", "I3", "I4"):
         return s

@@ -33,13 +33,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         if exc.filename is not None and Path(exc.filename) == tmp:  # said of the file asked for
             raise type(exc)(exc.errno, exc.strerror, str(path)) from None
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file after a failed write; where that fails too (a read-only file
+    system never held it), the write's own error is the one to report."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:

@@ -46,6 +46,7 @@ __all__ = [
     "CTF_BFACTOR",
     "CTF_COLUMNS",
     "CTF_DEFAULTS",
+    "CTF_RANGES",
     "CTF_REQUIRED_COLUMNS",
     "DEFOCUS_ANGLE",
     "DEFOCUS_U",
@@ -60,10 +61,13 @@ __all__ = [
     "LEGACY_ORIGIN_X",
     "LEGACY_ORIGIN_Y",
     "MAGNIFICATION",
+    "MAX_ABERRATION_RADIANS",
     "MAX_ANGLE_DEGREES",
+    "MAX_BEAM_TILT_MRAD",
     "MAX_DEFOCUS_ANGSTROM",
     "MAX_ENVELOPE_EXPONENT",
     "MAX_INTEGER",
+    "MAX_PIXEL_SIZE_ANGSTROM",
     "MAX_VALUE_PROB_DISTRIBUTION",
     "OPTICS_COLUMNS",
     "OPTICS_GROUP",
@@ -78,6 +82,7 @@ __all__ = [
     "SPHERICAL_ABERRATION",
     "STRING_COLUMNS",
     "VOLTAGE",
+    "aberration_reach_radians",
     "applied_optics",
     "canonicalize",
     "check_angles",
@@ -109,6 +114,16 @@ MAX_INTEGER = 2**31  # an integer column's values (classes, groups, sizes) lie w
 MAX_ANGLE_DEGREES = 3600.0  # ten turns: RELION writes its angles within 360 degrees; beyond this, damaged
 MAX_ENVELOPE_EXPONENT = 50.0  # |rlnCtfBfactor| k^2 / 4 at Nyquist: beyond, a CTF of nothing or one that overflows
 MAX_DEFOCUS_ANGSTROM = 1e6  # 100 µm: beyond it a defocus is not one (given in other units, or damaged)
+MAX_PIXEL_SIZE_ANGSTROM = 1000.0  # beyond it a pixel size is not one (other units, or damaged)
+# The span of each microscope value: outside it a value is damaged or in other units (RELION's
+# are kV, mm and a fraction); an all-zero or NaN CTF would follow from it without a word.
+CTF_RANGES: dict[str, tuple[float, float, str]] = {
+    VOLTAGE: (1.0, 3000.0, "kV"),
+    SPHERICAL_ABERRATION: (-100.0, 100.0, "mm"),
+    AMPLITUDE_CONTRAST: (0.0, 1.0, "(a fraction of 1)"),
+}
+MAX_BEAM_TILT_MRAD = 100.0  # 6 degrees; CtfRefine's tilts are a few mrad
+MAX_ABERRATION_RADIANS = 1e3  # a Zernike list's phase at Nyquist: beyond, damaged (1e40 gave NaN maps)
 CTF_REQUIRED_COLUMNS: tuple[str, ...] = (
     DEFOCUS_U,
     DEFOCUS_V,
@@ -245,13 +260,15 @@ def canonicalize(table: pd.DataFrame, path: str | Path) -> pd.DataFrame:
                     "expected an integer"
                 )
             out[column] = converted.astype(np.int64)
-    for column in (IMAGE_PIXEL_SIZE, DETECTOR_PIXEL_SIZE, MAGNIFICATION):
+    for column in (IMAGE_PIXEL_SIZE, DETECTOR_PIXEL_SIZE, MAGNIFICATION, IMAGE_SIZE):
         if column in out.columns:
             values = out[column].to_numpy(dtype=np.float64)
-            bad = ~(np.isfinite(values) & (values > 0))
+            top = MAX_PIXEL_SIZE_ANGSTROM if column == IMAGE_PIXEL_SIZE else np.inf
+            bad = ~(np.isfinite(values) & (values > 0) & (values <= top))
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise InputError(f"{path}: {column} of row {row} is {values[row]:g}; expected a positive number")
+                raise InputError(f"{path}: {column} of row {row} is {values[row]:g}; expected a positive number"
+                                 + (f" up to {top:g} Å" if np.isfinite(top) else ""))
     if all(c in out.columns for c in CTF_REQUIRED_COLUMNS):
         for column, default in CTF_DEFAULTS.items():
             if column not in out.columns:
@@ -280,6 +297,12 @@ def check_ctf_columns(table: pd.DataFrame, path: str | Path) -> None:
         if len(far):
             raise InputError(f"{path}: {name} of particle {int(far[0])} is {table[name].iloc[far[0]]:g} Å, beyond "
                              f"{MAX_DEFOCUS_ANGSTROM:g} Å (defocus in RELION's files is in Å)")
+    for name, (low, high, unit) in CTF_RANGES.items():
+        values = table[name].to_numpy(dtype=np.float64)
+        out = np.flatnonzero((values < low) | (values > high))
+        if len(out):
+            raise InputError(f"{path}: {name} of particle {int(out[0])} is {values[out[0]]:g}; expected "
+                             f"{low:g} to {high:g} {unit}")
 
 
 def check_angles(table: pd.DataFrame, path: str | Path) -> None:
@@ -360,8 +383,13 @@ def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
                 raise InputError(f"{path}: {name} is {value!r}; expected a list of numbers such as "
                                  "[0.012,-0.003]") from None
     for name in BEAM_TILT:
-        if name in table.columns and not np.isfinite(pd.to_numeric(table[name], errors="coerce").fillna(0)).all():
+        tilt = pd.to_numeric(table[name], errors="coerce").fillna(0) if name in table.columns else pd.Series([], dtype=float)
+        if not np.isfinite(tilt).all():
             raise InputError(f"{path}: {name} holds a value that is not a number (mrad)")
+        if (tilt.abs() > MAX_BEAM_TILT_MRAD).any():
+            raise InputError(f"{path}: {name} holds {tilt[tilt.abs().idxmax()]:g} mrad; expected a beam tilt within "
+                             f"{MAX_BEAM_TILT_MRAD:g} mrad")
+    _check_zernike_phases(table, path)
     if set(MAG_MATRIX) & set(table.columns):
         matrix = pd.DataFrame({c: table[c] if c in table.columns else float(c[-2] == c[-1]) for c in MAG_MATRIX})
         matrix = matrix.apply(pd.to_numeric, errors="coerce").fillna(0).drop_duplicates()
@@ -371,6 +399,30 @@ def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
             raise InputError(f"{path}: rlnMagMat00-11 hold a magnification correction of up to {100 * off:.2g} % "
                              "(RELION's CtfRefine), which multirefine does not model; remove those columns from "
                              "data_optics to use the images without it")
+
+
+def aberration_reach_radians(coefficients: list[float], odd: bool, pixel_size_angstrom: float) -> float:
+    """The largest phase (radians) RELION's odd or even Zernike ``coefficients`` make up to
+    Nyquist at ``pixel_size_angstrom`` (inf where they overflow)."""
+    from multirefine.fourier.aberrations import aberration_phase_2d
+
+    phase = float(aberration_phase_2d(coefficients, odd, 16, pixel_size_angstrom).abs().max())
+    return phase if np.isfinite(phase) else np.inf
+
+
+def _check_zernike_phases(table: pd.DataFrame, path: str | Path) -> None:
+    """Raise InputError where a Zernike list's phase reaches :data:`MAX_ABERRATION_RADIANS` by
+    Nyquist (at the particles' pixel size): no aberration a microscope has, a damaged value."""
+    apix = table[IMAGE_PIXEL_SIZE] if IMAGE_PIXEL_SIZE in table.columns else pd.Series(1.0, index=table.index)
+    for name, odd in ((ZERNIKE[0], True), (ZERNIKE[1], False)):
+        if name not in table.columns:
+            continue
+        for value, size in pd.DataFrame({"z": table[name].astype(str), "a": apix}).drop_duplicates().itertuples(
+                index=False):
+            phase = aberration_reach_radians(relion_list(value), odd, float(size))
+            if not phase <= MAX_ABERRATION_RADIANS:
+                raise InputError(f"{path}: {name} {value} makes a phase of {phase:.3g} rad by Nyquist at "
+                                 f"{float(size):g} Å/px; expected one within {MAX_ABERRATION_RADIANS:g} rad")
 
 
 def applied_optics(table: pd.DataFrame | None) -> list[str]:

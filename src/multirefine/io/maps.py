@@ -8,6 +8,7 @@ float32 (MRC mode 2), origin 0 and the voxel size in the header.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -183,6 +184,21 @@ class MrcStackWriter:
             overwrite=True,
         )
         self._mrc.set_image_stack()
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Give the memory-mapped file its disk blocks now: a sparse file on a disk that fills
+        while it is written ends the process with SIGBUS, where this is an OSError naming
+        ``path`` before any image is written."""
+        try:
+            with open(self._tmp, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # a file system that cannot reserve blocks: written as before
+            self.abort()
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
 
     def __enter__(self) -> MrcStackWriter:
         return self
@@ -235,7 +251,10 @@ class MrcStackWriter:
                 handle.close()
             except Exception:  # noqa: BLE001, S110 - best effort while cleaning up
                 pass
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError:  # a file system that never held it: the write's own error is the one to report
+            pass
 
     def __exit__(
         self,

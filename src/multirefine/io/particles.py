@@ -27,6 +27,7 @@ from multirefine.io.columns import (
     IMAGE_NAME,
     IMAGE_PIXEL_SIZE,
     IMAGE_SIZE,
+    MAX_PIXEL_SIZE_ANGSTROM,
     canonicalize,
     check_angles,
     check_ctf_columns,
@@ -405,8 +406,9 @@ def open_particles(
     files are always checked lazily, so their metadata is usable without the images).
     """
     path = Path(path)
-    if apix is not None and not (np.isfinite(apix) and apix > 0):
-        raise InputError(f"--apix {apix:g}: expected a positive number of Å per pixel")
+    if apix is not None and not (np.isfinite(apix) and 0 < apix <= MAX_PIXEL_SIZE_ANGSTROM):
+        raise InputError(f"--apix {apix:g}: expected a positive number of Å per pixel, up to "
+                         f"{MAX_PIXEL_SIZE_ANGSTROM:g}")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     suffix = path.suffix.lower()

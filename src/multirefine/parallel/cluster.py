@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -21,6 +22,15 @@ def _multirefine_version() -> str:
     import multirefine
 
     return getattr(multirefine, "__version__", "unknown")
+
+
+def _scheduler_address(path: str) -> str | None:
+    """The address a Dask scheduler file holds; None where it is missing, empty or not one."""
+    try:
+        address = json.loads(Path(path).read_text()).get("address")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return address if isinstance(address, str) and address else None
 
 
 def _sum_of(a: list, b: list) -> list:
@@ -59,10 +69,11 @@ class DaskCluster:
                              "nor a scheduler file")
         if "scheduler_file" in connect:  # distributed waits for the file without a limit: not so long
             deadline = time.monotonic() + CONNECT_TIMEOUT_S
-            while not Path(where).is_file():
+            while not _scheduler_address(where):  # missing, or still being written
                 if time.monotonic() > deadline:
-                    raise InputError(f"--parallel dask:{address}: no scheduler file there after "
-                                     f"{CONNECT_TIMEOUT_S:g} s (is the scheduler started?)")
+                    state = "not a scheduler file (JSON with an address)" if Path(where).is_file() else "no scheduler file there"
+                    raise InputError(f"--parallel dask:{address}: {state} after {CONNECT_TIMEOUT_S:g} s "
+                                     "(is the scheduler started?)")
                 time.sleep(0.2)
         try:
             self.client = Client(**connect, timeout=CONNECT_TIMEOUT_S)

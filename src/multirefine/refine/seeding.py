@@ -64,16 +64,17 @@ def fit_to_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, 
 def place_in_box(volume: np.ndarray, voxel_size: float | None, pixel_size: float, box_size: int, name: str) -> np.ndarray:
     """Resample ``volume`` to ``pixel_size`` and clip or pad it to ``box_size`` (centred), with
     a logged line for each. Raises InputError where the map resampled would span over
-    :data:`MAX_SPAN` times the box (a voxel size in its header that is wrong, most likely:
-    100 Å/px made 2400³ of 24³)."""
+    :data:`MAX_SPAN` times the box, or under an eighth of it (a voxel size in its header that is
+    wrong, most likely: 100 Å/px made 2400³ of 24³, 0.01 Å/px 2³)."""
     out = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     size = out.shape[-1]
     if voxel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
         new = max(2, round(size * voxel_size / pixel_size))
-        if new > MAX_SPAN * box_size:
-            raise InputError(f"{name}: {size} px at {voxel_size:g} Å/px span {size * voxel_size:.0f} Å, over "
-                             f"{MAX_SPAN} times the particles' box ({box_size * pixel_size:.0f} Å); is the voxel size "
-                             "in its header right?")
+        too_big = new > MAX_SPAN * box_size
+        if too_big or size * voxel_size < box_size * pixel_size / (2 * MAX_SPAN):
+            bound = f"over {MAX_SPAN} times" if too_big else f"under 1/{2 * MAX_SPAN} of"
+            raise InputError(f"{name}: {size} px at {voxel_size:g} Å/px span {size * voxel_size:.4g} Å, {bound} the "
+                             f"particles' box ({box_size * pixel_size:.0f} Å); is the voxel size in its header right?")
         log.info("%s: resampled from %.4g to %.4g Å/px (%d -> %d px)", name, voxel_size, pixel_size, size, new)
         out = resample_volume(out, new)
         size = new

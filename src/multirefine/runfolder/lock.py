@@ -19,9 +19,35 @@ from typing import Self
 
 from multirefine.errors import InputError
 
-__all__ = ["LOCK_NAME", "FolderLock"]
+__all__ = ["LOCK_NAME", "FolderLock", "refuse_if_held"]
 
 LOCK_NAME = ".multirefine.lock"
+
+
+def _in_use(folder: Path, holder: str) -> InputError:
+    return InputError(f"{folder}: in use by {holder}; one run folder takes one multirefine refine at a time")
+
+
+def refuse_if_held(folder: str | Path) -> None:
+    """Raise the one-line InputError :class:`FolderLock` raises where another process holds
+    ``folder`` now; creates nothing (a folder about to be refused for other reasons)."""
+    if (holder := _holder(Path(folder))) is not None:
+        raise _in_use(Path(folder), holder)
+
+
+def _holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock now (its line: process, host, since), or None."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # closing lets go of a lock taken here
+    return None
 
 
 class FolderLock:
@@ -40,8 +66,7 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise InputError(f"{self.path.parent}: in use by {holder}; one run folder takes one "
-                                 "multirefine refine at a time") from None
+                raise _in_use(self.path.parent, holder) from None
             # The holder before may have removed the file between our open and our lock: then
             # the lock is on a file nobody else sees, and a new one must be taken.
             try:

@@ -140,10 +140,30 @@ class SimulationParameters:
             if not all(finite(v) for v in values) or (option == "--beamtilt" and len(values) != 2):
                 raise InputError(f"{option} {','.join(map(str, values))}: expected "
                                  + ("X,Y in mrad" if option == "--beamtilt" else "numbers (RELION's coefficients)"))
+        self._check_optics_reach()
         if not self.noise_spectrum_table:
             self.noise_spectrum_table = read_noise_spectrum(self.noise_spectrum)
         else:
             check_noise_table(self.noise_spectrum_table, self.noise_spectrum)
+
+    def _check_optics_reach(self) -> None:
+        """Beam tilt and Zernike terms within what a microscope has, as a STAR file's must be
+        (:func:`multirefine.io.columns.check_optics`)."""
+        from multirefine.io.columns import (
+            MAX_ABERRATION_RADIANS,
+            MAX_BEAM_TILT_MRAD,
+            aberration_reach_radians,
+        )
+
+        if max(map(abs, self.beam_tilt_mrad)) > MAX_BEAM_TILT_MRAD:
+            raise InputError(f"--beamtilt {','.join(map(str, self.beam_tilt_mrad))}: expected a beam tilt within "
+                             f"{MAX_BEAM_TILT_MRAD:g} mrad")
+        for option, values, odd in (("--odd-zernike", self.odd_zernike, True),
+                                    ("--even-zernike", self.even_zernike, False)):
+            reach = aberration_reach_radians(values, odd, self.pixel_size_angstrom)
+            if values and not reach <= MAX_ABERRATION_RADIANS:
+                raise InputError(f"{option} {','.join(map(str, values))}: a phase of {reach:.3g} rad by Nyquist at "
+                                 f"{self.pixel_size_angstrom:g} Å/px; expected one within {MAX_ABERRATION_RADIANS:g}")
 
 
 def _noise_filter(params: SimulationParameters, box_size: int) -> torch.Tensor | None:
