@@ -276,3 +276,12 @@ def test_relion30_real_written_as_31(testdata: Path, tmp_path: Path) -> None:
     assert back.optics is not None and len(back.optics) == 1
     np.testing.assert_allclose(back.metadata["rlnImagePixelSize"], 50000 / 38168)
     np.testing.assert_allclose(back.metadata["rlnDefocusU"], stack.metadata["rlnDefocusU"])
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_offset(tmp_path: Path) -> None:
+    """A damaged byte says what and where, not "no data block with a loop_ table"."""
+    text = b"data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n1@x.mrcs 1\xff000\n"
+    (tmp_path / "bad.star").write_bytes(text)
+    at = text.index(bytes([0xFF]))
+    with pytest.raises(InputError, match=rf"bad.star: byte 0xff at offset {at} is not UTF-8"):
+        read_particles_star(tmp_path / "bad.star")
