@@ -584,6 +584,7 @@ def test_particles_without_a_ctf_need_no_ctf(sim, tmp_path, capsys):
     assert "CTF no" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a whole run and its continuation (about 30 s on 2 cores)
 def test_beam_tilt_is_applied_and_a_run_made_before_goes_on_without_it(sim, tmp_path, capsys):
     """Beam tilt in data_optics: refine says it applies it; a run made before the aberrations
     were applied (its 0_refine_parms.json without "aberrations") continues without them, as it

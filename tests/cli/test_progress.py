@@ -53,6 +53,7 @@ def three_states(tmp_path):
     return tmp_path, names
 
 
+@pytest.mark.slow  # a whole run of three models with split and merge (about 20 s)
 def test_every_stage_over_the_particles_has_a_bar(three_states, monkeypatch):
     """The search, reconstruction, class averages and split and merge's reconstructions and model
     choices each open a bar (they took seconds to minutes with none)."""
