@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -150,22 +151,33 @@ def test_stack_writer_incomplete_or_failing(tmp_path: Path) -> None:
 def test_stack_writer_on_a_full_disk_is_an_error_before_any_image(tmp_path: Path, monkeypatch) -> None:
     """A memory-mapped stack on a disk that fills while it is written ends the process with
     SIGBUS; its blocks are reserved first, so a full disk is an OSError naming the stack, and
-    neither the stack nor its temporary file is left."""
+    neither the stack nor its temporary file is left. Where blocks cannot be reserved (a file
+    system without fallocate) the stack is written as before."""
     import errno
-    import os
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    from multirefine.io import maps
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(OSError, match="No space left") as raised:
+    def fails(code):
+        def allocate(fd, size):
+            raise OSError(code, "refused")
+        return allocate
+
+    monkeypatch.setattr(maps, "_allocate", fails(errno.ENOSPC))
+    with pytest.raises(OSError, match="refused") as raised:
         MrcStackWriter(tmp_path / "s.mrcs", 1000, 64, 1.0)
     assert raised.value.filename == str(tmp_path / "s.mrcs")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no")))
-    write_stack(tmp_path / "s.mrcs", np.ones((2, 8, 8), np.float32), 1.0)  # a file system that cannot reserve
+    monkeypatch.setattr(maps, "_allocate", fails(errno.EOPNOTSUPP))
+    write_stack(tmp_path / "s.mrcs", np.ones((2, 8, 8), np.float32), 1.0)
     with mrcfile.open(tmp_path / "s.mrcs") as written:
         assert written.data.shape == (2, 8, 8)
+    monkeypatch.undo()
+    fd = os.open(tmp_path / "s.mrcs", os.O_RDWR)
+    try:
+        maps._allocate(fd, 1 << 20)  # the real call, on this disk
+    finally:
+        os.close(fd)
+    assert (tmp_path / "s.mrcs").stat().st_blocks * 512 >= 1 << 20
 
 
 def test_a_failed_write_reports_its_own_error_where_the_temporary_cannot_be_removed(tmp_path: Path, monkeypatch):

@@ -148,6 +148,22 @@ def write_map(path: str | Path, data: np.ndarray, voxel_size_angstrom: float) ->
         mrc.update_header_stats()
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``fd`` with Linux's ``fallocate``; an OSError where
+    the disk is full. Where the file system or platform cannot (EOPNOTSUPP, not Linux) nothing
+    is done: ``posix_fallocate`` would then write every block, hours for a large stack on NFS."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):
+        return
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if call(fd, 0, 0, size) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 class MrcStackWriter:
     """Write an MRC particle stack ``(N, D, D)`` in batches without holding it in memory.
 
@@ -192,8 +208,7 @@ class MrcStackWriter:
         ``path`` before any image is written."""
         try:
             with open(self._tmp, "r+b") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                os.posix_fallocate(handle.fileno(), 0, size)
+                _allocate(handle.fileno(), os.fstat(handle.fileno()).st_size)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 return  # a file system that cannot reserve blocks: written as before
