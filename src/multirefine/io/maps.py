@@ -155,7 +155,8 @@ def _allocate(fd: int, size: int) -> None:
     import ctypes
 
     try:
-        call = ctypes.CDLL(None, use_errno=True).fallocate64
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = getattr(libc, "fallocate64", None) or libc.fallocate  # musl: fallocate takes a 64-bit off_t
     except (OSError, AttributeError):
         return
     call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
