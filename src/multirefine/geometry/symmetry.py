@@ -70,7 +70,7 @@ _ASU_TIEBREAK_DIRECTION = np.array([0.5623, -0.3119, 0.7659]) / np.linalg.norm(
     [0.5623, -0.3119, 0.7659]
 )
 
-MAX_ORDER = 120  # the largest n of Cn and Dn taken: rings in the PDB reach about 40
+MAX_ORDER = 120  # the largest n of Cn and Dn taken: a guard against a slip (c5000), above the rings met in practice
 _NAME_ERROR = "expected c<n>, d<n>, t, o or i (also i1, i2, i3, i4; EMAN2's tet, oct, icos), e.g. c1, d7, i"
 _EMAN2_NAMES = {"ICOS": "I4", "OCT": "O", "TET": "TET"}  # EMAN2's setting of each group (module docstring)
 
