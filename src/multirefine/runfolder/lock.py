@@ -24,30 +24,25 @@ __all__ = ["LOCK_NAME", "FolderLock", "refuse_if_held"]
 LOCK_NAME = ".multirefine.lock"
 
 
-def _in_use(folder: Path, holder: str) -> InputError:
+def _in_use(folder: Path, fd: int) -> InputError:
+    """The error for a folder whose lock file ``fd`` another process holds, naming it."""
+    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
     return InputError(f"{folder}: in use by {holder}; one run folder takes one multirefine refine at a time")
 
 
 def refuse_if_held(folder: str | Path) -> None:
     """Raise the one-line InputError :class:`FolderLock` raises where another process holds
     ``folder`` now; creates nothing (a folder about to be refused for other reasons)."""
-    if (holder := _holder(Path(folder))) is not None:
-        raise _in_use(Path(folder), holder)
-
-
-def _holder(folder: Path) -> str | None:
-    """Who holds ``folder``'s lock now (its line: process, host, since), or None."""
     try:
         fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR)
     except OSError:
-        return None
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        raise _in_use(Path(folder), fd) from None
     finally:
         os.close(fd)  # closing lets go of a lock taken here
-    return None
 
 
 class FolderLock:
@@ -64,9 +59,9 @@ class FolderLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                error = _in_use(self.path.parent, fd)
                 os.close(fd)
-                raise _in_use(self.path.parent, holder) from None
+                raise error from None
             # The holder before may have removed the file between our open and our lock: then
             # the lock is on a file nobody else sees, and a new one must be taken.
             try:
