@@ -382,8 +382,8 @@ def check_optics(table: pd.DataFrame | None, path: str | Path) -> None:
             except ValueError:
                 raise InputError(f"{path}: {name} is {value!r}; expected a list of numbers such as "
                                  "[0.012,-0.003]") from None
-    for name in BEAM_TILT:
-        tilt = pd.to_numeric(table[name], errors="coerce").fillna(0) if name in table.columns else pd.Series([], dtype=float)
+    for name in (n for n in BEAM_TILT if n in table.columns):
+        tilt = pd.to_numeric(table[name], errors="coerce").fillna(0)
         if not np.isfinite(tilt).all():
             raise InputError(f"{path}: {name} holds a value that is not a number (mrad)")
         if (tilt.abs() > MAX_BEAM_TILT_MRAD).any():
