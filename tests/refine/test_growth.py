@@ -94,3 +94,21 @@ def test_growth_leaves_small_models_unsplit():
     vectors = _Vectors(x)
     count = grow(vectors, vectors.classified(np.zeros(len(x), np.int64), _Models(1)), kmax=6, seed=0)
     assert count.chosen == 2 and "100 particles or more" in count.reason
+
+
+def test_a_split_is_seeded_by_the_half_that_leans_towards_a_neighbour():
+    """Model 0 holds two groups; the second fits model 1 better relative to model 0 than the
+    first does: the neighbour's seed is that group, the random seed a half of the model."""
+    from multirefine.refine.growth import GROWTH_SEEDS, _seeds
+
+    model = np.array([0] * 8 + [1] * 4 + [2] * 4)
+    ll = np.zeros((16, 3))
+    ll[:8, 0] = -1.0
+    ll[4:8, 1] = 2.0  # rows 4-7 lean towards model 1
+    ll[:8, 2] = -5.0  # model 2 is farther from model 0's particles than model 1
+    seeds = _seeds(Classified(model, None, [], None, ll), 0, np.random.default_rng(0))
+    assert len(seeds) == min(GROWTH_SEEDS, 3)
+    assert all(len(s) == 4 and set(s) <= set(range(8)) for s in seeds)
+    assert sorted(seeds[1]) == [4, 5, 6, 7]
+    one = _seeds(Classified(np.zeros(8, np.int64), None, [], None, np.zeros((8, 1))), 0, np.random.default_rng(0))
+    assert len(one) == 1  # one model: only the random half

@@ -6,11 +6,15 @@ K = 1 after a refinement against the one starting map) and how assignments becom
 cross-validated scores at fixed poses (:class:`~multirefine.refine.trial.FixedPoses`). Each step:
 
 * screen: every model of :data:`GROWTH_MIN_PARTICLES` particles or more is tried split in
-  two: a random half of its particles (fixed seed) seeds a new model with its map, symmetry,
-  mask, intensity scale and poses, and the K + 1 models get up to :data:`GROWTH_ROUNDS`
-  rounds of hard classification at the fixed poses (each particle to its best model by its
-  score against maps made without its fold, the maps made again: what ``--randclassify``
-  does over iterations, without the search);
+  two: a half of its particles seeds a new model with its map, symmetry, mask, intensity
+  scale and poses, and the K + 1 models get up to :data:`GROWTH_ROUNDS` rounds of hard
+  classification at the fixed poses (each particle to its best model by its score against
+  maps made without its fold, the maps made again: what ``--randclassify`` does over
+  iterations, without the search). Up to :data:`GROWTH_SEEDS` halves are tried per model and
+  the best settled one kept: a random half (fixed seed), and from two models on, the half of
+  its particles that fits each of its nearest other models best relative to it
+  (:func:`_seeds`): where a model holds two states, the one nearer another model's state
+  leans towards that model, a direction a random half finds only by chance;
 * confirm: the split that gains most is handed to the driver, which searches every particle
   again in all K + 1 models, assigns it and makes the maps
   (:func:`multirefine.refine.driver.count_models`); the split is kept if it then gains more
@@ -44,11 +48,12 @@ import numpy as np
 
 from multirefine.refine.trial import Classified, FixedPoses
 
-__all__ = ["GROWTH_MIN_GAIN", "GROWTH_MIN_MODEL", "GROWTH_MIN_PARTICLES", "GROWTH_ROUNDS", "GrowthStep", "ModelCount", "grow"]
+__all__ = ["GROWTH_MIN_GAIN", "GROWTH_MIN_MODEL", "GROWTH_MIN_PARTICLES", "GROWTH_ROUNDS", "GROWTH_SEEDS", "GrowthStep", "ModelCount", "grow"]
 
 log = logging.getLogger(__name__)
 
 GROWTH_ROUNDS = 8  # rounds of classification at fixed poses given to each split
+GROWTH_SEEDS = 3  # halves screened per model: a random one, and one for each of the nearest other models
 GROWTH_MIN_PARTICLES = 100  # a model is tried split only if each half would hold 50 or more
 # A split whose settled assignment leaves any model with fewer particles is not counted: such a
 # model's map is kept as it was (multirefine.refine.layers.reconstruct_models), not rebuilt
@@ -84,16 +89,29 @@ class ModelCount:
 
     def to_json(self) -> dict:
         return {"chosen": self.chosen, "reason": self.reason, "min_gain_per_particle": GROWTH_MIN_GAIN,
-                "rounds": GROWTH_ROUNDS, "steps": [asdict(s) for s in self.steps]}
+                "rounds": GROWTH_ROUNDS, "seeds": GROWTH_SEEDS, "steps": [asdict(s) for s in self.steps]}
 
 
-def _split(fixed: FixedPoses, current: Classified, m: int, rng: np.random.Generator) -> tuple[Classified, FixedPoses]:
-    """Model ``m`` of ``current`` split in two (a random half of its particles into a new last
-    model), then settled at the fixed poses."""
+def _seeds(current: Classified, m: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The halves of model ``m``'s particles that seed its split (rows of ``current``): a
+    random half, then for each of the ``GROWTH_SEEDS - 1`` other models nearest to ``m`` (the
+    highest mean cross-validated log-likelihood over ``m``'s particles) the half whose
+    likelihood in that model, relative to ``m``, is highest."""
+    rows = np.nonzero(current.model == m)[0]
+    seeds = [rng.choice(rows, len(rows) // 2, replace=False)]
+    ll = current.log_likelihood[rows]
+    lean = ll - ll[:, [m]]
+    others = [j for j in np.argsort(-lean.mean(axis=0), kind="stable") if j != m][:GROWTH_SEEDS - 1]
+    seeds += [rows[np.argsort(-lean[:, j], kind="stable")[:len(rows) // 2]] for j in others]
+    return seeds
+
+
+def _split(fixed: FixedPoses, current: Classified, m: int, half: np.ndarray) -> tuple[Classified, FixedPoses]:
+    """Model ``m`` of ``current`` split in two (the particles ``half`` into a new last model),
+    then settled at the fixed poses."""
     grown, found = fixed.with_copy_of(m, current)
     model = current.model.copy()
-    rows = np.nonzero(model == m)[0]
-    model[rng.choice(rows, len(rows) // 2, replace=False)] = current.log_likelihood.shape[1]  # the new last model
+    model[half] = current.log_likelihood.shape[1]  # the new last model
     return grown.settle(grown.classified(model, found), GROWTH_ROUNDS), grown
 
 
@@ -131,12 +149,14 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
             break
         gains, best, best_trial = {}, None, None  # only the best split's maps kept: K + 1 accumulators each
         for m in candidates:
-            trial, grown = _split(fixed, current, m, rng)
-            if np.bincount(trial.model, minlength=k + 1).min() >= GROWTH_MIN_MODEL:
-                gains[m] = float(trial.mixture - current.mixture) / n
-                if best is None or gains[m] > gains[best]:
-                    best, best_trial = m, (trial, grown)
-            del trial, grown
+            for half in _seeds(current, m, rng):
+                trial, grown = _split(fixed, current, m, half)
+                gain = float(trial.mixture - current.mixture) / n
+                if np.bincount(trial.model, minlength=k + 1).min() >= GROWTH_MIN_MODEL and gain > gains.get(m, -np.inf):
+                    if best is None or gain > gains[best]:
+                        best, best_trial = m, (trial, grown)
+                    gains[m] = gain
+                del trial, grown
         tried = {m + 1: gains.get(m) for m in candidates}
         log.info("models: %d -> %d, gain per particle at fixed poses (cross-validated mixture log-likelihood) "
                  "splitting model %s", k, k + 1,
