@@ -150,6 +150,13 @@ def test_from_low_passed_true_maps(adk, lp_run):
             assert (run / pattern.replace("_II.png", f"_{it:02d}.png")).exists(), (pattern, it)
     own = json.loads((run / "model_01" / "convergence.json").read_text())[-1]["resolution_0143_angstrom"]
     assert f"<td>{own:.1f}</td>" in page
+    # How far each model's poses moved in its own refinement: recorded, and a column of the report.
+    from multirefine.refine.posecheck import PosesMoved
+
+    for k in (1, 2):
+        moved = PosesMoved.read(run / f"model_{k:02d}" / "poses_moved.json")
+        assert moved is not None and moved.particles == len(read_particles_star(run / f"particles_model_{k:02d}.star").metadata)
+    assert "poses moved &gt; 100° on its own" in page
     # Each model's own refinement keeps its particles: the same images as its set of the split.
     for k in (1, 2):
         own = resolved_images(run / f"model_{k:02d}" / "particles_final.star")

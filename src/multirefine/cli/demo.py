@@ -51,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
     from multirefine.io.particles import open_particles
     from multirefine.io.star import read_particles_star
     from multirefine.progress import progress_bar
+    from multirefine.refine.posecheck import PosesMoved
     from multirefine.refine.reconstruct import reconstruct_from_stack
     from multirefine.simulate import (
         SimulationParameters,
@@ -107,7 +108,10 @@ def main(args: argparse.Namespace) -> int:
             continue
         stats = json.loads((folder / runfolder.CONVERGENCE).read_text())
         at_05, at_0143 = map_resolution_against(read_map(folder / "threed_final.mrc")[0], maps[k], apix)
+        moved = PosesMoved.read(folder / runfolder.POSES_MOVED)
         print(f"   {name}: {len(stats)} iterations, half maps {stats[-1]['resolution_0143_angstrom']:.1f} Å at 0.143; "
-              f"against the true map {at_05:.1f} Å at 0.5, {at_0143:.1f} Å at 0.143")
+              f"against the true map {at_05:.1f} Å at 0.5, {at_0143:.1f} Å at 0.143"
+              + ("" if moved is None else f"; {100 * moved.far_share:.0f} % of its poses moved more than "
+                 f"{moved.far_deg:g}° on its own{' (cautioned)' if moved.caution else ''}"))
     print(f"   maps, particle sets and FSC curves: {run}/ (each model's own refinement in {run}/model_MM/)")
     return 0

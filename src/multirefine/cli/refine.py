@@ -270,6 +270,17 @@ def _print_singles(singles, path: Path) -> None:
                f", {single.masked_resolution_0143_angstrom:.1f} Å within --mask (solvent-corrected)")
             + f": {folder}/threed_final.mrc"
         )
+        moved = _poses_moved(folder)
+        if moved is not None and moved.caution:
+            print(f"model {m_index}: caution: {moved.describe()} ({folder}/{runfolder.POSES_MOVED})")
+
+
+def _poses_moved(folder: Path):
+    """A model's :class:`~multirefine.refine.posecheck.PosesMoved`, from its folder (None where absent)."""
+    from multirefine import runfolder
+    from multirefine.refine.posecheck import PosesMoved
+
+    return PosesMoved.read(folder / runfolder.POSES_MOVED)
 
 
 def _counted(opts, stack, search_stack, start_map, progress, executor, masks):

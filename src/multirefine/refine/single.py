@@ -59,6 +59,7 @@ from multirefine.refine.layers import hypothesis_weights
 from multirefine.refine.noise import whitened_stacks
 from multirefine.refine.options import RefineOptions, SweepSettings
 from multirefine.refine.plan import SearchPlan, plan_search
+from multirefine.refine.posecheck import PosesMoved, poses_moved
 from multirefine.refine.reconstruct import (
     accumulate_in_shards,
     gold_standard_reconstruction,
@@ -101,6 +102,9 @@ class ModelRecorder:
                masked_fsc: dict | None = None) -> None:
         """The last half maps (unfiltered), the full map, the particles' final poses and, with
         ``--mask``, the half maps' masked, solvent-corrected FSC (:func:`masked_fsc_record`)."""
+
+    def checked(self, moved: PosesMoved | None) -> None:
+        """How far the particles' poses moved from the classification's (None: it gave none)."""
 
     def earlier(self, marker: dict) -> list[SingleStats] | None:
         """The statistics of this model's refinement as an earlier attempt of the run finished
@@ -380,8 +384,13 @@ def refine_each_model(
         log.info("model %d: %d particles refined on their own (gold standard)", m_index + 1, len(rows))
         subset = stack.with_metadata(multi.table).subset(rows)
         search_subset = subset if search_stack is stack else search_stack.subset(rows)
-        results.append(refine_single(subset, search_subset, volume, opts.symmetries[m_index], opts, recorder,
-                                     progress, f"model {m_index + 1}, ", executor, None if masks is None else masks[m_index]))
+        result = refine_single(subset, search_subset, volume, opts.symmetries[m_index], opts, recorder,
+                               progress, f"model {m_index + 1}, ", executor, None if masks is None else masks[m_index])
+        moved = poses_moved(subset.metadata, result.table, symmetry_operators(opts.symmetries[m_index]))
+        if moved is not None:
+            (log.warning if moved.caution else log.info)("model %d: %s", m_index + 1, moved.describe())
+        recorder.checked(moved)
+        results.append(result)
         recorder.mark_finished(marker)
         if after is not None:
             after()

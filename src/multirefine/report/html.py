@@ -33,6 +33,7 @@ from multirefine import runfolder
 from multirefine.errors import InputError
 from multirefine.io.atomic import atomic_path
 from multirefine.io.maps import read_map
+from multirefine.report.models import models_section
 from multirefine.report.plots import (
     plot_class_montage,
     plot_convergence,
@@ -42,6 +43,8 @@ from multirefine.report.plots import (
     plot_model_count,
     plot_noise_spectra,
 )
+from multirefine.report.tables import fmt as _fmt
+from multirefine.report.tables import table as _table
 from multirefine.runfolder.record import COMMANDS, LOG
 
 __all__ = ["REPORT", "update_report", "write_report", "write_report_safely"]
@@ -62,26 +65,6 @@ img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 p.control { position: sticky; top: 0; background: #fff; padding: 0.4em 0; margin: 0; border-bottom: 1px solid #ddd; }
 """
-
-
-def _fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return "∞" if not np.isfinite(value) else f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _table(header: list[str], rows: list[list], left: int = 0) -> str:
-    """An HTML table; the first ``left`` columns are text (left-aligned)."""
-    head = "".join(f'<th class="left">{html.escape(h)}</th>' if i < left else f"<th>{html.escape(h)}</th>"
-                   for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="left">{_fmt(v)}</td>' if i < left else f"<td>{_fmt(v)}</td>"
-                         for i, v in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _number(iteration: int) -> str:
@@ -251,44 +234,6 @@ def _files_section(run: Path, iteration: int, k: int) -> list[str]:
     names += [runfolder.PARAMETERS, runfolder.CONVERGENCE, runfolder.NMODELS, LOG]
     links = [f'<a href="{html.escape(n, quote=True)}">{html.escape(n)}</a>' for n in names if (run / n).exists()]
     return ["<h2>Files</h2>", f"<p>{' · '.join(links)}</p>"] if links else []
-
-
-MASKED_FSC_NOTE = (
-    "<p>Within the mask: the half maps' FSC inside <code>--mask</code>, corrected for what the mask correlates by "
-    "itself (relion_postprocess's phase randomisation). Read it as an upper bound: on simulated sets it claimed "
-    "0.7-2.8 Å more than the maps held against the truth (BENCHMARKS.md).</p>"
-)
-
-
-def _models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: int) -> list[str]:
-    """The summary per model: particles and resolution, after the last iteration and on its own
-    (with ``--mask``, also within the mask, solvent-corrected)."""
-    rows, masked = [], {}
-    for m in range(1, k + 1):
-        path = run / runfolder.model_folder_name(m) / runfolder.MASKED_FSC
-        if m in singles and path.exists():
-            masked[m] = runfolder.read_json(path)["resolution_0143_angstrom"]
-    for m in range(k):
-        single = singles.get(m + 1)
-        rows.append([
-            f"model {m + 1}", last["particles_per_model"][m], last["resolution_0143_angstrom"][m],
-            None if single is None else single[-1]["resolution_0143_angstrom"],
-            *([masked.get(m + 1)] if masked else []),
-            None if single is None else len(single),
-        ])
-    return [
-        "<h2>Models</h2>",
-        _table(
-            ["model", "particles", "half maps, FSC 0.143 (Å)", "refined on its own, FSC 0.143 (Å)",
-             *(["on its own, within the mask (solvent-corrected), Å"] if masked else []), "its iterations"],
-            rows, left=1,
-        ),
-        *([MASKED_FSC_NOTE] if masked else []),
-        (
-            "<p>The multi-model iterations' half maps are aligned against the full maps; the resolution "
-            "after each model's own refinement comes from independent half-sets (gold standard).</p>"
-        ),
-    ]
 
 
 def _noise_section(run: Path, figures: Path) -> list[str]:
@@ -461,7 +406,7 @@ def write_report(run: str | Path) -> Path:
     singles = _single_runs(run, k, iteration)
     parts = [
         *_heading(run, parms, stats, k, iteration),
-        *_models_section(run, last, singles, k),
+        *models_section(run, last, singles, k),
         *_files_section(run, iteration, k),
         *_count_section(run, figures),
         *_convergence_section(run, stats),

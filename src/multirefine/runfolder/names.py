@@ -32,6 +32,7 @@ __all__ = [
     "MODEL_FINISHED",
     "NOISE",
     "PARAMETERS",
+    "POSES_MOVED",
     "STATE",
     "classes_name",
     "classes_table_name",
@@ -58,6 +59,8 @@ NOISE = "noise.json"  # the noise model: power per Fourier shell of each optics 
 CLASS_PARTICLES = "mrParticleCount"  # classes_II.star: the particles (weights) in each class average
 STATE = "state.npz"  # what --continue reads: the run after its last finished iteration
 MASKED_FSC = "fsc_masked.json"  # in model_MM/, with --mask: the final half maps' FSC within it, solvent-corrected
+# in model_MM/: how far its particles' poses moved from the classification's (multirefine.refine.posecheck)
+POSES_MOVED = "poses_moved.json"
 MODEL_FINISHED = "finished.json"  # in model_MM/, written last: that model's own refinement is complete
 
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # What a model's own refinement writes into its folder (and nothing else there): FINISHED
 # first, so that a folder cleared only in part is never taken for a finished one.
 _MODEL_OUTPUTS = re.compile(r"threed_\d+\.mrc|fsc_\d+\.json|convergence\.json|threed_final\.mrc|half[12]_unfil\.mrc"
-                            r"|particles_final\.star")
+                            r"|particles_final\.star|poses_moved\.json")
 
 
 ImageFilesFor = Callable[[Path], Mapping[str, str]]
@@ -160,6 +160,12 @@ class ModelFolder:
         write_map(self.folder / "half2_unfil.mrc", half_maps[1], self.pixel_size)
         write_map(self.folder / "threed_final.mrc", self.written_map(full_map), self.pixel_size)
         write_particles_star(self.folder / "particles_final.star", table, self.optics, image_files=self._image_files())
+
+    def checked(self, moved) -> None:
+        if moved is None:
+            (self.folder / names.POSES_MOVED).unlink(missing_ok=True)
+        else:
+            names.write_json(self.folder / names.POSES_MOVED, moved.to_json())
 
     def mark_finished(self, marker: dict) -> None:
         names.write_json(self.folder / names.MODEL_FINISHED, marker)
