@@ -11,11 +11,12 @@ one map, so a wrong shape at low resolution is shared, and the two half-sets set
 same wrong poses, which their FSC cannot see.
 
 Measured on simulated sets against the truth (BENCHMARKS.md, "Poses that move in a model's
-own refinement"): every map whose claim was 5 Å better than its truth had 23-54 % of its
-particles move that far, every map with none so moved claimed within 0.4 Å of its truth, and
-two of the five maps above :data:`CAUTION_SHARE` claimed within 1 Å. So it is a caution, not
-a verdict: above the share the map's poses are not all fixed by its data, and its claim is to
-be checked (a start from another map, a tighter mask, more particles), not believed.
+own refinement"): every map whose claim was more than 3 Å better than its truth had 23-75 %
+of its particles move that far, every map with at most 6 % so moved claimed within 0.6 Å of
+its truth, and five of the eleven maps above :data:`CAUTION_SHARE` claimed within 2 Å. So it
+is a caution, not a verdict: above the share the map's poses are not all fixed by its data,
+and its claim is to be checked (a start from another map, a tighter mask, more particles),
+not believed.
 """
 
 from __future__ import annotations
