@@ -98,7 +98,8 @@ def test_growth_leaves_small_models_unsplit():
 
 def test_a_split_is_seeded_by_the_half_that_leans_towards_a_neighbour():
     """Model 0 holds two groups; the second fits model 1 better relative to model 0 than the
-    first does: the neighbour's seed is that group, the random seed a half of the model."""
+    first does: the neighbour's seed is that group, the random seed a half of the model. A
+    model that scores none of model 0's particles seeds nothing, nor does a half seeded twice."""
     from multirefine.refine.growth import GROWTH_SEEDS, _seeds
 
     model = np.array([0] * 8 + [1] * 4 + [2] * 4)
@@ -106,9 +107,18 @@ def test_a_split_is_seeded_by_the_half_that_leans_towards_a_neighbour():
     ll[:8, 0] = -1.0
     ll[4:8, 1] = 2.0  # rows 4-7 lean towards model 1
     ll[:8, 2] = -5.0  # model 2 is farther from model 0's particles than model 1
+    ll[[0, 1, 2, 4], 2] = -4.0  # and leans another way
     seeds = _seeds(Classified(model, None, [], None, ll), 0, np.random.default_rng(0))
-    assert len(seeds) == min(GROWTH_SEEDS, 3)
-    assert all(len(s) == 4 and set(s) <= set(range(8)) for s in seeds)
-    assert sorted(seeds[1]) == [4, 5, 6, 7]
+    assert [name for name, _ in seeds] == ["a random half", "the half nearer model 2", "the half nearer model 3"][
+        :GROWTH_SEEDS]
+    assert all(len(s) == 4 and set(s) <= set(range(8)) for _, s in seeds)
+    assert sorted(seeds[1][1]) == [4, 5, 6, 7]
     one = _seeds(Classified(np.zeros(8, np.int64), None, [], None, np.zeros((8, 1))), 0, np.random.default_rng(0))
     assert len(one) == 1  # one model: only the random half
+    ll[:8, 2] = -np.inf  # model 2 scored none of them
+    assert [name for name, _ in _seeds(Classified(model, None, [], None, ll), 0, np.random.default_rng(0))] == [
+        "a random half", "the half nearer model 2"]
+    same = np.zeros((8, 3))
+    same[4:, 1] = same[4:, 2] = 1.0  # both neighbours lean the same half: screened once
+    twice = _seeds(Classified(np.array([0] * 6 + [1, 2]), None, [], None, same), 0, np.random.default_rng(0))
+    assert len(twice) <= 2

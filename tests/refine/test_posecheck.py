@@ -93,3 +93,32 @@ def test_the_check_is_written_read_cleared_and_shown(tmp_path):
     assert "poses moved &gt; 100° on its own" in page
     assert "<td>0 %</td>" in page and "<td>25 % (caution)</td>" in page
     assert "Caution, model 2:" in page and "Caution, model 1:" not in page
+
+
+def test_values_a_check_cannot_have_are_refused_and_nan_poses_left_out(tmp_path):
+    path = tmp_path / POSES_MOVED
+    for record in ({"particles": 10, "median_deg": 5.0, "far_share": 1.5, "far_deg": 100.0},
+                   {"particles": 0, "median_deg": 5.0, "far_share": 0.1, "far_deg": 100.0},
+                   {"particles": 10, "median_deg": float("nan"), "far_share": 0.1, "far_deg": 100.0}):
+        path.write_text(json.dumps(record))
+        with pytest.raises(InputError, match="poses_moved.json: damaged"):
+            PosesMoved.read(path)
+    before = _random_rotations(4, np.random.default_rng(2))
+    after = _table(before).assign(rlnAngleRot=[np.nan, 0.0, 0.0, 0.0])
+    moved = poses_moved(_table(before), after, np.eye(3)[None])
+    assert moved.particles == 3
+
+
+def test_the_run_s_last_lines_caution_and_survive_a_damaged_check(tmp_path, capsys):
+    """At the end of a run: a cautioned model gets a line naming the file; a damaged file is
+    one line on stderr, and the other models' lines still come."""
+    from multirefine.cli.refine import _print_singles
+    from multirefine.refine.single import SingleResult
+
+    for m, text in ((1, "{cut"), (2, json.dumps(PosesMoved(100, 40.0, 0.3).to_json()))):
+        (tmp_path / f"model_{m:02d}").mkdir()
+        (tmp_path / f"model_{m:02d}" / POSES_MOVED).write_text(text)
+    _print_singles([SingleResult([], 9.0), SingleResult([], 8.0)], tmp_path)
+    out, err = capsys.readouterr()
+    assert "model_01/poses_moved.json: damaged" in err and len(err.strip().splitlines()) == 1
+    assert "model 2: caution: 30 % of its particles' poses moved more than 100°" in out and "model 1 on its own" in out

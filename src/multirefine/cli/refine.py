@@ -256,6 +256,7 @@ def _print_plan(stack, opts, resume) -> None:
 
 def _print_singles(singles, path: Path) -> None:
     from multirefine import runfolder
+    from multirefine.refine.posecheck import PosesMoved
 
     for m_index, single in enumerate(singles, start=1):
         folder = path / runfolder.model_folder_name(m_index)
@@ -270,17 +271,13 @@ def _print_singles(singles, path: Path) -> None:
                f", {single.masked_resolution_0143_angstrom:.1f} Å within --mask (solvent-corrected)")
             + f": {folder}/threed_final.mrc"
         )
-        moved = _poses_moved(folder)
+        try:
+            moved = PosesMoved.read(folder / runfolder.POSES_MOVED)
+        except InputError as exc:  # the run is done: say so, and go on
+            print(f"model {m_index}: {exc}", file=sys.stderr)
+            continue
         if moved is not None and moved.caution:
             print(f"model {m_index}: caution: {moved.describe()} ({folder}/{runfolder.POSES_MOVED})")
-
-
-def _poses_moved(folder: Path):
-    """A model's :class:`~multirefine.refine.posecheck.PosesMoved`, from its folder (None where absent)."""
-    from multirefine import runfolder
-    from multirefine.refine.posecheck import PosesMoved
-
-    return PosesMoved.read(folder / runfolder.POSES_MOVED)
 
 
 def _counted(opts, stack, search_stack, start_map, progress, executor, masks):

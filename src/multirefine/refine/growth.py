@@ -75,6 +75,7 @@ class GrowthStep:
     kept: bool = True
     particles_per_model: list[int] | None = None
     tried: dict[int, float | None] | None = None  # every split screened: model -> gain per particle at fixed poses
+    seeded_by: str | None = None  # the best split's seed (:func:`_seeds`)
 
 
 @dataclass
@@ -92,17 +93,23 @@ class ModelCount:
                 "rounds": GROWTH_ROUNDS, "seeds": GROWTH_SEEDS, "steps": [asdict(s) for s in self.steps]}
 
 
-def _seeds(current: Classified, m: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """The halves of model ``m``'s particles that seed its split (rows of ``current``): a
-    random half, then for each of the ``GROWTH_SEEDS - 1`` other models nearest to ``m`` (the
-    highest mean cross-validated log-likelihood over ``m``'s particles) the half whose
-    likelihood in that model, relative to ``m``, is highest."""
+def _seeds(current: Classified, m: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+    """The halves of model ``m``'s particles that seed its split (rows of ``current``), each
+    with what it is: a random half, then for each of the ``GROWTH_SEEDS - 1`` other models
+    nearest to ``m`` (the highest mean cross-validated log-likelihood over ``m``'s particles;
+    one scored for none of them is left out) the half whose likelihood in that model,
+    relative to ``m``, is highest."""
     rows = np.nonzero(current.model == m)[0]
-    seeds = [rng.choice(rows, len(rows) // 2, replace=False)]
+    seeds = [("a random half", rng.choice(rows, len(rows) // 2, replace=False))]
     ll = current.log_likelihood[rows]
     lean = ll - ll[:, [m]]
-    others = [j for j in np.argsort(-lean.mean(axis=0), kind="stable") if j != m][:GROWTH_SEEDS - 1]
-    seeds += [rows[np.argsort(-lean[:, j], kind="stable")[:len(rows) // 2]] for j in others]
+    with np.errstate(invalid="ignore"):
+        nearness = lean.mean(axis=0)
+    others = [j for j in np.argsort(-nearness, kind="stable") if j != m and np.isfinite(nearness[j])]
+    for j in others[:GROWTH_SEEDS - 1]:
+        half = rows[np.argsort(-lean[:, j], kind="stable")[:len(rows) // 2]]
+        if not any(np.array_equal(np.sort(half), np.sort(h)) for _, h in seeds):
+            seeds.append((f"the half nearer model {j + 1}", half))
     return seeds
 
 
@@ -147,27 +154,27 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
         if not candidates:
             reason = f"no model holds {GROWTH_MIN_PARTICLES} particles or more to split"
             break
-        gains, best, best_trial = {}, None, None  # only the best split's maps kept: K + 1 accumulators each
+        gains, seed_of, best, best_trial, best_seed = {}, {}, None, None, None  # only the best split's maps kept: K + 1 accumulators each
         for m in candidates:
-            for half in _seeds(current, m, rng):
+            for seeded_by, half in _seeds(current, m, rng):
                 trial, grown = _split(fixed, current, m, half)
                 gain = float(trial.mixture - current.mixture) / n
                 if np.bincount(trial.model, minlength=k + 1).min() >= GROWTH_MIN_MODEL and gain > gains.get(m, -np.inf):
                     if best is None or gain > gains[best]:
-                        best, best_trial = m, (trial, grown)
-                    gains[m] = gain
+                        best, best_trial, best_seed = m, (trial, grown), seeded_by
+                    gains[m], seed_of[m] = gain, seeded_by
                 del trial, grown
         tried = {m + 1: gains.get(m) for m in candidates}
         log.info("models: %d -> %d, gain per particle at fixed poses (cross-validated mixture log-likelihood) "
                  "splitting model %s", k, k + 1,
-                 ", ".join(f"{m}: " + (f"a model left below {GROWTH_MIN_MODEL} particles" if g is None else f"{g:+.3f}")
-                           for m, g in tried.items()))
+                 ", ".join(f"{m}: " + (f"a model left below {GROWTH_MIN_MODEL} particles" if g is None else
+                                       f"{g:+.3f} ({seed_of[m - 1]})") for m, g in tried.items()))
         if best is None or gains[best] <= GROWTH_MIN_GAIN:
             reason = (f"every split tried left a model of fewer than {GROWTH_MIN_MODEL} particles" if best is None else
                       f"a model more gained {gains[best]:+.3f} per particle at best (splitting model {best + 1}, at "
                       f"fixed poses), not more than {GROWTH_MIN_GAIN}")
             steps.append(GrowthStep(k + 1, None, None if best is None else best + 1,
-                                    None if best is None else gains[best], False, None, tried))
+                                    None if best is None else gains[best], False, None, tried, best_seed))
             break
         trial, grown = best_trial
         baseline = current
@@ -177,7 +184,7 @@ def grow(fixed: FixedPoses, start: Classified, kmax: int, seed: int, confirm: Co
         gain = float(trial.mixture - baseline.mixture) / n
         kept = bool(gain > GROWTH_MIN_GAIN and np.bincount(trial.model, minlength=k + 1).min() >= GROWTH_MIN_MODEL)
         steps.append(GrowthStep(k + 1, trial.mixture / n, best + 1, gain, kept,
-                                np.bincount(trial.model, minlength=k + 1).tolist(), tried))
+                                np.bincount(trial.model, minlength=k + 1).tolist(), tried, best_seed))
         log.info("models: %d -> %d, splitting model %d gains %+.3f per particle%s: %s", k, k + 1, best + 1, gain,
                  "" if confirm is None else " with the particles searched again in every model",
                  "kept" if kept else "not kept")

@@ -63,10 +63,13 @@ class PosesMoved:
             return None
         try:
             record = json.loads(path.read_text())
-            return cls(int(record["particles"]), float(record["median_deg"]), float(record["far_share"]),
-                       float(record["far_deg"]))
+            moved = cls(int(record["particles"]), float(record["median_deg"]), float(record["far_share"]),
+                        float(record["far_deg"]))
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: damaged, not readable ({exc!r})") from None
+        if not (moved.particles > 0 and 0 <= moved.far_share <= 1 and 0 <= moved.median_deg <= 180):
+            raise InputError(f"{path}: damaged, values out of range ({record})")
+        return moved
 
     def describe(self) -> str:
         """One line: the figures, and the caution where there is one."""
@@ -80,14 +83,15 @@ class PosesMoved:
 
 def poses_moved(before: pd.DataFrame, after: pd.DataFrame, operators: np.ndarray) -> PosesMoved | None:
     """The poses of ``after`` against those of ``before``, row for row (the same particles),
-    the smallest angle over the symmetry's ``operators``; None where ``before`` holds no
-    poses (a refinement of particles that had none)."""
-    if len(before) == 0 or not all(c in before.columns for c in _ANGLES):
+    the smallest angle over the symmetry's ``operators``, over the rows whose poses are finite
+    in both; None where ``before`` holds no poses (a refinement of particles that had none)."""
+    if not all(c in before.columns for c in _ANGLES):
         return None
     start = before.loc[:, list(_ANGLES)].to_numpy(dtype=np.float64)
-    if not np.isfinite(start).all():
+    end = after.loc[:, list(_ANGLES)].to_numpy(dtype=np.float64)
+    finite = np.isfinite(start).all(axis=1) & np.isfinite(end).all(axis=1)
+    if not finite.any():
         return None
-    moved = rotation_change_deg(euler_to_matrix(*start.T),
-                                euler_to_matrix(*after.loc[:, list(_ANGLES)].to_numpy(dtype=np.float64).T),
+    moved = rotation_change_deg(euler_to_matrix(*start[finite].T), euler_to_matrix(*end[finite].T),
                                 np.asarray(operators, dtype=np.float64))
     return PosesMoved(len(moved), float(np.median(moved)), float(np.mean(moved > FAR_DEG)))

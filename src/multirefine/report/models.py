@@ -31,7 +31,7 @@ def models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: int
         if m in singles and (folder / runfolder.MASKED_FSC).exists():
             masked[m] = runfolder.read_json(folder / runfolder.MASKED_FSC)["resolution_0143_angstrom"]
         if m in singles and (check := PosesMoved.read(folder / runfolder.POSES_MOVED)) is not None:
-            moved[m] = check
+            moved[m] = check  # a damaged file: InputError naming it, as for the run's other records
     for m in range(k):
         single = singles.get(m + 1)
         check = moved.get(m + 1)
@@ -44,7 +44,7 @@ def models_section(run: Path, last: dict, singles: dict[int, list[dict]], k: int
               if moved else []),
         ])
     cautions = [f"<p><b>Caution, model {m}:</b> {html.escape(c.describe())}. Check the claim, do not believe it: "
-                f"on simulated sets every map that claimed 5 Å more than it held had over {100 * CAUTION_SHARE:.0f} % "
+                f"on simulated sets every map that claimed over 3 Å more than it held had over {100 * CAUTION_SHARE:.0f} % "
                 "of its poses moved so, and so did some whose claims held (BENCHMARKS.md, \"Poses that move in a "
                 "model's own refinement\").</p>" for m, c in moved.items() if c.caution]
     return [

@@ -162,6 +162,8 @@ class ModelFolder:
         write_particles_star(self.folder / "particles_final.star", table, self.optics, image_files=self._image_files())
 
     def checked(self, moved) -> None:
+        """``poses_moved.json``: ``moved``'s record (a :class:`multirefine.refine.posecheck.PosesMoved`),
+        or none where the refinement had no poses to compare."""
         if moved is None:
             (self.folder / names.POSES_MOVED).unlink(missing_ok=True)
         else:
