@@ -21,7 +21,6 @@ tighter mask, more particles), not believed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pandas as pd
 
 from multirefine.errors import InputError
 from multirefine.geometry.euler import euler_to_matrix, rotation_change_deg
+from multirefine.runfolder.names import read_json
 
 __all__ = ["CAUTION_SHARE", "FAR_DEG", "PosesMoved", "poses_moved"]
 
@@ -62,11 +62,11 @@ class PosesMoved:
         InputError naming it where it is damaged."""
         if not path.exists():
             return None
+        record = read_json(path)  # InputError naming it where it is cut short or not JSON
         try:
-            record = json.loads(path.read_text())
             moved = cls(int(record["particles"]), float(record["median_deg"]), float(record["far_share"]),
                         float(record["far_deg"]))
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise InputError(f"{path}: damaged, not readable ({exc!r})") from None
         if not (moved.particles > 0 and 0 <= moved.far_share <= 1 and 0 <= moved.median_deg <= 180):
             raise InputError(f"{path}: damaged, values out of range ({record})")
