@@ -4,6 +4,9 @@ a subunit that comes and goes, while a larger part elsewhere comes and goes with
     python bench/focused.py make OUT [--n 4000] [--snr 0.05] [--seed 0]
     python bench/focused.py score RUN OUT [--iteration N]
     python bench/focused.py poses RUN OUT --iteration N
+    python bench/focused.py marginal RUN OUT --iteration N [--step 3] [--radius 6] [--shift-step 0.5] [--band 10]
+    python bench/focused.py searched RUN OUT [--band 8] [--speed 5]
+    python bench/focused.py unknown RUN OUT --iteration N [--step 3] [--radius 12] [--shift-step 0.5]
 
 The progesterone receptor LBD dimer (mdanalysistests 1a28, both chains, 4082 atoms, ~60 kDa),
 box 48, 2.4 Å/px, CTF (defocus 1-2.5 µm). Its atoms are cut into a core, a *subunit* (the
@@ -26,7 +29,15 @@ states is larger (the Bayes-optimal decision).
 ``poses`` judges the focused choice alone, on every 4th particle: at the true poses or the
 run's (its ``particles_NN.star``), against the ideal two maps (the mean of the true maps
 without and with the subunit) or the run's (``threed_NN_MM.mrc``), within a 10 Å band: what
-the run's poses and maps each cost.
+the run's poses and maps each cost. ``marginal`` does the same with the choice at the pose alone
+and summed over a lattice of local poses (``multirefine.refine.focus.local_poses``: rotations
+``--step`` apart within ``--radius`` degrees, 3 x 3 shifts ``--shift-step`` px apart), in a band
+of ``--band`` Å. ``searched`` gives the choice (ideal maps, the pose alone) at poses the engine's
+search finds against ideal references (the four true maps, or the two ideal ones; globally, or
+locally from ``consensus_like.star`` with a 2° prior): the accuracy a search's poses allow.
+``unknown``: the Bayes decision of the limit (four true maps, the whole band), at the true or the
+run's poses, alone or summed over the local lattice: what the data allow where each pose is
+known only to within that neighbourhood.
 
 ``score`` prints the accuracy of a run's last (or ``--iteration``) assignment against
 subunit present / absent (its two models matched to the two by the Hungarian method) beside
@@ -181,6 +192,11 @@ def score(run: Path, out: Path, iteration: int | None) -> dict:
     return row
 
 
+def _every_fourth(out: Path) -> np.ndarray:
+    """Every 4th row of the set's stack: the sample the pose and choice studies judge."""
+    return np.arange(0, len(read_particles_star(out / "truth.star").metadata), 4)
+
+
 def poses(run: Path, out: Path, iteration: int) -> None:
     """The focused choice at true or the run's poses, with ideal or the run's maps (module docstring)."""
     from multirefine.io.maps import read_map
@@ -191,10 +207,11 @@ def poses(run: Path, out: Path, iteration: int) -> None:
     sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
     truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] for k in range(1, 5)]
     focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
-    stack = open_particles(out / "truth.star").subset(np.arange(0, 4000, 4))
+    every = _every_fourth(out)
+    stack = open_particles(out / "truth.star").subset(every)
     classes = stack.metadata["rlnClassNumber"].to_numpy()
     truth = np.isin(classes, WITH_SUBUNIT).astype(int)
-    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[np.arange(0, 4000, 4)]
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
     batch = load_batch(stack, np.arange(len(stack)), center=False)
     band = make_band(BOX, BOX * APIX / 10.0)
     ideal = [(truth_maps[0] + truth_maps[2]) / 2 / sigma, (truth_maps[1] + truth_maps[3]) / 2 / sigma]
@@ -213,6 +230,129 @@ def poses(run: Path, out: Path, iteration: int) -> None:
                   f"{[int(np.sum((chosen == 1) & (classes == c))) for c in range(1, 5)]})")
 
 
+def _log_likelihoods(scores: np.ndarray, images_ft: torch.Tensor, band) -> np.ndarray:
+    """The model choice's log-likelihoods (``splitmerge.log_likelihoods``) of scores ``(n, K)``."""
+    from multirefine.refine.splitmerge import log_likelihoods
+
+    return log_likelihoods(scores, band.power(images_ft).numpy(), float(band.weight.sum()), "ls")
+
+
+def marginal(run: Path, out: Path, iteration: int, step: float, radius: float, shift_step: float,
+             band_angstrom: float = 10.0) -> None:
+    """The focused choice at the run's poses, marginalised over a local lattice around each."""
+    from multirefine.io.maps import read_map
+    from multirefine.refine.batch import rotations_for_rows
+    from multirefine.refine.choice import LastReconstruction, leave_out_volumes
+    from multirefine.refine.focus import focused_scores, local_poses
+    from multirefine.refine.solvent import ModelMasks
+
+    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
+    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] for k in range(1, 5)]
+    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
+    every = _every_fourth(out)
+    stack = open_particles(out / "truth.star").subset(every)
+    classes = stack.metadata["rlnClassNumber"].to_numpy()
+    truth = np.isin(classes, WITH_SUBUNIT).astype(int)
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
+    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    band = make_band(BOX, min(BOX / 2 - 1, BOX * APIX / band_angstrom))
+    local = local_poses(radius, shift_step, reach=round(radius / step))
+    ideal = [(truth_maps[0] + truth_maps[2]) / 2 / sigma, (truth_maps[1] + truth_maps[3]) / 2 / sigma]
+    runs = [read_map(run / f"threed_{iteration:02d}_{m:02d}.mrc")[0] for m in (1, 2)]
+    print(f"{len(local.rotations)} rotations x {len(local.shifts_px)} shifts, step {step} deg, radius {radius} deg")
+    for pose_name, meta, rotations in (("true poses", stack.metadata, batch.rotations), ("run's poses", table, None)):
+        rotations = (rotations if rotations is not None else rotations_for_rows(meta)).double().numpy()
+        rotations = np.repeat(rotations[:, None], 2, 1)
+        shifts = np.repeat(origins_px_for_rows(meta, APIX).double().numpy()[:, None], 2, 1)
+        for map_name, maps in (("ideal maps", ideal), ("run's maps", runs)):
+            last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in maps], [])
+            volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
+                                        np.ones(2), "cpu", focus)
+            for name, poses in (("the pose alone", None), ("summed over local poses", local)):
+                chosen = focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band,
+                                        poses).argmax(1)
+                accuracy = max(np.mean(chosen == truth), np.mean(chosen != truth))
+                print(f"{pose_name}, {map_name}, {name}: {100 * accuracy:.1f} %")
+
+
+def searched(run: Path, out: Path, band_angstrom: float, speed: int) -> None:
+    """The focused choice (ideal maps) at poses searched by the engine against ideal references:
+    the four true maps (each particle's distractor state known), or the two ideal maps (the
+    distractor at half occupancy, what a run's models hold at best); globally, or locally from
+    ``consensus_like.star`` with the runs' prior (2°)."""
+    from multirefine.io.maps import read_map
+    from multirefine.refine.batch import rotations_for_rows
+    from multirefine.refine.choice import LastReconstruction, leave_out_volumes
+    from multirefine.refine.focus import focused_scores
+    from multirefine.refine.plan import plan_search
+    from multirefine.refine.seeding import particle_radius_px
+    from multirefine.refine.solvent import ModelMasks
+
+    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
+    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] / sigma for k in range(1, 5)]
+    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
+    every = _every_fourth(out)
+    stack = open_particles(out / "truth.star").subset(every)
+    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT).astype(int)
+    start = read_particles_star(out / "consensus_like.star").metadata.iloc[every]
+    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    ideal = [(truth_maps[0] + truth_maps[2]) / 2, (truth_maps[1] + truth_maps[3]) / 2]
+    last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in ideal], [])
+    volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
+                                np.ones(2), "cpu", focus)
+    choice_band = make_band(BOX, BOX * APIX / 10.0)
+    radius = particle_radius_px(truth_maps[3])
+    for name, maps in (("four true maps", truth_maps), ("two ideal maps", ideal)):
+        plan = plan_search(BOX, APIX, band_angstrom, radius, speed, ["c1"] * len(maps), 5.0)
+        volumes_ft = prepare_volume_ft(torch.from_numpy(np.stack(maps)).float())
+        for how in ("global", "local from consensus_like"):
+            priors, sigma_ang = None, None
+            if how != "global":
+                r = rotations_for_rows(start)[:, None].expand(-1, len(maps), -1, -1)
+                t = origins_px_for_rows(start, APIX)[:, None].expand(-1, len(maps), -1)
+                priors, sigma_ang = (r.float(), t.float()), 2.0
+            found = plan.search(batch.images_ft, batch.ctf, plan.references(volumes_ft) if priors is None else None,
+                                volumes_ft, score="ls", priors=priors, sigma_ang_deg=sigma_ang)
+            rotations = found.rotations[:, 0].double().numpy()
+            relative = found.rotations[:, 0].double() @ batch.rotations.double().transpose(-1, -2)
+            cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+            errors = np.degrees(torch.arccos(cosine).numpy())
+            chosen = focused_scores(batch.images_ft, batch.ctf, volumes,
+                                    np.repeat(rotations[:, None], 2, 1),
+                                    np.repeat(found.shift_px[:, :1].double().numpy(), 2, 1), choice_band).argmax(1)
+            print(f"poses searched against the {name}, {how} (band {plan.band_resolution_angstrom:.1f} A): "
+                  f"{np.median(errors):.1f} deg median error, {100 * np.mean(errors < 10):.0f} % within 10; "
+                  f"focused choice (ideal maps) {100 * max(np.mean(chosen == truth), np.mean(chosen != truth)):.1f} %")
+
+
+def unknown_pose_limit(run: Path, out: Path, iteration: int, step: float, radius: float, shift_step: float) -> None:
+    """The Bayes decision with the four true maps, each state's likelihood summed over a local
+    lattice of poses (uniform prior) around the true pose, or around the run's: what the data
+    allow where the pose is known only to that neighbourhood, not exactly."""
+    from multirefine.io.maps import read_map
+    from multirefine.refine.batch import rotations_for_rows
+    from multirefine.refine.focus import focused_scores, local_poses
+
+    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
+    maps = torch.stack([torch.from_numpy(read_map(out / f"gt_{k:02d}.mrc")[0] / sigma) for k in range(1, 5)])
+    volumes = prepare_volume_ft(maps.float())
+    every = _every_fourth(out)
+    stack = open_particles(out / "truth.star").subset(every)
+    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT)
+    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
+    band = make_band(BOX, BOX / 2 - 1)
+    local = local_poses(radius, shift_step, reach=round(radius / step))
+    for name, meta in (("true poses", stack.metadata), ("run's poses", table)):
+        rotations = np.repeat(rotations_for_rows(meta).double().numpy()[:, None], 4, 1)
+        shifts = np.repeat(origins_px_for_rows(meta, APIX).double().numpy()[:, None], 4, 1)
+        for how, poses in (("exact", None), ("summed over local poses", local)):
+            scores = focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band, poses)
+            ll = torch.from_numpy(_log_likelihoods(scores, batch.images_ft, band))
+            decided = (torch.logsumexp(ll[:, [1, 3]], 1) > torch.logsumexp(ll[:, [0, 2]], 1)).numpy()
+            print(f"{name}, {how}: {100 * np.mean(decided == truth):.1f} %")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,8 +369,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--iteration", type=int, required=True)
+    mg = sub.add_parser("marginal")
+    mg.add_argument("run", type=Path)
+    mg.add_argument("out", type=Path)
+    mg.add_argument("--iteration", type=int, required=True)
+    mg.add_argument("--step", type=float, default=3.0)
+    mg.add_argument("--radius", type=float, default=6.0)
+    mg.add_argument("--shift-step", type=float, default=0.5)
+    mg.add_argument("--band", type=float, default=10.0)
+    se = sub.add_parser("searched")
+    se.add_argument("run", type=Path)
+    se.add_argument("out", type=Path)
+    se.add_argument("--band", type=float, default=8.0)
+    se.add_argument("--speed", type=int, default=5)
+    u = sub.add_parser("unknown")
+    u.add_argument("run", type=Path)
+    u.add_argument("out", type=Path)
+    u.add_argument("--iteration", type=int, required=True)
+    u.add_argument("--step", type=float, default=3.0)
+    u.add_argument("--radius", type=float, default=12.0)
+    u.add_argument("--shift-step", type=float, default=0.5)
     args = parser.parse_args(argv)
-    if args.command == "make":
+    if args.command == "unknown":
+        unknown_pose_limit(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step)
+    elif args.command == "searched":
+        searched(args.run, args.out, args.band, args.speed)
+    elif args.command == "marginal":
+        marginal(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step, args.band)
+    elif args.command == "make":
         make(args.out, args.n, args.snr, args.seed)
     elif args.command == "poses":
         poses(args.run, args.out, args.iteration)

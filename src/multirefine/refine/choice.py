@@ -31,7 +31,14 @@ from multirefine.fourier.projection import pad_volume_ft, prepare_volume_ft
 from multirefine.fourier.reconstruction import FourierAccumulator
 from multirefine.parallel import Executor, InProcess
 from multirefine.refine.batch import sweep
-from multirefine.refine.focus import focused_scores, outside_weights, shared_pose
+from multirefine.refine.focus import (
+    MARGINAL_RADIUS,
+    LocalPoses,
+    focused_scores,
+    local_poses,
+    outside_weights,
+    shared_pose,
+)
 from multirefine.refine.options import SweepSettings
 from multirefine.refine.plan import SearchPlan
 from multirefine.refine.reconstruct import insert_rows
@@ -85,8 +92,8 @@ def leave_out_volumes(
     band: each is rebuilt on the smallest box that holds the band (the Fourier samples are
     the same, the pixel coarser) and its transform padded back with zeros. With no row left
     out and the whole box kept, each is the model's map exactly: reconstructions are linear
-    in the accumulators. With a ``focus`` mask (``--focusmask``), ``(K + 1, ...)``: each model's
-    part inside it, then the common outside (:mod:`multirefine.refine.focus`)."""
+    in the accumulators. With a ``focus`` mask (``--focusmask``), each model's part inside it
+    plus the models' common outside (:mod:`multirefine.refine.focus`)."""
     out, outside = [], None
     shares = None if focus is None else outside_weights(last.entries, len(last.totals))
     removed = None  # one buffer for the fold's contribution, reused by every model
@@ -102,7 +109,8 @@ def leave_out_volumes(
         part = pad_volume_ft(prepare_volume_ft(volume * (1 - region), pad).to(device) * (scale * shares[m_index]),
                              pad * box)
         outside = part if outside is None else outside + part
-    return torch.stack(out if outside is None else [*out, outside])
+    volumes = torch.stack(out)
+    return volumes if outside is None else volumes.add_(outside)
 
 
 def _rebuilt(last: LastReconstruction, m_index: int, total, start: int, stop: int, operators: list[torch.Tensor],
@@ -135,12 +143,14 @@ def _rebuilt(last: LastReconstruction, m_index: int, total, start: int, stop: in
 
 
 def choice_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, volumes_ft: torch.Tensor, rotations: np.ndarray,
-                   shifts: np.ndarray, band: Band, score: str, focused: bool = False) -> np.ndarray:
+                   shifts: np.ndarray, band: Band, score: str, focused: bool = False,
+                   local: LocalPoses | None = None) -> np.ndarray:
     """Each particle's score for every model at its pose there ``(n, K)`` against ``volumes_ft``;
-    ``focused``: ``volumes_ft`` holds the K insides of a focus mask and the common outside
-    (:func:`leave_out_volumes`), the score is the focus region's (:mod:`multirefine.refine.focus`)."""
+    ``focused``: ``volumes_ft`` holds the K insides of a focus mask each with the common outside
+    (:func:`leave_out_volumes`), the score is the focus region's, summed over the ``local``
+    poses around the particle's (:mod:`multirefine.refine.focus`)."""
     if focused:
-        return focused_scores(images_ft, ctf, volumes_ft[:-1], volumes_ft[-1], rotations, shifts, band)
+        return focused_scores(images_ft, ctf, volumes_ft, rotations, shifts, band, local)
     n, k = rotations.shape[:2]
     result = search_local(
         images_ft, ctf, volumes_ft, band,
@@ -161,6 +171,8 @@ class FoldChooser:
         self.edges = fold_edges(n, CHOICE_FOLDS)
         self.fold_of = np.searchsorted(self.edges, np.arange(n), side="right") - 1
         self.fold, self.volumes_ft = -1, None
+        self.local = None if fold_maps.focus is None else local_poses(MARGINAL_RADIUS * plan.fine_step_deg,
+                                                                        plan.shift_step_px / 2)
 
     def scores(self, batch, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """``(len(rows), K)`` scores of a loaded batch of stack rows ``rows`` at poses
@@ -178,7 +190,7 @@ class FoldChooser:
             index = torch.as_tensor(sel, device=batch.images_ft.device)
             out[sel] = choice_scores(
                 batch.images_ft[index], None if batch.ctf is None else batch.ctf[index], self.volumes_ft,
-                rotations[sel], shifts[sel], self.plan.band, self.score, self.fold_maps.focus is not None,
+                rotations[sel], shifts[sel], self.plan.band, self.score, self.fold_maps.focus is not None, self.local,
             )
         return out
 
