@@ -4,7 +4,9 @@ models' common signal outside it subtracted from each particle at its pose.
 At the particles' true poses: a focus mask that covers the box gives the plain score; models
 that differ only outside the region score alike; and on particles whose states differ in a small
 part (a tenth of the mass) while a larger part varies with them, the focused choice follows the
-small part where the plain one follows the large."""
+small part where the plain one follows the large. Summed over the poses near each particle's,
+the score is the log-sum of each pose's likelihood, and the choice keeps what it has at the true
+poses where the poses are off by several degrees."""
 
 from __future__ import annotations
 
