@@ -3,8 +3,7 @@ a subunit that comes and goes, while a larger part elsewhere comes and goes with
 
     python bench/focused.py make OUT [--n 4000] [--snr 0.05] [--seed 0]
     python bench/focused.py score RUN OUT [--iteration N]
-    python bench/focused.py poses RUN OUT --iteration N
-    python bench/focused.py marginal RUN OUT --iteration N [--step 3] [--radius 6] [--shift-step 0.5] [--band 10]
+    python bench/focused.py poses RUN OUT --iteration N [--step 3] [--radius 6] [--shift-step 0.5] [--band 10]
     python bench/focused.py searched RUN OUT [--band 8] [--speed 5]
     python bench/focused.py unknown RUN OUT --iteration N [--step 3] [--radius 12] [--shift-step 0.5]
 
@@ -28,11 +27,10 @@ states is larger (the Bayes-optimal decision).
 
 ``poses`` judges the focused choice alone, on every 4th particle: at the true poses or the
 run's (its ``particles_NN.star``), against the ideal two maps (the mean of the true maps
-without and with the subunit) or the run's (``threed_NN_MM.mrc``), within a 10 Å band: what
-the run's poses and maps each cost. ``marginal`` does the same with the choice at the pose alone
-and summed over a lattice of local poses (``multirefine.refine.focus.local_poses``: rotations
-``--step`` apart within ``--radius`` degrees, 3 x 3 shifts ``--shift-step`` px apart), in a band
-of ``--band`` Å. ``searched`` gives the choice (ideal maps, the pose alone) at poses the engine's
+without and with the subunit) or the run's (``threed_NN_MM.mrc``), within a ``--band`` Å band
+(10): what the run's poses and maps each cost; the choice at the pose alone and summed over a
+lattice of local poses (``multirefine.refine.focus.local_poses``: rotations ``--step`` apart
+within ``--radius`` degrees, 3 x 3 shifts ``--shift-step`` px apart). ``searched`` gives the choice (ideal maps, the pose alone) at poses the engine's
 search finds against ideal references (the four true maps, or the two ideal ones; globally, or
 locally from ``consensus_like.star`` with a 2° prior): the accuracy a search's poses allow.
 ``unknown``: the Bayes decision of the limit (four true maps, the whole band), at the true or the
@@ -197,39 +195,6 @@ def _every_fourth(out: Path) -> np.ndarray:
     return np.arange(0, len(read_particles_star(out / "truth.star").metadata), 4)
 
 
-def poses(run: Path, out: Path, iteration: int) -> None:
-    """The focused choice at true or the run's poses, with ideal or the run's maps (module docstring)."""
-    from multirefine.io.maps import read_map
-    from multirefine.refine.batch import rotations_for_rows
-    from multirefine.refine.choice import LastReconstruction, choice_scores, leave_out_volumes
-    from multirefine.refine.solvent import ModelMasks
-
-    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
-    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] for k in range(1, 5)]
-    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
-    every = _every_fourth(out)
-    stack = open_particles(out / "truth.star").subset(every)
-    classes = stack.metadata["rlnClassNumber"].to_numpy()
-    truth = np.isin(classes, WITH_SUBUNIT).astype(int)
-    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
-    batch = load_batch(stack, np.arange(len(stack)), center=False)
-    band = make_band(BOX, BOX * APIX / 10.0)
-    ideal = [(truth_maps[0] + truth_maps[2]) / 2 / sigma, (truth_maps[1] + truth_maps[3]) / 2 / sigma]
-    runs = [read_map(run / f"threed_{iteration:02d}_{m:02d}.mrc")[0] for m in (1, 2)]
-    for pose_name, meta, rotations in (("true poses", stack.metadata, batch.rotations), ("run's poses", table, None)):
-        rotations = (rotations if rotations is not None else rotations_for_rows(meta)).double().numpy()
-        shifts = origins_px_for_rows(meta, APIX).double().numpy()
-        for map_name, maps in (("ideal maps", ideal), ("run's maps", runs)):
-            last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in maps], [])
-            volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
-                                        np.ones(2), "cpu", focus)
-            chosen = choice_scores(batch.images_ft, batch.ctf, volumes, np.repeat(rotations[:, None], 2, 1),
-                                   np.repeat(shifts[:, None], 2, 1), band, "ls", focused=True).argmax(1)
-            accuracy = max(np.mean(chosen == truth), np.mean(chosen != truth))
-            print(f"{pose_name}, {map_name}: {100 * accuracy:.1f} % (true classes 1-4 in the second model: "
-                  f"{[int(np.sum((chosen == 1) & (classes == c))) for c in range(1, 5)]})")
-
-
 def _log_likelihoods(scores: np.ndarray, images_ft: torch.Tensor, band) -> np.ndarray:
     """The model choice's log-likelihoods (``splitmerge.log_likelihoods``) of scores ``(n, K)``."""
     from multirefine.refine.splitmerge import log_likelihoods
@@ -237,9 +202,10 @@ def _log_likelihoods(scores: np.ndarray, images_ft: torch.Tensor, band) -> np.nd
     return log_likelihoods(scores, band.power(images_ft).numpy(), float(band.weight.sum()), "ls")
 
 
-def marginal(run: Path, out: Path, iteration: int, step: float, radius: float, shift_step: float,
-             band_angstrom: float = 10.0) -> None:
-    """The focused choice at the run's poses, marginalised over a local lattice around each."""
+def poses(run: Path, out: Path, iteration: int, step: float, radius: float, shift_step: float,
+          band_angstrom: float = 10.0) -> None:
+    """The focused choice at true or the run's poses, with ideal or the run's maps, at the pose
+    alone and summed over a local lattice around it (module docstring)."""
     from multirefine.io.maps import read_map
     from multirefine.refine.batch import rotations_for_rows
     from multirefine.refine.choice import LastReconstruction, leave_out_volumes
@@ -365,11 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("run", type=Path)
     s.add_argument("out", type=Path)
     s.add_argument("--iteration", type=int)
-    p = sub.add_parser("poses")
-    p.add_argument("run", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--iteration", type=int, required=True)
-    mg = sub.add_parser("marginal")
+    mg = sub.add_parser("poses")
     mg.add_argument("run", type=Path)
     mg.add_argument("out", type=Path)
     mg.add_argument("--iteration", type=int, required=True)
@@ -394,12 +356,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown_pose_limit(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step)
     elif args.command == "searched":
         searched(args.run, args.out, args.band, args.speed)
-    elif args.command == "marginal":
-        marginal(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step, args.band)
+    elif args.command == "poses":
+        poses(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step, args.band)
     elif args.command == "make":
         make(args.out, args.n, args.snr, args.seed)
-    elif args.command == "poses":
-        poses(args.run, args.out, args.iteration)
     else:
         score(args.run, args.out, args.iteration)
 
