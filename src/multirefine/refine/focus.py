@@ -19,14 +19,15 @@ be summed over poses. Differences between the models outside the region (another
 moves, a map's noise) then do not move a particle from one model to another.
 
 The score is summed over the poses around the particle's (:func:`local_poses`: rotations within
-:data:`MARGINAL_REACH` fine steps of the band, shifts half the search's shift step), as
+:data:`MARGINAL_RADIUS` fine steps of the band on a lattice :data:`MARGINAL_REACH` steps deep,
+shifts half the search's shift step), as
 likelihoods under the noise the model choice assumes (``splitmerge.log_likelihoods``: white,
 variance per pixel the particle's mean power in the band), and returned on the search's scale:
 ``sigma^2 / 2 log sum_j exp(2 ls_kj / sigma^2)``. The pose of a particle at low SNR is off by
 several degrees, and the subunit's signal with it: at one pose the choice then follows that
 pose's errors. Measured on ``bench/focused.py``'s sets (BENCHMARKS.md, "The focused choice summed
-over each particle's local poses"): at SNR 0.05 94.2-94.7 % over three seeds where one pose gave
-91.7-94.5 %, at SNR 0.1 99.1-99.3 % where it gave 98.8 % (true-pose limits 98.0 and 99.8 %). The
+over each particle's local poses"): at SNR 0.05 94.2-94.8 % over three seeds where one pose gave
+91.7-94.5 %, at SNR 0.1 99.1-99.2 % where it gave 98.8 % (one seed; true-pose limits 98.0 and 99.8 %). The
 reach and the shifts matter, not a fine lattice: 33 rotations within 12° gain what 257 do.
 
 One pose per particle, the same in every model (:func:`shared_pose`: its pose in the model its
