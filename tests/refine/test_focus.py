@@ -195,3 +195,15 @@ def test_summed_over_local_poses_the_focused_choice_survives_poses_that_are_off(
     at_truth, off = accuracy(rotations, shifts), accuracy(turned, moved)
     summed = accuracy(turned, moved, local_poses(12.0, 0.5))
     assert off < at_truth - 0.08 and summed > off + 0.1 and summed > at_truth - 0.04, (at_truth, off, summed)
+
+
+def test_the_summed_score_is_the_same_taken_a_few_particles_and_rotations_at_a_time(states, monkeypatch):
+    """Large boxes take particles and local rotations in pieces (SLICE_POINTS): the same scores."""
+    import multirefine.refine.focus as focus_module
+
+    batch, volumes, rotations, shifts, band = _marginal_inputs(states, n=30)
+    local = focus_module.local_poses(12.0, 0.5)
+    whole = focus_module.focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band, local)
+    monkeypatch.setattr(focus_module, "SLICE_POINTS", 7 * len(local.shifts_px) * band.size)  # 7 particles, 9 rotations at a time
+    pieces = focus_module.focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band, local)
+    assert np.allclose(pieces, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())

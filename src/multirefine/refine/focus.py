@@ -139,12 +139,24 @@ def focused_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, composite_
     shift = torch.as_tensor(shifts, dtype=torch.float32, device=device)
     offsets = torch.as_tensor(local.rotations, dtype=torch.float32, device=device)
     shift_offsets = torch.as_tensor(local.shifts_px, dtype=torch.float32, device=device)
+    k, m = composite_ft.shape[0], x.shape[1]
+    rows = max(1, SLICE_POINTS // (len(shift_offsets) * m))  # particles at a time: their shifted copies
+    out = np.empty((x.shape[0], k))
+    for first in range(0, x.shape[0], rows):
+        at = slice(first, first + rows)
+        out[at] = _summed_rows(x[at], wc[at], wc2[at], sigma2[at], composite_ft, rot[at], shift[at], offsets,
+                               shift_offsets, band, pad)
+    return out
+
+
+def _summed_rows(x, wc, wc2, sigma2, composite_ft, rot, shift, offsets, shift_offsets, band, pad) -> np.ndarray:
+    """:func:`focused_scores` for a few particles, from their in-band terms (``particle_terms``)."""
     n, k, m = x.shape[0], composite_ft.shape[0], x.shape[1]
     chunk = max(1, SLICE_POINTS // max(1, n * m))  # local rotations per interpolation call
     out = np.empty((n, k))
     for model in range(k):
         moved = x[:, None] * band_phase_ramp(shift[:, model, None] + shift_offsets, band) * wc[:, None]  # (n, S, M)
-        total = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+        total = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
         for start in range(0, len(offsets), chunk):
             p = band_slices(composite_ft[model], rot[:, model, None] @ offsets[start : start + chunk], band, pad)
             half = 0.5 * (wc2[:, None] * (p.real**2 + p.imag**2)).sum(-1)  # (n, J)
