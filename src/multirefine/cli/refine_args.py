@@ -106,7 +106,7 @@ def _add_mask_options(p: argparse.ArgumentParser) -> None:
                    help="focused classification: the models are compared on this mask's region only (values in [0, "
                    "1]); poses still come from the whole maps, and each particle has the models' common signal "
                    "outside the region subtracted at its pose first (relion_particle_subtract, then RELION's focused "
-                   "Class3D); the run keeps a copy (focusmask.mrc)")
+                   "Class3D), its likelihood summed over the poses near its own; the run keeps a copy (focusmask.mrc)")
     p.add_argument("--write-subtracted", action="store_true",
                    help="with --focusmask: after the iterations, write every particle less the models' common signal "
                    "outside the focus mask at its pose (relion_particle_subtract's output) to "
