@@ -53,7 +53,7 @@ from multirefine.fourier.aberrations import shift_phases
 from multirefine.fourier.fft import irfft2_centered
 from multirefine.fourier.projection import extract_central_slices, prepare_volume_ft
 from multirefine.fourier.shift import shift_images_ft
-from multirefine.geometry.conversions import axis_angle_to_matrix
+from multirefine.geometry.grids import local_rotations
 from multirefine.refine.batch import (
     aberrations_for_rows,
     ctf_for_rows,
@@ -66,6 +66,7 @@ from multirefine.refine.scoring import (
     band_phase_ramp,
     band_slices,
     particle_terms,
+    shift_grid,
 )
 
 __all__ = ["MARGINAL_RADIUS", "MARGINAL_REACH", "LocalPoses", "common_outside", "focused_scores", "local_poses",
@@ -114,14 +115,11 @@ class LocalPoses:
 
 
 def local_poses(radius_deg: float, shift_step_px: float, reach: int = MARGINAL_REACH) -> LocalPoses:
-    """Rotation vectors on a cubic lattice within ``radius_deg`` of the pose, ``reach`` steps
-    to it (33 rotations for a reach of 2, 123 for 3), and the 3 x 3 shifts ``shift_step_px`` apart."""
-    steps = np.arange(-reach, reach + 1)
-    grid = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
-    grid = grid[(grid**2).sum(1) <= reach**2] * math.radians(radius_deg / reach)
-    d = np.arange(-1, 2) * shift_step_px
-    shifts = np.stack(np.meshgrid(d, d, indexing="ij"), -1).reshape(-1, 2)
-    return LocalPoses(np.asarray(axis_angle_to_matrix(grid), dtype=np.float64), shifts)
+    """The local search's lattices around the pose: rotations within ``radius_deg``, ``reach``
+    steps to it (:func:`~multirefine.geometry.grids.local_rotations`: 33 for a reach of 2, 123
+    for 3), and the 3 x 3 shifts ``shift_step_px`` apart (the shift alone where 0)."""
+    shifts = (shift_grid(math.sqrt(2) * shift_step_px, shift_step_px) if shift_step_px > 0 else torch.zeros(1, 2))
+    return LocalPoses(local_rotations(radius_deg, radius_deg / reach), shifts.double().numpy())
 
 
 def focused_scores(images_ft: torch.Tensor, ctf: torch.Tensor | None, composite_ft: torch.Tensor, rotations: np.ndarray,
