@@ -4,7 +4,7 @@ a subunit that comes and goes, while a larger part elsewhere comes and goes with
     python bench/focused.py make OUT [--n 4000] [--snr 0.05] [--seed 0]
     python bench/focused.py score RUN OUT [--iteration N]
     python bench/focused.py poses RUN OUT --iteration N [--step 3] [--radius 6] [--shift-step 0.5] [--band 10]
-    python bench/focused.py searched RUN OUT [--band 8] [--speed 5]
+    python bench/focused.py searched OUT [--band 8] [--speed 5]
     python bench/focused.py unknown RUN OUT --iteration N [--step 3] [--radius 12] [--shift-step 0.5]
 
 The progesterone receptor LBD dimer (mdanalysistests 1a28, both chains, 4082 atoms, ~60 kDa),
@@ -48,6 +48,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,9 +191,47 @@ def score(run: Path, out: Path, iteration: int | None) -> dict:
     return row
 
 
-def _every_fourth(out: Path) -> np.ndarray:
-    """Every 4th row of the set's stack: the sample the pose and choice studies judge."""
-    return np.arange(0, len(read_particles_star(out / "truth.star").metadata), 4)
+@dataclass
+class _Sample:
+    """What the pose and choice studies judge: every 4th particle of the set (``rows``), its
+    stack and loaded batch, whether each holds the subunit, and the simulation's noise SD."""
+
+    rows: np.ndarray
+    stack: object
+    batch: object
+    with_subunit: np.ndarray
+    sigma: float
+
+    @classmethod
+    def of(cls, out: Path) -> _Sample:
+        rows = np.arange(0, len(read_particles_star(out / "truth.star").metadata), 4)
+        stack = open_particles(out / "truth.star").subset(rows)
+        return cls(rows, stack, load_batch(stack, np.arange(len(stack)), center=False),
+                   np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT),
+                   json.loads((out / "simulation.json").read_text())["noise_sigma"])
+
+    def true_maps(self, out: Path) -> list[np.ndarray]:
+        """The four states' true maps in the particles' units."""
+        from multirefine.io.maps import read_map
+
+        return [read_map(out / f"gt_{k:02d}.mrc")[0] / self.sigma for k in range(1, 5)]
+
+
+def _composites(maps: list[np.ndarray], out: Path) -> torch.Tensor:
+    """Two maps as the focused choice scores them: each one's inside of ``focus.mrc`` plus
+    their common outside (``choice.leave_out_volumes``, nothing left out)."""
+    from multirefine.io.maps import read_map
+    from multirefine.refine.choice import LastReconstruction, leave_out_volumes
+    from multirefine.refine.solvent import ModelMasks
+
+    last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in maps], [])
+    return leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0, np.ones(2),
+                             "cpu", ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]]))
+
+
+def _ideal(true_maps: list[np.ndarray]) -> list[np.ndarray]:
+    """The two ideal maps: without and with the subunit, the distractor at half occupancy."""
+    return [(true_maps[0] + true_maps[2]) / 2, (true_maps[1] + true_maps[3]) / 2]
 
 
 def _log_likelihoods(scores: np.ndarray, images_ft: torch.Tensor, band) -> np.ndarray:
@@ -208,67 +247,47 @@ def poses(run: Path, out: Path, iteration: int, step: float, radius: float, shif
     alone and summed over a local lattice around it (module docstring)."""
     from multirefine.io.maps import read_map
     from multirefine.refine.batch import rotations_for_rows
-    from multirefine.refine.choice import LastReconstruction, leave_out_volumes
     from multirefine.refine.focus import focused_scores, local_poses
-    from multirefine.refine.solvent import ModelMasks
 
-    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
-    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] for k in range(1, 5)]
-    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
-    every = _every_fourth(out)
-    stack = open_particles(out / "truth.star").subset(every)
-    classes = stack.metadata["rlnClassNumber"].to_numpy()
-    truth = np.isin(classes, WITH_SUBUNIT).astype(int)
-    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
-    batch = load_batch(stack, np.arange(len(stack)), center=False)
+    sample = _Sample.of(out)
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[sample.rows]
+    batch = sample.batch
     band = make_band(BOX, min(BOX / 2 - 1, BOX * APIX / band_angstrom))
     local = local_poses(radius, shift_step, reach=round(radius / step))
-    ideal = [(truth_maps[0] + truth_maps[2]) / 2 / sigma, (truth_maps[1] + truth_maps[3]) / 2 / sigma]
     runs = [read_map(run / f"threed_{iteration:02d}_{m:02d}.mrc")[0] for m in (1, 2)]
     print(f"{len(local.rotations)} rotations x {len(local.shifts_px)} shifts, step {step} deg, radius {radius} deg")
-    for pose_name, meta, rotations in (("true poses", stack.metadata, batch.rotations), ("run's poses", table, None)):
-        rotations = (rotations if rotations is not None else rotations_for_rows(meta)).double().numpy()
-        rotations = np.repeat(rotations[:, None], 2, 1)
+    for pose_name, meta in (("true poses", sample.stack.metadata), ("run's poses", table)):
+        rotations = np.repeat(rotations_for_rows(meta).double().numpy()[:, None], 2, 1)
         shifts = np.repeat(origins_px_for_rows(meta, APIX).double().numpy()[:, None], 2, 1)
-        for map_name, maps in (("ideal maps", ideal), ("run's maps", runs)):
-            last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in maps], [])
-            volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
-                                        np.ones(2), "cpu", focus)
+        for map_name, maps in (("ideal maps", _ideal(sample.true_maps(out))), ("run's maps", runs)):
+            volumes = _composites(maps, out)
             for name, poses in (("the pose alone", None), ("summed over local poses", local)):
                 chosen = focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band,
                                         poses).argmax(1)
-                accuracy = max(np.mean(chosen == truth), np.mean(chosen != truth))
+                accuracy = max(np.mean(chosen == sample.with_subunit), np.mean(chosen != sample.with_subunit))
                 print(f"{pose_name}, {map_name}, {name}: {100 * accuracy:.1f} %")
 
 
-def searched(run: Path, out: Path, band_angstrom: float, speed: int) -> None:
+def searched(out: Path, band_angstrom: float, speed: int) -> None:
     """The focused choice (ideal maps) at poses searched by the engine against ideal references:
     the four true maps (each particle's distractor state known), or the two ideal maps (the
     distractor at half occupancy, what a run's models hold at best); globally, or locally from
     ``consensus_like.star`` with the runs' prior (2°)."""
-    from multirefine.io.maps import read_map
+    from multirefine.geometry.euler import rotation_change_deg
     from multirefine.refine.batch import rotations_for_rows
-    from multirefine.refine.choice import LastReconstruction, leave_out_volumes
     from multirefine.refine.focus import focused_scores
     from multirefine.refine.plan import plan_search
     from multirefine.refine.seeding import particle_radius_px
-    from multirefine.refine.solvent import ModelMasks
 
-    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
-    truth_maps = [read_map(out / f"gt_{k:02d}.mrc")[0] / sigma for k in range(1, 5)]
-    focus = ModelMasks(BOX, 0.0, [read_map(out / "focus.mrc")[0]])
-    every = _every_fourth(out)
-    stack = open_particles(out / "truth.star").subset(every)
-    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT).astype(int)
-    start = read_particles_star(out / "consensus_like.star").metadata.iloc[every]
-    batch = load_batch(stack, np.arange(len(stack)), center=False)
-    ideal = [(truth_maps[0] + truth_maps[2]) / 2, (truth_maps[1] + truth_maps[3]) / 2]
-    last = LastReconstruction([None] * 2, [None] * 2, [m.astype(np.float32) for m in ideal], [])
-    volumes = leave_out_volumes(last, 0, 0, [torch.eye(3)[None]] * 2, ModelMasks(BOX, BOX / 2 - 2), 10.0,
-                                np.ones(2), "cpu", focus)
+    sample = _Sample.of(out)
+    batch, truth = sample.batch, sample.with_subunit
+    true_maps = sample.true_maps(out)
+    start = read_particles_star(out / "consensus_like.star").metadata.iloc[sample.rows]
+    ideal = _ideal(true_maps)
+    volumes = _composites(ideal, out)
     choice_band = make_band(BOX, BOX * APIX / 10.0)
-    radius = particle_radius_px(truth_maps[3])
-    for name, maps in (("four true maps", truth_maps), ("two ideal maps", ideal)):
+    radius = particle_radius_px(true_maps[3])
+    for name, maps in (("four true maps", true_maps), ("two ideal maps", ideal)):
         plan = plan_search(BOX, APIX, band_angstrom, radius, speed, ["c1"] * len(maps), 5.0)
         volumes_ft = prepare_volume_ft(torch.from_numpy(np.stack(maps)).float())
         for how in ("global", "local from consensus_like"):
@@ -280,9 +299,7 @@ def searched(run: Path, out: Path, band_angstrom: float, speed: int) -> None:
             found = plan.search(batch.images_ft, batch.ctf, plan.references(volumes_ft) if priors is None else None,
                                 volumes_ft, score="ls", priors=priors, sigma_ang_deg=sigma_ang)
             rotations = found.rotations[:, 0].double().numpy()
-            relative = found.rotations[:, 0].double() @ batch.rotations.double().transpose(-1, -2)
-            cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-            errors = np.degrees(torch.arccos(cosine).numpy())
+            errors = rotation_change_deg(rotations, batch.rotations.double().numpy(), np.eye(3)[None])
             chosen = focused_scores(batch.images_ft, batch.ctf, volumes,
                                     np.repeat(rotations[:, None], 2, 1),
                                     np.repeat(found.shift_px[:, :1].double().numpy(), 2, 1), choice_band).argmax(1)
@@ -295,28 +312,33 @@ def unknown_pose_limit(run: Path, out: Path, iteration: int, step: float, radius
     """The Bayes decision with the four true maps, each state's likelihood summed over a local
     lattice of poses (uniform prior) around the true pose, or around the run's: what the data
     allow where the pose is known only to that neighbourhood, not exactly."""
-    from multirefine.io.maps import read_map
     from multirefine.refine.batch import rotations_for_rows
     from multirefine.refine.focus import focused_scores, local_poses
 
-    sigma = json.loads((out / "simulation.json").read_text())["noise_sigma"]
-    maps = torch.stack([torch.from_numpy(read_map(out / f"gt_{k:02d}.mrc")[0] / sigma) for k in range(1, 5)])
-    volumes = prepare_volume_ft(maps.float())
-    every = _every_fourth(out)
-    stack = open_particles(out / "truth.star").subset(every)
-    truth = np.isin(stack.metadata["rlnClassNumber"].to_numpy(), WITH_SUBUNIT)
-    batch = load_batch(stack, np.arange(len(stack)), center=False)
-    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[every]
+    sample = _Sample.of(out)
+    batch = sample.batch
+    volumes = prepare_volume_ft(torch.from_numpy(np.stack(sample.true_maps(out))).float())
+    table = read_particles_star(run / f"particles_{iteration:02d}.star").metadata.iloc[sample.rows]
     band = make_band(BOX, BOX / 2 - 1)
     local = local_poses(radius, shift_step, reach=round(radius / step))
-    for name, meta in (("true poses", stack.metadata), ("run's poses", table)):
+    for name, meta in (("true poses", sample.stack.metadata), ("run's poses", table)):
         rotations = np.repeat(rotations_for_rows(meta).double().numpy()[:, None], 4, 1)
         shifts = np.repeat(origins_px_for_rows(meta, APIX).double().numpy()[:, None], 4, 1)
         for how, poses in (("exact", None), ("summed over local poses", local)):
             scores = focused_scores(batch.images_ft, batch.ctf, volumes, rotations, shifts, band, poses)
             ll = torch.from_numpy(_log_likelihoods(scores, batch.images_ft, band))
             decided = (torch.logsumexp(ll[:, [1, 3]], 1) > torch.logsumexp(ll[:, [0, 2]], 1)).numpy()
-            print(f"{name}, {how}: {100 * np.mean(decided == truth):.1f} %")
+            print(f"{name}, {how}: {100 * np.mean(decided == sample.with_subunit):.1f} %")
+
+
+def _lattice_options(parser: argparse.ArgumentParser, radius_deg: float) -> None:
+    """A study's run, set, iteration and local lattice (``focus.local_poses``)."""
+    parser.add_argument("run", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--iteration", type=int, required=True)
+    parser.add_argument("--step", type=float, default=3.0)
+    parser.add_argument("--radius", type=float, default=radius_deg)
+    parser.add_argument("--shift-step", type=float, default=0.5)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,30 +354,18 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("out", type=Path)
     s.add_argument("--iteration", type=int)
     mg = sub.add_parser("poses")
-    mg.add_argument("run", type=Path)
-    mg.add_argument("out", type=Path)
-    mg.add_argument("--iteration", type=int, required=True)
-    mg.add_argument("--step", type=float, default=3.0)
-    mg.add_argument("--radius", type=float, default=6.0)
-    mg.add_argument("--shift-step", type=float, default=0.5)
+    _lattice_options(mg, 6.0)
     mg.add_argument("--band", type=float, default=10.0)
     se = sub.add_parser("searched")
-    se.add_argument("run", type=Path)
     se.add_argument("out", type=Path)
     se.add_argument("--band", type=float, default=8.0)
     se.add_argument("--speed", type=int, default=5)
-    u = sub.add_parser("unknown")
-    u.add_argument("run", type=Path)
-    u.add_argument("out", type=Path)
-    u.add_argument("--iteration", type=int, required=True)
-    u.add_argument("--step", type=float, default=3.0)
-    u.add_argument("--radius", type=float, default=12.0)
-    u.add_argument("--shift-step", type=float, default=0.5)
+    _lattice_options(sub.add_parser("unknown"), 12.0)
     args = parser.parse_args(argv)
     if args.command == "unknown":
         unknown_pose_limit(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step)
     elif args.command == "searched":
-        searched(args.run, args.out, args.band, args.speed)
+        searched(args.out, args.band, args.speed)
     elif args.command == "poses":
         poses(args.run, args.out, args.iteration, args.step, args.radius, args.shift_step, args.band)
     elif args.command == "make":
